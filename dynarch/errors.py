@@ -1,0 +1,48 @@
+"""Errors users see: each names the config key or file, what was expected, what was received, and the fix."""
+from __future__ import annotations
+
+import difflib
+from typing import Any, Iterable
+
+
+class DynarchError(Exception):
+    """Base of every error dynarch raises on purpose; the CLI prints these without a traceback."""
+
+    def __init__(self, where: str, problem: str, *, expected: Any = None, received: Any = None,
+                 fix: str | None = None):
+        self.where, self.problem, self.expected, self.received, self.fix = (
+            where, problem, expected, received, fix)
+        lines = [f"{where}: {problem}"]
+        if expected is not None:
+            lines.append(f"  expected: {expected}")
+        if received is not None:
+            lines.append(f"  received: {received!r}" if not isinstance(received, str) else f"  received: {received}")
+        if fix:
+            lines.append(f"  fix: {fix}")
+        super().__init__("\n".join(lines))
+
+
+class ConfigError(DynarchError, ValueError):
+    """A config value, key or block layout is invalid (raised before TensorFlow is imported)."""
+
+
+class DataError(DynarchError):
+    """A dataset cannot be loaded: missing, truncated or malformed files, or no network."""
+
+
+class CheckpointError(DynarchError):
+    """A checkpoint is missing, corrupted, foreign or incompatible."""
+
+
+def did_you_mean(name: str, options: Iterable[str]) -> str:
+    """Return ' Did you mean 'x'?' for the closest option, or '' when nothing is close."""
+    close = difflib.get_close_matches(str(name), list(options), n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def unknown_key_error(where: str, key: str, allowed: Iterable[str], kind: type[DynarchError] = ConfigError) -> DynarchError:
+    allowed = sorted(allowed)
+    return kind(f"{where}.{key}" if where else key, f"unknown key '{key}'.{did_you_mean(key, allowed)}",
+                expected=f"one of {', '.join(allowed)}", received=key,
+                fix=f"rename or remove '{key}'")
+
