@@ -147,8 +147,11 @@ def load_tfds(cfg: DataConfig):
     for split, limit in (("train", cfg.limit_train), ("test", cfg.limit_test)):
         # Read no more than needed: limits apply to the split spec, not after loading everything.
         name = split if limit is None else f"{split}[:{limit}]"
-        x, y = tfds.as_numpy(builder.as_dataset(split=name, batch_size=-1, as_supervised=True))
-        splits.append((x.astype(np.uint8), y.astype(np.int64)))
+        # Large batches, then concatenate: batch_size=-1 aborts inside TF under tfds.testing.mock_data.
+        batches = list(tfds.as_numpy(builder.as_dataset(split=name, as_supervised=True).batch(8192)))
+        x = np.concatenate([b[0] for b in batches]).astype(np.uint8)
+        y = np.concatenate([b[1] for b in batches]).astype(np.int64)
+        splits.append((x, y))
     return splits[0], splits[1], f"tfds:{cfg.name}"
 
 

