@@ -91,17 +91,18 @@ def save_checkpoint(directory: Path, tensors: dict[str, np.ndarray], manifest: d
 
 
 def resolve(path: str | Path) -> Path:
-    """A run dir, a checkpoint folder, or its weights file -> the checkpoint folder."""
-    p = Path(path).expanduser()
+    """A run dir, a checkpoint folder, its weights file, or SWEEP_DIR#JOB_NUM -> the checkpoint folder."""
+    sweep, sep, job = str(path).rpartition("#")
+    p = Path(sweep).expanduser() / job if sep and job.isdigit() else Path(path).expanduser()
     if p.is_file() and p.name == WEIGHTS:
         p = p.parent
     elif p.is_dir() and (p / RUN_SUBDIR / MANIFEST).exists():
         p = p / RUN_SUBDIR
     if not (p / MANIFEST).is_file() or not (p / WEIGHTS).is_file():
-        what = "does not exist" if not Path(path).expanduser().exists() else "holds no dynarch checkpoint"
+        what = "does not exist" if not p.exists() else "holds no dynarch checkpoint"
         raise CheckpointError(str(path), f"the path {what}",
                               expected=f"a run dir (with {RUN_SUBDIR}/), a checkpoint folder with {MANIFEST} "
-                                       f"and {WEIGHTS}, or that {WEIGHTS} file",
+                                       f"and {WEIGHTS}, that {WEIGHTS} file, or SWEEP_DIR#JOB_NUM",
                               received=str(path), fix="pass the output dir of an earlier dynarch run")
     return p
 

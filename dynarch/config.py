@@ -49,6 +49,12 @@ class OptimizerConfig:
 
 
 @dataclass(frozen=True)
+class MigrateConfig:
+    strict: bool = False             # fail before training unless everything carries over
+    new_blocks: str = "identity"     # identity (Net2DeeperNet where widths agree) | random
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one training run needs, validated."""
     arch: ArchSpec
@@ -57,6 +63,7 @@ class RunConfig:
     optimizer: OptimizerConfig
     seed: int = 42
     init_from: str | None = None
+    migrate: MigrateConfig = field(default_factory=MigrateConfig)
     variant: str = "base"
 
 
@@ -77,6 +84,7 @@ RULES: dict[str, tuple[Any, str]] = {
     "optimizer.lr": (lambda v: v > 0, "a number > 0"),
     "optimizer.momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "optimizer.weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "migrate.new_blocks": (lambda v: v in ("identity", "random"), "'identity' or 'random'"),
 }
 
 
@@ -137,7 +145,7 @@ def _check_primitive_leaves(node: Any, where: str) -> None:
                           received=type(node).__name__, fix="remove the interpolation or resolver producing it")
 
 
-TOP_KEYS = ("model", "data", "trainer", "optimizer", "seed", "init_from")
+TOP_KEYS = ("model", "data", "trainer", "optimizer", "seed", "init_from", "migrate")
 
 
 def load_run_config(cfg: Mapping[str, Any], variant: str = "base") -> RunConfig:
@@ -177,4 +185,5 @@ def load_run_config(cfg: Mapping[str, Any], variant: str = "base") -> RunConfig:
                           fix="leave model.input_shape as ${data.input_shape}")
     return RunConfig(arch=arch, data=data, trainer=from_mapping(TrainerConfig, cfg.get("trainer"), "trainer"),
                      optimizer=from_mapping(OptimizerConfig, cfg.get("optimizer"), "optimizer"),
-                     seed=seed, init_from=init_from, variant=variant)
+                     seed=seed, init_from=init_from, variant=variant,
+                     migrate=from_mapping(MigrateConfig, cfg.get("migrate"), "migrate"))

@@ -91,20 +91,23 @@ def train(run: RunConfig, out_dir: Path) -> dict[str, Any]:
     configure_runtime(run.trainer, run.seed)
     log.info("devices: %s", device_report())
 
-    arrays = load_arrays(run.data, run.seed)
-    log.info("data: %s %s", arrays.source, arrays.sizes())
-    train_ds, val_ds, test_ds = make_datasets(arrays, run.trainer.batch_size, run.seed)
-
     model = build_model(run.arch)
     table = model_table(run.arch, model)
     artifacts.write_text(out_dir / "model.md", f"# {run.arch.name} ({run.variant})\n\n{table}\n")
     log.info("model %s (%s):\n%s", run.arch.name, run.variant, table)
 
     migrated_from = None
-    if run.init_from:
-        from .migrate import migrate_into
-        report = migrate_into(model, run, out_dir)
+    if run.init_from:  # before loading data: a strict migration that fails should fail fast
+        from .migrate import migrate_model, write_report
+        report = migrate_model(model, run.arch, run.init_from, new_blocks=run.migrate.new_blocks,
+                               strict=run.migrate.strict, seed=run.seed, target_variant=run.variant)
+        write_report(report, out_dir)
+        log.info("migrated weights from %s:\n%s", report.source, report.to_markdown())
         migrated_from = report.source
+
+    arrays = load_arrays(run.data, run.seed)
+    log.info("data: %s %s", arrays.source, arrays.sizes())
+    train_ds, val_ds, test_ds = make_datasets(arrays, run.trainer.batch_size, run.seed)
 
     model.compile(optimizer=make_optimizer(run.optimizer), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"], steps_per_execution=run.trainer.steps_per_execution,
@@ -134,7 +137,8 @@ def train(run: RunConfig, out_dir: Path) -> dict[str, Any]:
     checkpoint.save_checkpoint(out_dir / checkpoint.RUN_SUBDIR, checkpoint.model_tensors(model), {
         "arch": dict(run.arch.raw), "model": run.arch.name, "variant": run.variant,
         "num_classes": run.arch.num_classes, "input_shape": list(run.arch.input_shape),
-        "data_source": arrays.source, "metrics": {k: metrics[k] for k in ("test_accuracy", "test_loss")},
+        "data_source": arrays.source, "migrated_from": migrated_from,
+        "metrics": {k: metrics[k] for k in ("test_accuracy", "test_loss")},
         "versions": metrics["versions"], "seed": run.seed})
     metrics["wall_time_s"] = round(time.perf_counter() - t_start, 3)
     artifacts.write_json(out_dir / "metrics.json", metrics)
