@@ -36,6 +36,13 @@ def make_optimizer(opt: OptimizerConfig):
     return keras.optimizers.RMSprop(opt.lr, momentum=opt.momentum, weight_decay=wd)
 
 
+def compile_model(model, run: RunConfig) -> None:
+    """Compile with the run's optimizer (always fresh: optimizer state never migrates) and settings."""
+    model.compile(optimizer=make_optimizer(run.optimizer), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"], steps_per_execution=run.trainer.steps_per_execution,
+                  jit_compile=run.trainer.jit_compile)
+
+
 def _throughput_callback(samples_per_epoch: int):
     import keras
 
@@ -109,9 +116,7 @@ def train(run: RunConfig, out_dir: Path) -> dict[str, Any]:
     log.info("data: %s %s", arrays.source, arrays.sizes())
     train_ds, val_ds, test_ds = make_datasets(arrays, run.trainer.batch_size, run.seed)
 
-    model.compile(optimizer=make_optimizer(run.optimizer), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"], steps_per_execution=run.trainer.steps_per_execution,
-                  jit_compile=run.trainer.jit_compile)
+    compile_model(model, run)
     throughput = _throughput_callback(arrays.sizes()["train"])
     t_fit = time.perf_counter()
     hist = model.fit(train_ds, validation_data=val_ds, epochs=run.trainer.epochs, callbacks=[throughput], shuffle=False,  # shuffled in tf.data
