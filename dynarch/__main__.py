@@ -45,14 +45,28 @@ def main(cfg: DictConfig) -> float:
         artifacts.write_text(out_dir / "config.yaml", OmegaConf.to_yaml(resolved))
         from .train import train  # TensorFlow is imported from here on
         metrics = train(run, out_dir)
-    except DynarchError as e:
-        if hc.mode == RunMode.MULTIRUN:
-            raise  # the sweep records this job as failed and goes on with the others
-        log.error("%s", e)
-        sys.exit(2)
+    except Exception as e:
+        if hc.mode != RunMode.MULTIRUN:
+            if isinstance(e, DynarchError):
+                log.error("%s", e)
+                sys.exit(2)
+            raise
+        # In a sweep one failing job must not lose the others: record it, let Hydra go on.
+        record_failure(out_dir, e)
+        log.error("job %s failed: %s", hc.job.num, e)
+        return float("nan")
     print(f"test accuracy {metrics['test_accuracy']:.4f}  test loss {metrics['test_loss']:.4f}  "
           f"({metrics['data_source']})  run dir: {out_dir}")
-    return metrics["test_accuracy"]
+    return float(metrics.get(run.optimized_metric) or metrics["test_accuracy"])
+
+
+def record_failure(out_dir: Path, error: BaseException) -> None:
+    """error.json in the job's dir: the sweep summary marks the job failed with this message."""
+    import traceback
+    from .artifacts import write_json
+    write_json(out_dir / "error.json", {
+        "type": type(error).__name__, "message": str(error),
+        "traceback": None if isinstance(error, DynarchError) else traceback.format_exc()[-4000:]})
 
 
 if __name__ == "__main__":

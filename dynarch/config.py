@@ -64,6 +64,7 @@ class RunConfig:
     seed: int = 42
     init_from: str | None = None
     migrate: MigrateConfig = field(default_factory=MigrateConfig)
+    optimized_metric: str = "val_accuracy"
     variant: str = "base"
 
 
@@ -145,7 +146,8 @@ def _check_primitive_leaves(node: Any, where: str) -> None:
                           received=type(node).__name__, fix="remove the interpolation or resolver producing it")
 
 
-TOP_KEYS = ("model", "data", "trainer", "optimizer", "seed", "init_from", "migrate")
+TOP_KEYS = ("model", "data", "trainer", "optimizer", "seed", "init_from", "migrate", "lineage", "optimized_metric")
+METRICS = ("val_accuracy", "test_accuracy")
 
 
 def load_run_config(cfg: Mapping[str, Any], variant: str = "base") -> RunConfig:
@@ -172,6 +174,20 @@ def load_run_config(cfg: Mapping[str, Any], variant: str = "base") -> RunConfig:
         raise ConfigError("seed", "seed must be a non-negative integer", expected="e.g. 42", received=seed,
                           fix="set seed=42")
     init_from = cfg.get("init_from")
+    lineage = cfg.get("lineage") or {}
+    for key in lineage:
+        if key != "parent":
+            raise unknown_key_error("lineage", key, ["parent"])
+    parent = lineage.get("parent")
+    if parent is not None and init_from is not None and parent != init_from:
+        raise ConfigError("lineage.parent", "both lineage.parent and init_from name a source",
+                          expected="one warm-start source", received=f"lineage.parent={parent}, init_from={init_from}",
+                          fix="drop one of them (lineage.parent is init_from for every job of a sweep)")
+    init_from = init_from if init_from is not None else parent
+    metric = cfg.get("optimized_metric", "val_accuracy")
+    if metric not in METRICS:
+        raise ConfigError("optimized_metric", "unknown metric to return to the sweeper",
+                          expected=" or ".join(METRICS), received=metric, fix="set optimized_metric=val_accuracy")
     if init_from is not None and not isinstance(init_from, str):
         raise ConfigError("init_from", "init_from must be a path", expected="a run dir or checkpoint file",
                           received=init_from, fix="set init_from=outputs/DATE/TIME")
@@ -186,4 +202,5 @@ def load_run_config(cfg: Mapping[str, Any], variant: str = "base") -> RunConfig:
     return RunConfig(arch=arch, data=data, trainer=from_mapping(TrainerConfig, cfg.get("trainer"), "trainer"),
                      optimizer=from_mapping(OptimizerConfig, cfg.get("optimizer"), "optimizer"),
                      seed=seed, init_from=init_from, variant=variant,
-                     migrate=from_mapping(MigrateConfig, cfg.get("migrate"), "migrate"))
+                     migrate=from_mapping(MigrateConfig, cfg.get("migrate"), "migrate"),
+                     optimized_metric=metric)

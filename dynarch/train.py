@@ -18,6 +18,7 @@ def configure_runtime(trainer: TrainerConfig, seed: int) -> None:
     import keras
     import tensorflow as tf
 
+    keras.backend.clear_session()  # several jobs in one process (sweeps) must not share graph state
     keras.utils.set_random_seed(seed)
     if trainer.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -129,6 +130,7 @@ def train(run: RunConfig, out_dir: Path) -> dict[str, Any]:
     steady = rates[1:] if len(rates) > 1 else rates  # epoch 1 pays tracing / XLA compilation
     metrics = {
         "test_accuracy": float(test_acc), "test_loss": float(test_loss),
+        "val_accuracy": history["val_accuracy"][-1] if "val_accuracy" in history else None,
         "params": int(model.count_params()), "epochs": run.trainer.epochs,
         "train_time_s": round(train_time, 3), "samples_per_s": round(statistics.median(steady), 1),
         "wall_time_s": None, "data_source": arrays.source, "data_sizes": arrays.sizes(),
