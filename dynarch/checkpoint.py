@@ -84,6 +84,13 @@ def save_checkpoint(directory: Path, tensors: dict[str, np.ndarray], manifest: d
         _fsync_dir(directory.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:  # full disk, permissions: the previous checkpoint (if any) is untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(str(directory), f"could not write the checkpoint ({e.strerror or e})",
+                              expected="a writable folder with free space", received=f"errno {e.errno}",
+                              fix="free disk space or choose another run dir; "
+                                  + ("the previous checkpoint is kept" if directory.exists() else
+                                     "nothing was written")) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -8,6 +8,8 @@ falls back to the newest older checkpoint that verifies when the latest one is d
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -35,9 +37,10 @@ class Position:
 
 def fingerprint(run: RunConfig) -> dict[str, Any]:
     """What a resume must share with the run it continues (epochs may grow; nothing else may change)."""
-    return {"arch": dict(run.arch.raw), "optimizer": dataclasses.asdict(run.optimizer),
-            "batch_size": run.trainer.batch_size, "seed": run.seed, "precision": run.trainer.precision,
-            "data": {k: v for k, v in dataclasses.asdict(run.data).items() if not k.startswith("probe")}}
+    fp = {"arch": dict(run.arch.raw), "optimizer": dataclasses.asdict(run.optimizer),
+          "batch_size": run.trainer.batch_size, "seed": run.seed, "precision": run.trainer.precision,
+          "data": {k: v for k, v in dataclasses.asdict(run.data).items() if not k.startswith("probe")}}
+    return json.loads(json.dumps(fp))  # as it reads back from a manifest (tuples become lists)
 
 
 def _state_tensors(model) -> dict[str, np.ndarray]:
@@ -105,10 +108,10 @@ def restore(model, ckpt: Checkpoint, run: RunConfig) -> Position:
     for key, value in ckpt.tensors.items():
         group, index, path = key.split("/", 2)
         var = groups[group][int(index)]
-        if var.path != path or tuple(var.shape) != value.shape:
+        if var.path != path or math.prod(var.shape) != value.size:  # safetensors stores scalars as (1,)
             raise CheckpointError(str(ckpt.path), "the checkpoint does not match the model's variables",
                                   expected=f"{var.path} {tuple(var.shape)}", received=f"{path} {value.shape}",
                                   fix="resume with the original config")
-        var.assign(value)
+        var.assign(value.reshape(tuple(var.shape)))
     m = ckpt.manifest
     return Position(int(m["epoch"]), int(m["batches_done"]), m.get("history", {}))

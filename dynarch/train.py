@@ -115,8 +115,11 @@ class TrainingStopped(DynarchError):
         self.exit_code = exit_code
 
 
-def _state_callback(run: RunConfig, out_dir: Path, position, every: int, stop: dict):
-    """Saves train-state checkpoints every `every` steps; stops on a signal or a NaN loss."""
+def _state_callback(run: RunConfig, out_dir: Path, position, every: int, stop: dict, steps_per_epoch: int):
+    """Saves train-state checkpoints every `every` steps; stops on a signal or a NaN loss.
+
+    Never mid-epoch at the epoch's last batch: the epoch-end save (with that epoch's history) covers it.
+    """
     import keras
 
     from .resume import save_state
@@ -131,11 +134,13 @@ def _state_callback(run: RunConfig, out_dir: Path, position, every: int, stop: d
                 return
             step = int(self.model.optimizer.iterations.numpy())
             # fit reports every steps_per_execution steps: save when this chunk crossed a multiple of `every`
+            if done >= steps_per_epoch:
+                return
             if stop.get("signal") or (every and step % every < run.trainer.steps_per_execution):
                 position_now = type(position)(position.epoch, done, position.history)
                 stop["saved"] = save_state(out_dir, self.model, position_now, run, run.trainer.keep_checkpoints)
                 if stop.get("signal"):
-                    self.model.stop_training = True
+                    stop["mid_epoch"] = self.model.stop_training = True
 
     return StateKeeper()
 
@@ -228,7 +233,7 @@ def train(run: RunConfig, out_dir: Path, resume: bool = False,
             position = Position(epoch, skip, history)
             remaining = data.n_train - min(data.n_train, skip * run.trainer.batch_size)
             throughput = throughput_callback(remaining)
-            keeper = _state_callback(run, out_dir, position, run.trainer.checkpoint_every, stop)
+            keeper = _state_callback(run, out_dir, position, run.trainer.checkpoint_every, stop, data.steps_per_epoch)
             hist = model.fit(data.train(epoch, skip), validation_data=val_ds, epochs=epoch + 1,
                              initial_epoch=epoch, callbacks=[throughput, keeper], shuffle=False,
                              verbose=1 if run.trainer.verbose == 1 else 0)
@@ -239,18 +244,20 @@ def train(run: RunConfig, out_dir: Path, resume: bool = False,
                                       expected="a finite loss", received="nan",
                                       fix="lower optimizer.lr, check the data, or resume=true from the last "
                                           "good checkpoint with other settings")
+            if not stop.get("mid_epoch"):  # the epoch ran to its end: record it
+                logs = {k: float(v[-1]) for k, v in hist.history.items()}
+                for k, v in logs.items():
+                    history.setdefault(k, []).append(v)
+                rates.append(logs["samples_per_s"])
+                if run.trainer.verbose == 2:
+                    print(_epoch_line(epoch, run.trainer.epochs, logs), flush=True)
+                stop["saved"] = save_state(out_dir, model, Position(epoch + 1, 0, history), run,
+                                           run.trainer.keep_checkpoints)
             if stop.get("signal"):
                 raise TrainingStopped("training", f"stopped by signal {stop['signal']}; checkpoint saved at "
                                       f"{stop.get('saved')}", expected=None, received=None,
                                       fix=f"continue with: {resume_command or 'the same command plus resume=true'}",
                                       exit_code=128 + int(stop["signal"]))
-            logs = {k: float(v[-1]) for k, v in hist.history.items()}
-            for k, v in logs.items():
-                history.setdefault(k, []).append(v)
-            rates.append(logs["samples_per_s"])
-            if run.trainer.verbose == 2:
-                print(_epoch_line(epoch, run.trainer.epochs, logs), flush=True)
-            save_state(out_dir, model, Position(epoch + 1, 0, history), run, run.trainer.keep_checkpoints)
     finally:
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)

@@ -1,0 +1,149 @@
+"""Resume: kill / interrupt / NaN / corruption, and the three-run recipe (reference, killed, resumed)."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_config
+from dynarch.checkpoint import load_checkpoint
+from dynarch.errors import CheckpointError
+from dynarch.resume import STATE_DIR, load_latest_state
+from dynarch.train import TrainingStopped, train
+
+# Small batches and frequent checkpoints: many steps, so that a stop lands mid-epoch.
+RESUMABLE = ["data=mnist_subset", "trainer.verbose=0", "trainer.batch_size=32", "trainer.steps_per_execution=4",
+             "trainer.checkpoint_every=8"]
+
+
+def weights_sha(run_dir):
+    return json.loads((run_dir / "checkpoint" / "manifest.json").read_text())["weights_sha256"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    train(run_config([*RESUMABLE, "trainer.epochs=3"]), out)
+    return out
+
+
+def test_sigterm_mid_epoch_then_resume_is_bitwise_identical(tmp_path, reference):
+    out = tmp_path / "run"
+    threading.Timer(0.8, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
+    with pytest.raises(TrainingStopped, match=r"(?s)stopped by signal 15; checkpoint saved.*continue with: CMD") as err:
+        train(run_config([*RESUMABLE, "trainer.epochs=3"]), out, resume_command="CMD")
+    assert err.value.exit_code == 143
+    killed = load_latest_state(out)
+    assert killed.manifest["epoch"] < 3 and not (out / "checkpoint").exists()
+    ref = load_checkpoint(reference).tensors
+    assert not np.array_equal(killed.tensors["model/0000/dense/kernel"], ref["dense/kernel"])  # the stop happened
+    metrics = train(run_config([*RESUMABLE, "trainer.epochs=3", "resume=true"]), out, resume=True)
+    assert metrics["resumed"] and weights_sha(out) == weights_sha(reference)
+
+
+def test_resume_can_extend_epochs(tmp_path, reference):
+    out = tmp_path / "run"
+    train(run_config([*RESUMABLE, "trainer.epochs=2"]), out)
+    train(run_config([*RESUMABLE, "trainer.epochs=3"]), out, resume=True)
+    assert weights_sha(out) == weights_sha(reference)
+    assert [int(line.split(",")[0]) for line in (out / "history.csv").read_text().splitlines()[1:]] == [1, 2, 3]
+
+
+def test_resume_refuses_a_different_architecture_or_optimizer(tmp_path, reference):
+    for override, what in (("+arch=wide", "arch"), ("optimizer.lr=0.01", "optimizer")):
+        with pytest.raises(CheckpointError, match=f"resume refused: the config differs in {what}"):
+            train(run_config([*RESUMABLE, "trainer.epochs=3", override]), reference, resume=True)
+
+
+def test_fresh_run_into_a_checkpointed_dir_is_refused_and_nothing_changes(reference):
+    before = weights_sha(reference), sorted(p.name for p in (reference / STATE_DIR).iterdir())
+    with pytest.raises(CheckpointError, match="already holds a checkpointed run(?s:.*)resume=true"):
+        train(run_config([*RESUMABLE, "trainer.epochs=1"]), reference)
+    assert (weights_sha(reference), sorted(p.name for p in (reference / STATE_DIR).iterdir())) == before
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_good_one(tmp_path, reference, caplog):
+    out = tmp_path / "run"
+    train(run_config([*RESUMABLE, "trainer.epochs=2", "trainer.keep_checkpoints=3"]), out)
+    latest = out / STATE_DIR / (out / STATE_DIR / "latest").read_text().strip()
+    weights = latest / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-7])  # truncated
+    ckpt = load_latest_state(out)
+    assert ckpt.path != latest and "checksum mismatch" in caplog.text and latest.name in caplog.text
+    for folder in (out / STATE_DIR).glob("step-*"):
+        (folder / "weights.safetensors").write_bytes(b"\0" * 64)  # zeroed
+    with pytest.raises(CheckpointError, match="no usable train-state checkpoint"):
+        load_latest_state(out)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(TrainingStopped, match=r"loss became NaN(?s:.*)last good checkpoint is kept"):
+        train(run_config([*RESUMABLE, "trainer.epochs=3", "optimizer=sgd", "optimizer.lr=1e12"]), out)
+    assert not (out / "checkpoint").exists() and not (out / "metrics.json").exists()
+    for folder in (out / STATE_DIR).glob("step-*"):  # whatever was kept is finite
+        assert all(np.isfinite(v).all() for v in load_checkpoint(folder).tensors.values())
+
+
+def _cli(out, *extra, **kw):
+    return subprocess.Popen([sys.executable, "-m", "dynarch", *RESUMABLE, "trainer.epochs=4", f"hydra.run.dir={out}",
+                             *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_sigkill_at_five_random_points_then_resume_is_bitwise_identical(tmp_path):
+    ref = tmp_path / "ref"
+    assert _cli(ref).wait(timeout=300) == 0
+    rng, kills = random.Random(7), 0
+    for attempt in range(12):
+        if kills == 5:
+            break
+        out = tmp_path / f"killed{attempt}"
+        proc = _cli(out)
+        deadline = time.time() + 120
+        while not (out / STATE_DIR / "latest").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0, 1.5))
+        proc.kill()  # SIGKILL: no handler runs, no checkpoint is written on the way out
+        proc.wait()
+        if (out / "checkpoint").exists():
+            continue  # finished before the kill landed: not a kill point
+        kills += 1
+        killed = load_latest_state(out)
+        assert not np.array_equal(killed.tensors["model/0000/dense/kernel"],
+                                  load_checkpoint(ref).tensors["dense/kernel"])
+        resumed = _cli(out, "resume=true")
+        assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-2000:]
+        assert weights_sha(out) == weights_sha(ref), f"kill {kills} at epoch {killed.manifest['epoch']}"
+    assert kills == 5
+
+
+@pytest.mark.slow
+def test_sigterm_prints_the_resume_command_and_it_works(tmp_path):
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    assert _cli(ref).wait(timeout=300) == 0
+    proc = _cli(out)
+    while not (out / STATE_DIR / "latest").exists() and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out_text, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    command = (out_text + err).split("continue with: ")[1].split("\n")[0]
+    assert command.startswith("python -m dynarch") and command.endswith("resume=true")
+    args = command.split()[3:]
+    assert subprocess.run([sys.executable, "-m", "dynarch", *args], cwd=ROOT, capture_output=True).returncode == 0
+    assert weights_sha(out) == weights_sha(ref)
+
+
+@pytest.mark.slow
+def test_two_fresh_processes_give_identical_weights(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    procs = [_cli(a, "trainer.epochs=2"), _cli(b, "trainer.epochs=2")]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    assert weights_sha(a) == weights_sha(b)
