@@ -152,3 +152,25 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 def model_tensors(model) -> dict[str, np.ndarray]:
     """All model variables (trainable and not, e.g. BatchNorm statistics) keyed by variable path."""
     return {v.path: np.asarray(v.numpy()) for v in model.weights}
+
+
+def export_keras(model, path: Path) -> Path:
+    """Save a `.keras` archive (architecture + weights) atomically, for serving or plain Keras users."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_keras(path: str | Path):
+    """Load a `.keras` archive with Keras' safe_mode: no lambda or other code is deserialized."""
+    import keras
+
+    from . import build  # noqa: F401  registers BlockGroup for deserialization
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except (ValueError, OSError, TypeError) as e:
+        raise CheckpointError(str(path), f"refused or unreadable .keras file ({str(e).splitlines()[0][:200]})",
+                              expected="a .keras file exported by dynarch (safe_mode: no code inside)",
+                              received=Path(path).name, fix="export it again with trainer.export_keras=true") from None

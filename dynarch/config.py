@@ -42,6 +42,9 @@ class TrainerConfig:
     precision: str = "float32"
     checkpoint_every: int = 256
     keep_checkpoints: int = 2
+    export_keras: bool = False
+    strategy: str = "auto"
+    logical_cpus: int = 0
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,9 @@ RULES: dict[str, tuple[Any, str]] = {
                                  "auto or an integer >= 0 (0 = TensorFlow's default)"),
     "trainer.checkpoint_every": (lambda v: v >= 0, "an integer >= 0 (0 = only at epoch ends)"),
     "trainer.keep_checkpoints": (lambda v: v >= 1, "an integer >= 1"),
+    "trainer.strategy": (lambda v: v in ("auto", "default", "mirrored", "multi_worker"),
+                         "auto, default, mirrored or multi_worker"),
+    "trainer.logical_cpus": (lambda v: 0 <= v <= 64, "an integer in [0, 64] (0 = no split)"),
     "trainer.precision": (lambda v: v in ("float32", "mixed_float16", "mixed_bfloat16"),
                           "float32, mixed_float16 or mixed_bfloat16"),
     "optimizer.name": (lambda v: v in ("adam", "adamw", "sgd", "rmsprop"), "adam, adamw, sgd or rmsprop"),

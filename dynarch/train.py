@@ -35,6 +35,8 @@ def configure_runtime(trainer: TrainerConfig, seed: int, forward_flops: int | No
     import keras
     import tensorflow as tf
 
+    from .distribute import configure_devices
+    configure_devices(trainer)  # before anything initializes the TF runtime
     threads = intra_op_threads(trainer, forward_flops, bool(tf.config.list_physical_devices("GPU")))
     if threads != tf.config.threading.get_intra_op_parallelism_threads():
         try:
@@ -115,7 +117,8 @@ class TrainingStopped(DynarchError):
         self.exit_code = exit_code
 
 
-def _state_callback(run: RunConfig, out_dir: Path, position, every: int, stop: dict, steps_per_epoch: int):
+def _state_callback(run: RunConfig, out_dir: Path, position, every: int, stop: dict, steps_per_epoch: int,
+                    chief: bool = True):
     """Saves train-state checkpoints every `every` steps; stops on a signal or a NaN loss.
 
     Never mid-epoch at the epoch's last batch: the epoch-end save (with that epoch's history) covers it.
@@ -138,7 +141,8 @@ def _state_callback(run: RunConfig, out_dir: Path, position, every: int, stop: d
                 return
             if stop.get("signal") or (every and step % every < run.trainer.steps_per_execution):
                 position_now = type(position)(position.epoch, done, position.history)
-                stop["saved"] = save_state(out_dir, self.model, position_now, run, run.trainer.keep_checkpoints)
+                if chief:
+                    stop["saved"] = save_state(out_dir, self.model, position_now, run, run.trainer.keep_checkpoints)
                 if stop.get("signal"):
                     stop["mid_epoch"] = self.model.stop_training = True
 
@@ -185,6 +189,7 @@ def train(run: RunConfig, out_dir: Path, resume: bool = False,
     from . import artifacts, checkpoint
     from .build import build_model, model_table
     from .data import Pipelines, load_arrays
+    from .distribute import is_chief, make_strategy
     from .resume import Position, has_state, load_latest_state, restore, save_state
 
     out_dir = Path(out_dir)
@@ -195,28 +200,33 @@ def train(run: RunConfig, out_dir: Path, resume: bool = False,
                               fix=f"add resume=true to continue it, or drop hydra.run.dir to start a new run")
     out_dir.mkdir(parents=True, exist_ok=True)
     configure_runtime(run.trainer, run.seed, run.arch.forward_flops)
-    log.info("devices: %s; strategy: default; precision: %s", device_report(), run.trainer.precision)
-
-    model = build_model(run.arch)
-    table = model_table(run.arch, model)
-    artifacts.write_text(out_dir / "model.md", f"# {run.arch.name} ({run.variant})\n\n{table}\n")
-    log.info("model %s (%s):\n%s", run.arch.name, run.variant, table)
-    compile_model(model, run)
-    model.optimizer.build(model.trainable_variables)  # slots exist now, so a resume can fill them
+    strategy, strategy_text = make_strategy(run.trainer)
+    chief = is_chief()  # only the chief writes checkpoints and artifacts
+    log.info("devices: %s; strategy: %s; precision: %s", device_report(), strategy_text, run.trainer.precision)
 
     migrated_from, position = None, Position()
-    if resume:
-        ckpt = load_latest_state(out_dir)
-        position = restore(model, ckpt, run)
-        migrated_from = ckpt.manifest.get("migrated_from")
-        log.info("resuming from %s: epoch %d, %d batches done", ckpt.path, position.epoch + 1, position.batches_done)
-    elif run.init_from:  # before loading data: a strict migration that fails should fail fast
-        from .migrate import migrate_model, write_report
-        report = migrate_model(model, run.arch, run.init_from, new_blocks=run.migrate.new_blocks,
-                               strict=run.migrate.strict, seed=run.seed, target_variant=run.variant)
-        write_report(report, out_dir)
-        log.info("migrated weights from %s:\n%s", report.source, report.to_markdown())
-        migrated_from = report.source
+    with strategy.scope():  # variables (model, optimizer) are created, migrated and restored in scope
+        model = build_model(run.arch)
+        table = model_table(run.arch, model)
+        if chief:
+            artifacts.write_text(out_dir / "model.md", f"# {run.arch.name} ({run.variant})\n\n{table}\n")
+        log.info("model %s (%s):\n%s", run.arch.name, run.variant, table)
+        compile_model(model, run)
+        model.optimizer.build(model.trainable_variables)  # slots exist now, so a resume can fill them
+        if resume:
+            ckpt = load_latest_state(out_dir)
+            position = restore(model, ckpt, run)
+            migrated_from = ckpt.manifest.get("migrated_from")
+            log.info("resuming from %s: epoch %d, %d batches done", ckpt.path, position.epoch + 1,
+                     position.batches_done)
+        elif run.init_from:  # before loading data: a strict migration that fails should fail fast
+            from .migrate import migrate_model, write_report
+            report = migrate_model(model, run.arch, run.init_from, new_blocks=run.migrate.new_blocks,
+                                   strict=run.migrate.strict, seed=run.seed, target_variant=run.variant)
+            if chief:
+                write_report(report, out_dir)
+            log.info("migrated weights from %s:\n%s", report.source, report.to_markdown())
+            migrated_from = report.source
 
     arrays = load_arrays(run.data, run.seed)
     log.info("data: %s %s", arrays.source, arrays.sizes())
@@ -233,7 +243,8 @@ def train(run: RunConfig, out_dir: Path, resume: bool = False,
             position = Position(epoch, skip, history)
             remaining = data.n_train - min(data.n_train, skip * run.trainer.batch_size)
             throughput = throughput_callback(remaining)
-            keeper = _state_callback(run, out_dir, position, run.trainer.checkpoint_every, stop, data.steps_per_epoch)
+            keeper = _state_callback(run, out_dir, position, run.trainer.checkpoint_every, stop,
+                                     data.steps_per_epoch, chief)
             hist = model.fit(data.train(epoch, skip), validation_data=val_ds, epochs=epoch + 1,
                              initial_epoch=epoch, callbacks=[throughput, keeper], shuffle=False,
                              verbose=1 if run.trainer.verbose == 1 else 0)
@@ -251,8 +262,9 @@ def train(run: RunConfig, out_dir: Path, resume: bool = False,
                 rates.append(logs["samples_per_s"])
                 if run.trainer.verbose == 2:
                     print(_epoch_line(epoch, run.trainer.epochs, logs), flush=True)
-                stop["saved"] = save_state(out_dir, model, Position(epoch + 1, 0, history), run,
-                                           run.trainer.keep_checkpoints)
+                if chief:
+                    stop["saved"] = save_state(out_dir, model, Position(epoch + 1, 0, history), run,
+                                               run.trainer.keep_checkpoints)
             if stop.get("signal"):
                 raise TrainingStopped("training", f"stopped by signal {stop['signal']}; checkpoint saved at "
                                       f"{stop.get('saved')}", expected=None, received=None,
@@ -276,6 +288,9 @@ def train(run: RunConfig, out_dir: Path, resume: bool = False,
         "migrated_from": migrated_from, "resumed": resume, "seed": run.seed, "devices": device_report(),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
+    metrics["strategy"] = strategy_text
+    if not chief:  # workers other than the chief write nothing
+        return metrics
     artifacts.write_history_csv(out_dir / "history.csv", history)
     artifacts.plot_curves(out_dir / "curves.png", history,
                           f"{run.arch.name} / {run.variant}: test acc {test_acc:.4f}")
@@ -285,6 +300,8 @@ def train(run: RunConfig, out_dir: Path, resume: bool = False,
         "data_source": arrays.source, "migrated_from": migrated_from,
         "metrics": {k: metrics[k] for k in ("test_accuracy", "test_loss")},
         "versions": metrics["versions"], "seed": run.seed})
+    if run.trainer.export_keras:
+        checkpoint.export_keras(model, out_dir / "model.keras")
     metrics["wall_time_s"] = round(time.perf_counter() - t_start, 3)
     artifacts.write_json(out_dir / "metrics.json", metrics)
     log.info("test accuracy %.4f, loss %.4f (%s, %s samples/s) -> %s", test_acc, test_loss,

@@ -72,3 +72,21 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert (folder / ck.WEIGHTS).read_bytes() == before
     assert sorted(p.name for p in folder.parent.iterdir()) == ["checkpoint"]  # no temp left behind
     ck.load_checkpoint(folder)
+
+
+def test_keras_export_round_trips_in_safe_mode_and_refuses_code(tmp_path):
+    import keras
+
+    from conftest import run_config
+    from dynarch.build import build_model
+    spec = run_config(["model=cnn", "+arch=no_conv1"]).arch
+    model = build_model(spec)
+    path = ck.export_keras(model, tmp_path / "model.keras")
+    loaded = ck.load_keras(path)
+    x = np.random.default_rng(0).random((4, 28, 28, 1)).astype("float32")
+    assert np.allclose(loaded(x), model(x)) and loaded.get_layer("stage1").__class__.__name__ == "Identity"
+    inp = keras.Input((3,))
+    evil = keras.Model(inp, keras.layers.Lambda(lambda t: t * 2)(inp))
+    evil.save(tmp_path / "evil.keras")
+    with pytest.raises(CheckpointError, match="evil.keras: refused or unreadable"):
+        ck.load_keras(tmp_path / "evil.keras")
