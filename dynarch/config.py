@@ -94,7 +94,7 @@ RULES: dict[str, tuple[Any, str]] = {
     "trainer.checkpoint_every": (lambda v: v >= 0, "an integer >= 0 (0 = only at epoch ends)"),
     "trainer.keep_checkpoints": (lambda v: v >= 1, "an integer >= 1"),
     "trainer.strategy": (lambda v: v in ("auto", "default", "mirrored", "multi_worker"),
-                         "auto, default, mirrored or multi_worker"),
+                         "auto, default or mirrored (multi_worker is refused with the reason)"),
     "trainer.logical_cpus": (lambda v: 0 <= v <= 64, "an integer in [0, 64] (0 = no split)"),
     "trainer.precision": (lambda v: v in ("float32", "mixed_float16", "mixed_bfloat16"),
                           "float32, mixed_float16 or mixed_bfloat16"),

@@ -1,15 +1,13 @@
-"""Distribution strategies: one device, several devices of one machine (MirroredStrategy), or several
-machines (MultiWorkerMirroredStrategy, configured by TF_CONFIG). `trainer.batch_size` is the global
-batch: each of N replicas sees batch_size / N examples per step.
+"""Distribution strategies: one device, or several devices of one machine (MirroredStrategy).
+`trainer.batch_size` is the global batch: each of N replicas sees batch_size / N examples per step.
+Several machines (MultiWorkerMirroredStrategy) are refused: Keras 3's fit cannot run it (see below).
 
 On a CPU-only machine `trainer.logical_cpus=N` splits the CPU into N logical devices, so that the
 mirrored path runs (and is tested) exactly as on N GPUs.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 
 from .config import TrainerConfig
 from .errors import ConfigError
@@ -30,49 +28,26 @@ def configure_devices(trainer: TrainerConfig) -> None:
         log.warning("logical CPU devices stay at %d for this process", len(tf.config.list_logical_devices("CPU")))
 
 
-def tf_config() -> dict:
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
-        return {}
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise ConfigError("TF_CONFIG", "the TF_CONFIG environment variable is not JSON",
-                          expected='{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}',
-                          received=raw[:200], fix="export a valid TF_CONFIG on every worker") from None
-
-
-def is_chief() -> bool:
-    """The one process that writes checkpoints and artifacts: the chief, or worker 0 when there is none."""
-    cfg = tf_config()
-    task = cfg.get("task", {})
-    if not task:
-        return True
-    has_chief = "chief" in cfg.get("cluster", {})
-    return task.get("type") == "chief" or (not has_chief and task.get("type") == "worker" and task.get("index") == 0)
-
-
 def make_strategy(trainer: TrainerConfig):
     """The tf.distribute strategy for `trainer.strategy`; returns (strategy, a one-line description)."""
     import tensorflow as tf
 
-    gpus = tf.config.list_logical_devices("GPU")
+    # Physical, not logical, devices: listing logical ones starts the runtime, after which a
+    # multi-worker strategy can no longer configure its collective ops.
     kind = trainer.strategy
     if kind == "auto":
-        kind = "mirrored" if len(gpus) > 1 else "default"
+        kind = "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "default"
     if kind == "default":
         return tf.distribute.get_strategy(), "default (one device)"
     if kind == "mirrored":
-        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        devices = ([d.name for d in tf.config.list_logical_devices("GPU")]
+                   or [d.name for d in tf.config.list_logical_devices("CPU")])
         strategy = tf.distribute.MirroredStrategy(devices=devices)
         return strategy, f"mirrored over {strategy.num_replicas_in_sync} devices ({', '.join(devices)})"
-    cfg = tf_config()
-    if not cfg.get("cluster"):
-        raise ConfigError("trainer.strategy", "multi_worker needs a cluster description in TF_CONFIG",
-                          expected="TF_CONFIG with cluster.worker addresses and this task's type/index",
-                          received="no TF_CONFIG", fix="export TF_CONFIG on each worker (see README, Scaling out)")
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    task = cfg.get("task", {})
-    return strategy, (f"multi_worker: {task.get('type')} {task.get('index')} of "
-                      f"{sum(len(v) for v in cfg['cluster'].values())} workers, "
-                      f"{strategy.num_replicas_in_sync} replicas")
+    # multi_worker: Keras 3 `fit` cannot consume a MultiWorkerMirroredStrategy's per-replica batches
+    # ("Attempt to convert a value (PerReplica...)", keras-team/keras#20585, tensorflow#72388; seen here
+    # with Keras 3.15 / TF 2.21). Refuse it up front instead of failing in the first step.
+    raise ConfigError("trainer.strategy", "multi_worker is not supported by Keras 3's fit in this version",
+                      expected="default or mirrored", received="multi_worker",
+                      fix="use mirrored on each machine, or spread a sweep over machines with "
+                          "hydra/launcher=slurm (keras-team/keras#20585 tracks multi-worker fit)")

@@ -30,12 +30,13 @@ def intra_op_threads(trainer: TrainerConfig, forward_flops: int | None, has_gpu:
     return 1 if small and not has_gpu else 0
 
 
-def configure_runtime(trainer: TrainerConfig, seed: int, forward_flops: int | None = None) -> None:
-    """Threads, precision policy, seeds (Python, NumPy, TF) and op determinism (bitwise-repeatable on CPU)."""
+def configure_runtime(trainer: TrainerConfig, seed: int, forward_flops: int | None = None):
+    """Devices, threads, distribution strategy, precision policy, seeds (Python, NumPy, TF) and op
+    determinism (bitwise-repeatable on CPU), in the order TF needs. Returns (strategy, description)."""
     import keras
     import tensorflow as tf
 
-    from .distribute import configure_devices
+    from .distribute import configure_devices, make_strategy
     configure_devices(trainer)  # before anything initializes the TF runtime
     threads = intra_op_threads(trainer, forward_flops, bool(tf.config.list_physical_devices("GPU")))
     if threads != tf.config.threading.get_intra_op_parallelism_threads():
@@ -44,11 +45,13 @@ def configure_runtime(trainer: TrainerConfig, seed: int, forward_flops: int | No
         except RuntimeError:  # TF fixes its thread pools at first use: later jobs in a process keep them
             log.warning("intra-op threads stay at %d for this process (asked for %d): TensorFlow is already "
                         "initialized", tf.config.threading.get_intra_op_parallelism_threads(), threads)
+    strategy = make_strategy(trainer)
     keras.backend.clear_session()  # several jobs in one process (sweeps) must not share graph state
     keras.mixed_precision.set_global_policy(trainer.precision)  # after clear_session, which resets it
     keras.utils.set_random_seed(seed)
     if trainer.deterministic:
         tf.config.experimental.enable_op_determinism()
+    return strategy
 
 
 def make_optimizer(opt: OptimizerConfig):
@@ -66,9 +69,17 @@ def make_optimizer(opt: OptimizerConfig):
 
 def compile_model(model, run: RunConfig) -> None:
     """Compile with the run's optimizer (always fresh: optimizer state never migrates) and settings."""
+    import tensorflow as tf
+
+    steps = run.trainer.steps_per_execution
+    if steps > 1 and tf.distribute.get_strategy().num_replicas_in_sync > 1:
+        # Keras 3.15 on TF 2.21 fails with "You must feed a value for placeholder tensor 'while/cond/...'"
+        # when several steps run per call under a multi-replica strategy (keras-team/keras#19246).
+        log.warning("steps_per_execution=%d is not supported with several replicas in this Keras version "
+                    "(keras-team/keras#19246): using 1", steps)
+        steps = 1
     model.compile(optimizer=make_optimizer(run.optimizer), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"], steps_per_execution=run.trainer.steps_per_execution,
-                  jit_compile=run.trainer.jit_compile)
+                  metrics=["accuracy"], steps_per_execution=steps, jit_compile=run.trainer.jit_compile)
 
 
 def throughput_callback(samples_per_epoch: int):
@@ -117,8 +128,7 @@ class TrainingStopped(DynarchError):
         self.exit_code = exit_code
 
 
-def _state_callback(run: RunConfig, out_dir: Path, position, every: int, stop: dict, steps_per_epoch: int,
-                    chief: bool = True):
+def _state_callback(run: RunConfig, out_dir: Path, position, every: int, stop: dict, steps_per_epoch: int):
     """Saves train-state checkpoints every `every` steps; stops on a signal or a NaN loss.
 
     Never mid-epoch at the epoch's last batch: the epoch-end save (with that epoch's history) covers it.
@@ -141,8 +151,7 @@ def _state_callback(run: RunConfig, out_dir: Path, position, every: int, stop: d
                 return
             if stop.get("signal") or (every and step % every < run.trainer.steps_per_execution):
                 position_now = type(position)(position.epoch, done, position.history)
-                if chief:
-                    stop["saved"] = save_state(out_dir, self.model, position_now, run, run.trainer.keep_checkpoints)
+                stop["saved"] = save_state(out_dir, self.model, position_now, run, run.trainer.keep_checkpoints)
                 if stop.get("signal"):
                     stop["mid_epoch"] = self.model.stop_training = True
 
@@ -189,7 +198,6 @@ def train(run: RunConfig, out_dir: Path, resume: bool = False,
     from . import artifacts, checkpoint
     from .build import build_model, model_table
     from .data import Pipelines, load_arrays
-    from .distribute import is_chief, make_strategy
     from .resume import Position, has_state, load_latest_state, restore, save_state
 
     out_dir = Path(out_dir)
@@ -199,17 +207,14 @@ def train(run: RunConfig, out_dir: Path, resume: bool = False,
                               received="state/ with train-state checkpoints",
                               fix=f"add resume=true to continue it, or drop hydra.run.dir to start a new run")
     out_dir.mkdir(parents=True, exist_ok=True)
-    configure_runtime(run.trainer, run.seed, run.arch.forward_flops)
-    strategy, strategy_text = make_strategy(run.trainer)
-    chief = is_chief()  # only the chief writes checkpoints and artifacts
+    strategy, strategy_text = configure_runtime(run.trainer, run.seed, run.arch.forward_flops)
     log.info("devices: %s; strategy: %s; precision: %s", device_report(), strategy_text, run.trainer.precision)
 
     migrated_from, position = None, Position()
     with strategy.scope():  # variables (model, optimizer) are created, migrated and restored in scope
         model = build_model(run.arch)
         table = model_table(run.arch, model)
-        if chief:
-            artifacts.write_text(out_dir / "model.md", f"# {run.arch.name} ({run.variant})\n\n{table}\n")
+        artifacts.write_text(out_dir / "model.md", f"# {run.arch.name} ({run.variant})\n\n{table}\n")
         log.info("model %s (%s):\n%s", run.arch.name, run.variant, table)
         compile_model(model, run)
         model.optimizer.build(model.trainable_variables)  # slots exist now, so a resume can fill them
@@ -223,8 +228,7 @@ def train(run: RunConfig, out_dir: Path, resume: bool = False,
             from .migrate import migrate_model, write_report
             report = migrate_model(model, run.arch, run.init_from, new_blocks=run.migrate.new_blocks,
                                    strict=run.migrate.strict, seed=run.seed, target_variant=run.variant)
-            if chief:
-                write_report(report, out_dir)
+            write_report(report, out_dir)
             log.info("migrated weights from %s:\n%s", report.source, report.to_markdown())
             migrated_from = report.source
 
@@ -244,7 +248,7 @@ def train(run: RunConfig, out_dir: Path, resume: bool = False,
             remaining = data.n_train - min(data.n_train, skip * run.trainer.batch_size)
             throughput = throughput_callback(remaining)
             keeper = _state_callback(run, out_dir, position, run.trainer.checkpoint_every, stop,
-                                     data.steps_per_epoch, chief)
+                                     data.steps_per_epoch)
             hist = model.fit(data.train(epoch, skip), validation_data=val_ds, epochs=epoch + 1,
                              initial_epoch=epoch, callbacks=[throughput, keeper], shuffle=False,
                              verbose=1 if run.trainer.verbose == 1 else 0)
@@ -262,9 +266,8 @@ def train(run: RunConfig, out_dir: Path, resume: bool = False,
                 rates.append(logs["samples_per_s"])
                 if run.trainer.verbose == 2:
                     print(_epoch_line(epoch, run.trainer.epochs, logs), flush=True)
-                if chief:
-                    stop["saved"] = save_state(out_dir, model, Position(epoch + 1, 0, history), run,
-                                               run.trainer.keep_checkpoints)
+                stop["saved"] = save_state(out_dir, model, Position(epoch + 1, 0, history), run,
+                                           run.trainer.keep_checkpoints)
             if stop.get("signal"):
                 raise TrainingStopped("training", f"stopped by signal {stop['signal']}; checkpoint saved at "
                                       f"{stop.get('saved')}", expected=None, received=None,
@@ -289,8 +292,6 @@ def train(run: RunConfig, out_dir: Path, resume: bool = False,
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
     metrics["strategy"] = strategy_text
-    if not chief:  # workers other than the chief write nothing
-        return metrics
     artifacts.write_history_csv(out_dir / "history.csv", history)
     artifacts.plot_curves(out_dir / "curves.png", history,
                           f"{run.arch.name} / {run.variant}: test acc {test_acc:.4f}")

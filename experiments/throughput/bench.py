@@ -4,6 +4,7 @@
   (b) plain Keras hand-tuned: the same fit on numpy arrays with steps_per_execution=64 and the intra-op
       thread count dynarch's `auto` picks, set by hand
   (c) the dynarch runner (`dynarch.train.train`) with its default trainer settings
+  (d) the dynarch runner with trainer.deterministic=false: what op determinism (on by default) costs
 
 Each configuration runs in a fresh child process started by this one command, so that process-wide
 TensorFlow settings (thread pools) are the ones that configuration really runs with.
@@ -37,6 +38,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 BATCH = 128
+KEYS = "abcd"
+NAMES = {"a": "plain Keras (defaults)", "b": "plain Keras (hand-tuned)", "c": "dynarch runner (defaults)",
+         "d": "dynarch runner, deterministic=false"}
 
 
 def write_idx(folder: Path, train_size: int) -> None:
@@ -98,14 +102,14 @@ def run_plain(model_name, train, test, epochs, seed, tuned, threads):
     return statistics.median(cb.epoch_s[1:]), model.evaluate(*test, verbose=0)[1]
 
 
-def run_dynarch(model_name, idx_dir, epochs, seed, out_dir):
+def run_dynarch(model_name, idx_dir, epochs, seed, out_dir, extra=()):
     from hydra import compose, initialize_config_dir
     from dynarch.__main__ import resolve_config
     from dynarch.train import train
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"model={model_name}", "data=idx", f"data.path={idx_dir}",
                                            "data.val_fraction=0", f"trainer.epochs={epochs}", "trainer.verbose=0",
-                                           f"seed={seed}"])
+                                           f"seed={seed}", *extra])
     run = resolve_config(cfg, "base")[0]
     metrics = train(run, out_dir)
     return metrics["data_sizes"]["train"] / metrics["samples_per_s"], metrics["test_accuracy"]
@@ -126,8 +130,9 @@ def child(args) -> None:
     from dynarch.config import DataConfig
     (x, y), (tx, ty) = load_idx(DataConfig(loader="idx", path=str(folder)))
     train, test = (x.astype("float32") / 255.0, y), (tx.astype("float32") / 255.0, ty)
-    if key == "c":
-        t, acc = run_dynarch(model_name, folder, args.epochs, args.seed, folder / f"run-{model_name}-{os.getpid()}")
+    if key in "cd":
+        t, acc = run_dynarch(model_name, folder, args.epochs, args.seed, folder / f"run-{model_name}-{os.getpid()}",
+                             ["trainer.deterministic=false"] if key == "d" else [])
     else:
         from dynarch.train import intra_op_threads
         run = arch_of(model_name)
@@ -168,11 +173,11 @@ def main() -> None:
           f"{args.epochs} epochs x {args.repeats} repeats", flush=True)
     results = {}
     for model_name in args.models.split(","):
-        times = {"a": [], "b": [], "c": []}
-        accs = {"a": [], "b": [], "c": []}
+        times = {k: [] for k in KEYS}
+        accs = {k: [] for k in KEYS}
         n = args.train_size
         for r in range(args.repeats):
-            for key in "abc":  # interleaved, so that machine noise spreads over all three
+            for key in KEYS:  # interleaved, so that machine noise spreads over all configurations
                 t, acc, n = measure(key, model_name, tmp, args)
                 times[key].append(t)
                 accs[key].append(acc)
@@ -188,28 +193,30 @@ def main() -> None:
                           "max": max(ratio("c", "a"))},
             "ratio_c_b": {"median": statistics.median(ratio("c", "b")), "min": min(ratio("c", "b")),
                           "max": max(ratio("c", "b"))},
+            "ratio_d_b": {"median": statistics.median(ratio("d", "b")), "min": min(ratio("d", "b")),
+                          "max": max(ratio("d", "b"))},
             "train_gflops": {k: med[k] * flops / 1e9 for k in med}, "flops_per_sample": flops,
         }
     report(results, peak, args)
 
 
 def report(results: dict, peak: float, args) -> None:
-    names = {"a": "plain Keras (defaults)", "b": "plain Keras (hand-tuned)", "c": "dynarch runner"}
+    names = NAMES
     lines = [f"float32 matmul peak measured in the same run: **{peak:.1f} GFLOP/s**; {args.train_size} training "
              f"samples, batch {BATCH}, {args.epochs} epochs (first = warm-up), {args.repeats} repeats.", "",
              "| model | configuration | samples/s median (min–max) | test acc | training GFLOP/s | % of matmul peak |",
              "|---|---|---|---|---|---|"]
     for model, r in results.items():
-        for k in "abc":
+        for k in KEYS:
             s = r["samples_per_s"][k]
             lines.append(f"| {model} | {names[k]} | {s['median']:,.0f} ({s['min']:,.0f}–{s['max']:,.0f}) | "
                          f"{r['test_accuracy'][k]:.4f} | {r['train_gflops'][k]:.1f} | "
                          f"{100 * r['train_gflops'][k] / peak:.0f}% |")
-    lines += ["", "| model | c/a median (min–max) | c/b median (min–max) |", "|---|---|---|"]
+    lines += ["", "| model | c/a median (min–max) | c/b median (min–max) | d/b median (min–max) |",
+              "|---|---|---|---|"]
+    fmt = lambda r: f"**{r['median']:.2f}** ({r['min']:.2f}–{r['max']:.2f})"
     for model, r in results.items():
-        ca, cb = r["ratio_c_a"], r["ratio_c_b"]
-        lines.append(f"| {model} | **{ca['median']:.2f}** ({ca['min']:.2f}–{ca['max']:.2f}) | "
-                     f"**{cb['median']:.2f}** ({cb['min']:.2f}–{cb['max']:.2f}) |")
+        lines.append(f"| {model} | {fmt(r['ratio_c_a'])} | {fmt(r['ratio_c_b'])} | {fmt(r['ratio_d_b'])} |")
     table = "\n".join(lines)
     print("\n" + table)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -221,10 +228,11 @@ def report(results: dict, peak: float, args) -> None:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), squeeze=False)
     for ax, (model, r) in zip(axes[0], results.items()):
-        meds = [r["samples_per_s"][k]["median"] for k in "abc"]
-        errs = [[m - r["samples_per_s"][k]["min"] for m, k in zip(meds, "abc")],
-                [r["samples_per_s"][k]["max"] - m for m, k in zip(meds, "abc")]]
-        ax.bar([names[k].replace(" (", "\n(") for k in "abc"], meds, yerr=errs, color=["#999", "#69c", "#e73"])
+        meds = [r["samples_per_s"][k]["median"] for k in KEYS]
+        errs = [[m - r["samples_per_s"][k]["min"] for m, k in zip(meds, KEYS)],
+                [r["samples_per_s"][k]["max"] - m for m, k in zip(meds, KEYS)]]
+        ax.bar([names[k].replace(" (", "\n(").replace(", ", ",\n") for k in KEYS], meds, yerr=errs,
+               color=["#999", "#69c", "#e73", "#fb6"])
         ax.set(title=f"{model}: training samples/s (median, min–max)", ylabel="samples/s")
         ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
