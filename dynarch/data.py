@@ -197,10 +197,11 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def _gather_batches(x, y, index_batches):
+    """Gather each batch from the uint8 images and scale it to [0, 1] floats on the input thread."""
     import tensorflow as tf
     return (index_batches
-            .map(lambda i: (tf.gather(x, i), tf.gather(y, i)), num_parallel_calls=tf.data.AUTOTUNE,
-                 deterministic=True)
+            .map(lambda i: (tf.cast(tf.gather(x, i), tf.float32) / 255.0, tf.gather(y, i)),
+                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .prefetch(tf.data.AUTOTUNE))
 
 
@@ -223,7 +224,8 @@ class Pipelines:
         import tensorflow as tf
         self.batch_size, self.seed = batch_size, seed
         self.n_train = len(arrays.train[1])
-        tensors = lambda xy: (tf.constant(xy[0].astype(np.float32) / 255.0), tf.constant(xy[1]))
+        # uint8 in memory (4x smaller, no up-front conversion pass): batches are scaled as they are cut.
+        tensors = lambda xy: (tf.constant(xy[0]), tf.constant(xy[1]))
         self._train = tensors(arrays.train)
         self._val = None if arrays.val is None else tensors(arrays.val)
         self._test = tensors(arrays.test)

@@ -1,0 +1,44 @@
+"""Where the time goes in one MLP run of the dynarch runner: pyinstrument over `dynarch.train.train`.
+
+    .venv/bin/python experiments/throughput/profile.py      # writes profile.txt beside this file
+"""
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE))
+
+from bench import write_idx  # noqa: E402
+
+
+def main() -> None:
+    from hydra import compose, initialize_config_dir
+    from pyinstrument import Profiler
+
+    from dynarch.__main__ import resolve_config
+    from dynarch.train import train
+
+    tmp = Path(tempfile.mkdtemp(prefix="dynarch-profile-"))
+    write_idx(tmp, 48000)
+    with initialize_config_dir(str(HERE.parents[1] / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["data=idx", f"data.path={tmp}", "data.val_fraction=0",
+                                           "trainer.epochs=4", "trainer.verbose=0"])
+    run = resolve_config(cfg, "base")[0]
+    import tensorflow  # noqa: F401  (import time is not the runner's)
+    profiler = Profiler(interval=0.001)
+    profiler.start()
+    metrics = train(run, tmp / "run")
+    profiler.stop()
+    text = profiler.output_text(unicode=False, color=False, show_all=False)
+    (HERE / "profile.txt").write_text(text)
+    print(text[:6000])
+    print(f"samples/s {metrics['samples_per_s']:,.0f}, train {metrics['train_time_s']} s, "
+          f"wall {metrics['wall_time_s']} s")
+
+
+if __name__ == "__main__":
+    main()
