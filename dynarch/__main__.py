@@ -19,6 +19,7 @@ from .config import RunConfig, load_run_config
 from .errors import ConfigError, DynarchError
 
 log = logging.getLogger("dynarch")
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out of the run log
 
 
@@ -32,6 +33,16 @@ def resolve_config(cfg: DictConfig, variant: str) -> tuple[RunConfig, dict]:
                           expected="every ??? value set and every ${...} resolvable", received=None,
                           fix=f"set it on the command line, e.g. {key}=VALUE") from None
     return load_run_config(container, variant), container
+
+
+def compose_run(overrides: list[str]) -> RunConfig:
+    """Compose conf/ with Hydra's compose API and validate: what a CLI run would get, without running."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides))
+    variant = next((o.split("=", 1)[1] for o in overrides if o.startswith("+arch=")), "base")
+    return resolve_config(cfg, variant)[0]
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

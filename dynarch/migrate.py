@@ -10,7 +10,6 @@ target lacks is *dropped*. Optimizer state is never migrated. The planning is nu
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -302,13 +301,9 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true")
     args = parser.parse_args(argv)
     try:
-        from hydra import compose, initialize_config_dir
-
-        from .__main__ import resolve_config
-        with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
-            cfg = compose("config", overrides=args.to)
-        variant = next((o.split("=", 1)[1] for o in args.to if o.startswith("+arch=")), "base")
-        run, _ = resolve_config(cfg, variant)
+        from .__main__ import compose_run
+        run = compose_run(args.to)
+        variant = run.variant
         load_checkpoint(args.source)  # fail on a bad source before importing TensorFlow
         from .build import build_model
         model = build_model(run.arch)

@@ -205,7 +205,7 @@ def train(run: RunConfig, out_dir: Path, resume: bool = False,
         raise CheckpointError(str(out_dir), "this run dir already holds a checkpointed run",
                               expected="a new run dir, or resume=true to continue that run",
                               received="state/ with train-state checkpoints",
-                              fix=f"add resume=true to continue it, or drop hydra.run.dir to start a new run")
+                              fix="add resume=true to continue it, or drop hydra.run.dir to start a new run")
     out_dir.mkdir(parents=True, exist_ok=True)
     strategy, strategy_text = configure_runtime(run.trainer, run.seed, run.arch.forward_flops)
     log.info("devices: %s; strategy: %s; precision: %s", device_report(), strategy_text, run.trainer.precision)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -28,9 +27,8 @@ def compose_cfg(overrides: list[str]):
 
 def run_config(overrides: list[str]):
     """Compose + validate exactly as the CLI does; returns the RunConfig."""
-    from dynarch.__main__ import resolve_config
-    variant = next((o.split("=", 1)[1] for o in overrides if o.startswith("+arch=")), "base")
-    return resolve_config(compose_cfg(overrides), variant)[0]
+    from dynarch.__main__ import compose_run
+    return compose_run(overrides)
 
 
 def cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None):

@@ -4,7 +4,6 @@ Each case must raise a dynarch error (no raw TensorFlow/Python exception) whose 
 and carries a `fix:` line, and must leave every file outside the run dir exactly as it was.
 """
 import hashlib
-import json
 import subprocess
 import sys
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TINY, run_config
+from conftest import ROOT, run_config
 from dynarch.distribute import make_strategy
 from dynarch.errors import ConfigError
 

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY, run_config
+from conftest import ROOT, run_config
 from dynarch.build import build_model
 from dynarch.checkpoint import load_checkpoint, model_tensors, save_checkpoint
 from dynarch.errors import CheckpointError

@@ -161,3 +161,18 @@ def test_arch_is_not_in_primary_defaults():
     assert "arch" not in cfg
     text = (ROOT / "conf" / "config.yaml").read_text()
     assert "arch" not in [line.strip(" -").split(":")[0] for line in text.split("defaults:")[1].split("\n\n")[0].splitlines()]
+
+
+def test_inspect_prints_the_table_without_tensorflow():
+    code = ("import sys, runpy\nsys.argv = ['inspect', 'model=cnn', '+arch=no_conv2']\n"
+            "try:\n    runpy.run_module('dynarch.inspect', run_name='__main__')\nexcept SystemExit as e:\n"
+            "    print('EXIT', e.code)\n"
+            "print('TF_IMPORTED' if 'tensorflow' in sys.modules else 'NO_TF')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = proc.stdout
+    assert "EXIT 0" in out and out.strip().endswith("NO_TF"), out + proc.stderr
+    assert "  stage2/conv   conv2d      identity  (14, 14, 16)  0" in out
+    assert "total params 31,530; forward FLOPs per sample 288,512" in out
+    bad = subprocess.run([sys.executable, "-m", "dynarch.inspect", "model.blocks.dense.units=0"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "model.blocks.dense.units" in bad.stderr and "fix:" in bad.stderr

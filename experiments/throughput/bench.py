@@ -103,23 +103,17 @@ def run_plain(model_name, train, test, epochs, seed, tuned, threads):
 
 
 def run_dynarch(model_name, idx_dir, epochs, seed, out_dir, extra=()):
-    from hydra import compose, initialize_config_dir
-    from dynarch.__main__ import resolve_config
+    from dynarch.__main__ import compose_run
     from dynarch.train import train
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"model={model_name}", "data=idx", f"data.path={idx_dir}",
-                                           "data.val_fraction=0", f"trainer.epochs={epochs}", "trainer.verbose=0",
-                                           f"seed={seed}", *extra])
-    run = resolve_config(cfg, "base")[0]
+    run = compose_run([f"model={model_name}", "data=idx", f"data.path={idx_dir}", "data.val_fraction=0",
+                       f"trainer.epochs={epochs}", "trainer.verbose=0", f"seed={seed}", *extra])
     metrics = train(run, out_dir)
     return metrics["data_sizes"]["train"] / metrics["samples_per_s"], metrics["test_accuracy"]
 
 
 def arch_of(model_name):
-    from hydra import compose, initialize_config_dir
-    from dynarch.__main__ import resolve_config
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return resolve_config(compose("config", overrides=[f"model={model_name}"]), "base")[0]
+    from dynarch.__main__ import compose_run
+    return compose_run([f"model={model_name}"])
 
 
 def child(args) -> None:

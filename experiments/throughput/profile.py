@@ -16,18 +16,15 @@ from bench import write_idx  # noqa: E402
 
 
 def main() -> None:
-    from hydra import compose, initialize_config_dir
     from pyinstrument import Profiler
 
-    from dynarch.__main__ import resolve_config
+    from dynarch.__main__ import compose_run
     from dynarch.train import train
 
     tmp = Path(tempfile.mkdtemp(prefix="dynarch-profile-"))
     write_idx(tmp, 48000)
-    with initialize_config_dir(str(HERE.parents[1] / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["data=idx", f"data.path={tmp}", "data.val_fraction=0",
-                                           "trainer.epochs=4", "trainer.verbose=0"])
-    run = resolve_config(cfg, "base")[0]
+    run = compose_run(["data=idx", f"data.path={tmp}", "data.val_fraction=0", "trainer.epochs=4",
+                       "trainer.verbose=0"])
     import tensorflow  # noqa: F401  (import time is not the runner's)
     profiler = Profiler(interval=0.001)
     profiler.start()
