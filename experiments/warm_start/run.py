@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -17,15 +18,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def compose(overrides):
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from dynarch.__main__ import resolve_config
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=overrides)
-    variant = next((o.split("=", 1)[1] for o in overrides if o.startswith("+arch=")), "base")
-    return resolve_config(cfg, variant)[0]
 
 
 def curve(run, epochs, init_from=None):
@@ -51,6 +43,8 @@ def curve(run, epochs, init_from=None):
 
 
 def main() -> None:
+    from dynarch.__main__ import compose_run
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=5)
     args = parser.parse_args()
@@ -58,13 +52,14 @@ def main() -> None:
 
     from dynarch.train import train
     base_dir = HERE / "_base_run"
-    base_metrics = train(compose([*common, f"trainer.epochs={args.epochs}"]), base_dir)
+    shutil.rmtree(base_dir, ignore_errors=True)  # the study's own scratch run, rebuilt every time
+    base_metrics = train(compose_run([*common, f"trainer.epochs={args.epochs}"]), base_dir)
     target = base_metrics["test_accuracy"]
 
     variants = {"deep (grow)": "deep", "wide (widen)": "wide", "no_dense (shrink)": "no_dense"}
     rows, curves = [], {}
     for label, arch in variants.items():
-        run = compose([*common, f"+arch={arch}"])
+        run = compose_run([*common, f"+arch={arch}"])
         for mode in ("scratch", "migrated"):
             _, accs, counts = curve(run, args.epochs, base_dir if mode == "migrated" else None)
             reach = next((i for i, a in enumerate(accs) if a >= target), None)
