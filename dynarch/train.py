@@ -145,10 +145,10 @@ def _state_callback(run: RunConfig, out_dir: Path, position, every: int, stop: d
                 stop["nan"] = (position.epoch, done)
                 self.model.stop_training = True
                 return
-            step = int(self.model.optimizer.iterations.numpy())
-            # fit reports every steps_per_execution steps: save when this chunk crossed a multiple of `every`
             if done >= steps_per_epoch:
                 return
+            step = int(self.model.optimizer.iterations.numpy())
+            # fit reports every steps_per_execution steps: save when this chunk crossed a multiple of `every`
             if stop.get("signal") or (every and step % every < run.trainer.steps_per_execution):
                 position_now = type(position)(position.epoch, done, position.history)
                 stop["saved"] = save_state(out_dir, self.model, position_now, run, run.trainer.keep_checkpoints)
