@@ -265,10 +265,10 @@ def _migrate_weighted(block, src, target_shapes, mapping, src_channels, nonneg, 
     return out_mapping, out_channels, out_nonneg
 
 
-def migrate_model(model, spec: ArchSpec, source: str | Path, *, new_blocks: str = "identity",
+def migrate_model(model, spec: ArchSpec, source: str | Path | Checkpoint, *, new_blocks: str = "identity",
                   strict: bool = False, seed: int = 0, target_variant: str = "target") -> MigrationReport:
-    """Load `source`, plan, check strictness, then assign the values to `model`'s variables."""
-    ckpt = load_checkpoint(source)
+    """Load `source` (unless already loaded), plan, check strictness, then assign the values to `model`."""
+    ckpt = source if isinstance(source, Checkpoint) else load_checkpoint(source)
     shapes = {v.path: tuple(v.shape) for v in model.weights}
     report, values = plan_migration(ckpt, spec, shapes, new_blocks=new_blocks, seed=seed,
                                     target_variant=target_variant)
@@ -304,10 +304,10 @@ def _main(argv: list[str] | None = None) -> int:
         from .__main__ import compose_run
         run = compose_run(args.to)
         variant = run.variant
-        load_checkpoint(args.source)  # fail on a bad source before importing TensorFlow
+        source = load_checkpoint(args.source)  # a bad source fails before TensorFlow is imported
         from .build import build_model
         model = build_model(run.arch)
-        report = migrate_model(model, run.arch, args.source, new_blocks=args.new_blocks, strict=args.strict,
+        report = migrate_model(model, run.arch, source, new_blocks=args.new_blocks, strict=args.strict,
                                seed=run.seed, target_variant=variant)
     except DynarchError as e:
         print(f"error: {e}", file=sys.stderr)

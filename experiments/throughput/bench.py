@@ -120,25 +120,26 @@ def child(args) -> None:
     """One measurement in this (fresh) process; prints a JSON line."""
     key, model_name, folder = args.child
     folder = Path(folder)
-    from dynarch.data import load_idx
-    from dynarch.config import DataConfig
-    (x, y), (tx, ty) = load_idx(DataConfig(loader="idx", path=str(folder)))
-    train, test = (x.astype("float32") / 255.0, y), (tx.astype("float32") / 255.0, ty)
     if key in "cd":
-        t, acc = run_dynarch(model_name, folder, args.epochs, args.seed, folder / f"run-{model_name}-{os.getpid()}",
-                             ["trainer.deterministic=false"] if key == "d" else [])
-    else:
+        t, acc, n = *run_dynarch(model_name, folder, args.epochs, args.seed,
+                                 folder / f"run-{model_name}-{os.getpid()}",
+                                 ["trainer.deterministic=false"] if key == "d" else []), args.train_size
+    else:  # plain Keras reads the same IDX files as arrays
+        from dynarch.config import DataConfig
+        from dynarch.data import load_idx
         from dynarch.train import intra_op_threads
+        (x, y), (tx, ty) = load_idx(DataConfig(loader="idx", path=str(folder)))
+        train, test, n = (x.astype("float32") / 255.0, y), (tx.astype("float32") / 255.0, ty), len(y)
         run = arch_of(model_name)
         threads = intra_op_threads(run.trainer, run.arch.forward_flops, has_gpu=False)
         t, acc = run_plain(model_name, train, test, args.epochs, args.seed, key == "b", threads)
-    print("RESULT " + json.dumps({"epoch_s": t, "acc": acc, "n": len(y)}))
+    print("RESULT " + json.dumps({"epoch_s": t, "acc": acc, "n": n}))
 
 
 def measure(key, model_name, folder, args) -> tuple[float, float, int]:
     import subprocess
     cmd = [sys.executable, __file__, "--child", key, model_name, str(folder), "--epochs", str(args.epochs),
-           "--seed", str(args.seed)]
+           "--seed", str(args.seed), "--train-size", str(args.train_size)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
     if proc.returncode or line is None:
