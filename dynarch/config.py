@@ -62,6 +62,11 @@ class MigrateConfig:
 
 
 @dataclass(frozen=True)
+class LineageConfig:
+    parent: str | None = None        # sweeps: every job warm-starts from this run (= init_from)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one training run needs, validated."""
     arch: ArchSpec
@@ -106,6 +111,9 @@ RULES: dict[str, tuple[Any, str]] = {
 }
 
 
+_UnionType = type(int | None)
+
+
 def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
     """Check `value` against a simple annotation; returns (ok, value converted to that type)."""
     options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, _UnionType) else (annotation,)
@@ -126,12 +134,13 @@ def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
     return False, value
 
 
-_UnionType = type(int | None)
-
 
 def from_mapping(cls: type, raw: Mapping[str, Any] | None, where: str) -> Any:
     """Build dataclass `cls` from `raw`, refusing unknown keys and wrongly typed or out-of-range values."""
     raw = raw or {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(where, f"'{where}' must be a mapping of settings", expected="key: value pairs",
+                          received=raw, fix=f"set individual keys, e.g. {where}.<key>=VALUE")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     values = {}
@@ -192,11 +201,10 @@ def load_run_config(cfg: Mapping[str, Any], variant: str = "base") -> RunConfig:
         raise ConfigError("seed", "seed must be a non-negative integer", expected="e.g. 42", received=seed,
                           fix="set seed=42")
     init_from = cfg.get("init_from")
-    lineage = cfg.get("lineage") or {}
-    for key in lineage:
-        if key != "parent":
-            raise unknown_key_error("lineage", key, ["parent"])
-    parent = lineage.get("parent")
+    if init_from is not None and not isinstance(init_from, str):
+        raise ConfigError("init_from", "init_from must be a path", expected="a run dir or checkpoint file",
+                          received=init_from, fix="set init_from=outputs/DATE/TIME")
+    parent = from_mapping(LineageConfig, cfg.get("lineage"), "lineage").parent
     if parent is not None and init_from is not None and parent != init_from:
         raise ConfigError("lineage.parent", "both lineage.parent and init_from name a source",
                           expected="one warm-start source", received=f"lineage.parent={parent}, init_from={init_from}",
@@ -206,9 +214,6 @@ def load_run_config(cfg: Mapping[str, Any], variant: str = "base") -> RunConfig:
     if metric not in METRICS:
         raise ConfigError("optimized_metric", "unknown metric to return to the sweeper",
                           expected=" or ".join(METRICS), received=metric, fix="set optimized_metric=val_accuracy")
-    if init_from is not None and not isinstance(init_from, str):
-        raise ConfigError("init_from", "init_from must be a path", expected="a run dir or checkpoint file",
-                          received=init_from, fix="set init_from=outputs/DATE/TIME")
     if "model" not in cfg:
         raise ConfigError("model", "no model selected", expected="model=mlp or model=cnn", received=None,
                           fix="add model=mlp")
