@@ -114,8 +114,10 @@ def test_sigkill_at_five_random_points_then_resume_is_bitwise_identical(tmp_path
         proc.wait()
         if (out / "checkpoint").exists():
             continue  # finished before the kill landed: not a kill point
-        kills += 1
         killed = load_latest_state(out)
+        if killed.manifest["epoch"] == 4:
+            continue  # killed after the last step (evaluating, writing): training itself was not interrupted
+        kills += 1
         assert not np.array_equal(killed.tensors["model/0000/dense/kernel"],
                                   load_checkpoint(ref).tensors["dense/kernel"])
         resumed = _cli(out, "resume=true")
