@@ -1,6 +1,7 @@
 """Hydra entry point: `python -m dynarch [+arch=NAME] [overrides]`, `-m` for sweeps.
 
 Validation runs before TensorFlow is imported, so `--help`, `--cfg job` and any bad config answer fast.
+Config files are checked (size, tags, duplicate keys, what a variant may set) before Hydra reads them.
 """
 from __future__ import annotations
 
@@ -9,60 +10,36 @@ import os
 import sys
 from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
-from .config import RunConfig, load_run_config
-from .errors import ConfigError, DynarchError
-
-log = logging.getLogger("dynarch")
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out of the run log
 
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-def resolve_config(cfg: DictConfig, variant: str) -> tuple[RunConfig, dict]:
-    """DictConfig -> (validated RunConfig, resolved plain dict). The only place that touches DictConfig."""
-    try:
-        container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", "") or "config"
-        raise ConfigError(key, f"cannot resolve the config: {e.msg if hasattr(e, 'msg') else e}",
-                          expected="every ??? value set and every ${...} resolvable", received=None,
-                          fix=f"set it on the command line, e.g. {key}=VALUE") from None
-    return load_run_config(container, variant), container
+from .compose import preflight, resolve_config, shell_command, variant_name  # noqa: E402
+from .errors import DynarchError  # noqa: E402
 
-
-def compose_run(overrides: list[str]) -> RunConfig:
-    """Compose conf/ with Hydra's compose API and validate: what a CLI run would get, without running."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
-    variant = next((o.split("=", 1)[1] for o in overrides if o.startswith("+arch=")), "base")
-    return resolve_config(cfg, variant)[0]
+log = logging.getLogger("dynarch")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
-    variant = hc.runtime.choices.get("arch") or "base"
     out_dir = Path(hc.runtime.output_dir)
     try:
-        run, resolved = resolve_config(cfg, variant)
-        from . import artifacts
-        artifacts.write_text(out_dir / "config.yaml", OmegaConf.to_yaml(resolved))
+        run, resolved = resolve_config(cfg, variant_name(hc.runtime.choices))
         from .train import train  # TensorFlow is imported from here on
-        metrics = train(run, out_dir, resume=run.resume, resume_command=resume_command(hc, out_dir))
-    except Exception as e:
-        if hc.mode != RunMode.MULTIRUN:
-            if isinstance(e, DynarchError):
-                log.error("%s", e)
-                sys.exit(getattr(e, "exit_code", 2))
+        metrics = train(run, out_dir, resume=run.resume, resume_command=resume_command(hc, out_dir),
+                        resolved_config=OmegaConf.to_yaml(resolved))
+    except BaseException as e:  # noqa: BLE001 — every way out of a job is reported, none as a traceback
+        if isinstance(e, SystemExit):
             raise
+        if hc.mode != RunMode.MULTIRUN:
+            report_and_exit(e)
         # In a sweep one failing job must not lose the others: record it, let Hydra go on.
+        if isinstance(e, KeyboardInterrupt):
+            raise
         record_failure(out_dir, e)
         log.error("job %s failed: %s", hc.job.num, e)
         return float("nan")
@@ -71,19 +48,57 @@ def main(cfg: DictConfig) -> float:
     return float(metrics.get(run.optimized_metric) or metrics["test_accuracy"])
 
 
+def report_and_exit(error: BaseException) -> None:
+    """One clear message on stderr and an exit code; a traceback only for bugs, and only if asked."""
+    if isinstance(error, DynarchError):
+        log.error("%s", error)
+        sys.exit(getattr(error, "exit_code", 2))
+    if isinstance(error, KeyboardInterrupt):
+        log.error("interrupted before training started; nothing was trained and no checkpoint was written")
+        sys.exit(130)
+    if isinstance(error, MemoryError):
+        log.error("out of memory: %s\n  fix: lower trainer.batch_size or data.limit_train", error)
+        sys.exit(1)
+    if isinstance(error, OSError):
+        log.error("%s: %s\n  fix: check the path, its permissions and free disk space",
+                  getattr(error, "filename", None) or "file system", error.strerror or error)
+        sys.exit(1)
+    if os.environ.get("DYNARCH_DEBUG"):
+        raise error
+    log.error("internal error (%s): %s\n  fix: this is a dynarch bug; rerun with DYNARCH_DEBUG=1 for the "
+              "traceback and report it", type(error).__name__, error)
+    sys.exit(70)
+
+
 def resume_command(hc, out_dir: Path) -> str:
-    """The command that continues this run in place."""
+    """The command that continues this run in place, shell-quoted."""
     keep = [o for o in hc.overrides.task if not o.startswith(("resume=", "hydra.run.dir="))]
-    return " ".join(["python -m dynarch", *keep, f"hydra.run.dir={out_dir}", "resume=true"])
+    return shell_command(["python", "-m", "dynarch", *keep, f"hydra.run.dir={out_dir}", "resume=true"])
 
 
 def record_failure(out_dir: Path, error: BaseException) -> None:
     """error.json in the job's dir: the sweep summary marks the job failed with this message."""
     import traceback
+
     from .artifacts import write_json
-    write_json(out_dir / "error.json", {
-        "type": type(error).__name__, "message": str(error),
-        "traceback": None if isinstance(error, DynarchError) else traceback.format_exc()[-4000:]})
+    try:
+        write_json(out_dir / "error.json", {
+            "type": type(error).__name__, "message": str(error),
+            "traceback": None if isinstance(error, DynarchError) else traceback.format_exc()[-4000:]})
+    except OSError as e:
+        log.error("could not record the failure in %s: %s", out_dir, e)
+
+
+def main() -> None:
+    """Pre-flight the config files named on the command line, then hand over to Hydra."""
+    try:
+        preflight(sys.argv[1:])
+    except DynarchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def render(spec: ArchSpec, variant: str) -> str:
 def _main(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException
 
-    from .__main__ import compose_run
+    from .compose import compose_run
     overrides = sys.argv[1:] if argv is None else argv
     try:
         run = compose_run(overrides)

@@ -301,7 +301,7 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true")
     args = parser.parse_args(argv)
     try:
-        from .__main__ import compose_run
+        from .compose import compose_run
         run = compose_run(args.to)
         variant = run.variant
         source = load_checkpoint(args.source)  # a bad source fails before TensorFlow is imported

@@ -179,7 +179,7 @@ def _epoch_line(epoch: int, epochs: int, logs: dict) -> str:
 
 
 def train(run: RunConfig, out_dir: Path, resume: bool = False,
-          resume_command: str | None = None) -> dict[str, Any]:
+          resume_command: str | None = None, resolved_config: str | None = None) -> dict[str, Any]:
     """Train and evaluate `run`, writing model.md, history.csv, curves.png, metrics.json and checkpoint/.
 
     Args:
@@ -207,6 +207,8 @@ def train(run: RunConfig, out_dir: Path, resume: bool = False,
                               received="state/ with train-state checkpoints",
                               fix="add resume=true to continue it, or drop hydra.run.dir to start a new run")
     out_dir.mkdir(parents=True, exist_ok=True)
+    if resolved_config is not None:
+        artifacts.write_text(out_dir / "config.yaml", resolved_config)
     strategy, strategy_text = configure_runtime(run.trainer, run.seed, run.arch.forward_flops)
     log.info("devices: %s; strategy: %s; precision: %s", device_report(), strategy_text, run.trainer.precision)
 

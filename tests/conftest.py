@@ -27,7 +27,7 @@ def compose_cfg(overrides: list[str]):
 
 def run_config(overrides: list[str]):
     """Compose + validate exactly as the CLI does; returns the RunConfig."""
-    from dynarch.__main__ import compose_run
+    from dynarch.compose import compose_run
     return compose_run(overrides)
 
 

@@ -33,7 +33,7 @@ def config_case(*overrides):
 
 def compose_case(*overrides):
     from conftest import compose_cfg
-    from dynarch.__main__ import resolve_config
+    from dynarch.compose import resolve_config
     return Case(lambda tmp, extra: resolve_config(compose_cfg(list(overrides)), "base"))
 
 

@@ -103,7 +103,7 @@ def run_plain(model_name, train, test, epochs, seed, tuned, threads):
 
 
 def run_dynarch(model_name, idx_dir, epochs, seed, out_dir, extra=()):
-    from dynarch.__main__ import compose_run
+    from dynarch.compose import compose_run
     from dynarch.train import train
     run = compose_run([f"model={model_name}", "data=idx", f"data.path={idx_dir}", "data.val_fraction=0",
                        f"trainer.epochs={epochs}", "trainer.verbose=0", f"seed={seed}", *extra])
@@ -112,7 +112,7 @@ def run_dynarch(model_name, idx_dir, epochs, seed, out_dir, extra=()):
 
 
 def arch_of(model_name):
-    from dynarch.__main__ import compose_run
+    from dynarch.compose import compose_run
     return compose_run([f"model={model_name}"])
 
 

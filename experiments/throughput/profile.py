@@ -18,7 +18,7 @@ from bench import write_idx  # noqa: E402
 def main() -> None:
     from pyinstrument import Profiler
 
-    from dynarch.__main__ import compose_run
+    from dynarch.compose import compose_run
     from dynarch.train import train
 
     tmp = Path(tempfile.mkdtemp(prefix="dynarch-profile-"))

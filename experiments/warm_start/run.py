@@ -43,7 +43,7 @@ def curve(run, epochs, init_from=None):
 
 
 def main() -> None:
-    from dynarch.__main__ import compose_run
+    from dynarch.compose import compose_run
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=5)
