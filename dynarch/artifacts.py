@@ -1,4 +1,9 @@
-"""Run-dir artifacts: atomic text/JSON writes, history CSV and the learning-curve plot."""
+"""Run-dir artifacts: atomic text/JSON writes, history CSV and the learning-curve plot.
+
+Every file is written to a unique temp in its own folder (`.NAME.tmp-XXXXXXXX`, fsynced), then renamed
+over NAME: a reader never sees half a file, two processes never share a temp, and a write that fails
+(full disk, permissions) raises ArtifactError naming the file, leaving NAME as it was and no temp behind.
+"""
 from __future__ import annotations
 
 import csv
@@ -7,59 +12,124 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, BinaryIO, Callable, Mapping, Sequence
+
+from .errors import DynarchError
+
+# Columns of history.csv that are positions, not metrics (report.py reads the rest as floats).
+INDEX_COLUMNS = ("epoch", "phase")
 
 
-def write_text(path: Path, text: str) -> Path:
-    """Write via a temp file + fsync + rename, so a reader never sees a half-written file."""
+class ArtifactError(DynarchError):
+    """A run-dir file (plot, metrics, history, model table) could not be written."""
+
+
+def _artifact_error(path: Path, e: OSError) -> ArtifactError:
+    kept = "the previous version is kept" if path.exists() else "nothing was written under that name"
+    return ArtifactError(str(path), f"could not write the file ({e.strerror or e})",
+                         expected="a writable folder with free space", received=f"errno {e.errno}",
+                         fix=f"free disk space or fix the folder's permissions, or choose another run dir; {kept}")
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Call `write(f)` on a unique temp file next to `path`, fsync, then rename it to `path`.
+
+    Raises ArtifactError (OSError while creating, writing or renaming); the temp is always removed.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = None
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        tmp = None
+    except OSError as e:
+        raise _artifact_error(path, e) from None
+    finally:  # also on KeyboardInterrupt and on errors from `write` itself
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write `text` (UTF-8) atomically; see write_atomic."""
+    data = text.encode()
+    return write_atomic(path, lambda f: f.write(data))
 
 
 def write_json(path: Path, data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
-def write_history_csv(path: Path, history: Mapping[str, Sequence[float]]) -> Path:
+def write_history_csv(path: Path, history: Mapping[str, Sequence[Any]], *,
+                      epochs: Sequence[int] | None = None, phases: Sequence[Any] | None = None) -> Path:
+    """One row per epoch: `epoch[,phase],metric...`.
+
+    Args:
+        history: metric -> values per epoch. `epoch` / `phase` keys, if present, are taken as those columns.
+        epochs: global epoch numbers (default 1..n; several phases continue the count).
+        phases: phase index or name per row; adds a `phase` column after `epoch`.
+    """
+    history = dict(history)
+    epochs = list(epochs if epochs is not None else history.pop("epoch", []) or [])
+    phases = phases if phases is not None else history.pop("phase", None)
+    history.pop("epoch", None)
+    history.pop("phase", None)
     keys = list(history)
+    n = max([len(v) for v in history.values()] + [len(epochs), len(phases or [])] + [0])
+    cell = lambda seq, i: seq[i] if i < len(seq) else ""  # noqa: E731 — a short metric list leaves blanks
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["epoch", *keys])
-    for i in range(len(history[keys[0]]) if keys else 0):
-        writer.writerow([i + 1, *(history[k][i] for k in keys)])
+    writer.writerow(["epoch", *(["phase"] if phases is not None else []), *keys])
+    for i in range(n):
+        writer.writerow([cell(epochs, i) if epochs else i + 1, *([cell(phases, i)] if phases is not None else []),
+                         *(cell(history[k], i) for k in keys)])
     return write_text(path, buf.getvalue())
 
 
-def plot_curves(path: Path, history: Mapping[str, Sequence[float]], title: str) -> Path:
-    """Loss and accuracy per epoch (train and validation) as a PNG."""
+def save_figure(fig, path: Path, dpi: int = 100) -> Path:
+    """Save a matplotlib figure as PNG atomically (unique temp, ArtifactError on failure) and close it."""
+    import matplotlib.pyplot as plt
+    try:
+        return write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)
+
+
+def plot_curves(path: Path, history: Mapping[str, Sequence[float]], title: str,
+                boundaries: Sequence[tuple[int, str]] = (), epochs: Sequence[int] | None = None) -> Path:
+    """Loss and accuracy per epoch (train and validation) as a PNG.
+
+    Args:
+        history: metric -> values per epoch (`epoch` / `phase` keys are ignored as metrics).
+        boundaries: (first epoch of a phase, label): a dashed vertical line just before that epoch, labelled.
+        epochs: x values (global epoch numbers); default 1..n, or history["epoch"] when present.
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    xs_all = list(epochs if epochs is not None else history.get("epoch", []) or [])
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for key, style in ((metric, "-o"), (f"val_{metric}", "--s")):
             if key in history:
-                ax.plot(range(1, len(history[key]) + 1), history[key], style, label=key, markersize=4)
+                ys = list(history[key])
+                xs = xs_all[:len(ys)] if len(xs_all) >= len(ys) else range(1, len(ys) + 1)
+                ax.plot(xs, ys, style, label=key, markersize=4)
+        for epoch, label in boundaries:
+            ax.axvline(epoch - 0.5, color="gray", linestyle=":", linewidth=1)
+            ax.text(epoch - 0.5, 1.0, f" {label}", transform=ax.get_xaxis_transform(), fontsize=7,
+                    rotation=90, va="top", ha="left", color="dimgray")
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return Path(path)
+    return save_figure(fig, path)

@@ -19,18 +19,27 @@ from typing import Any
 import yaml
 from hydra.experimental.callback import Callback
 
-from .artifacts import write_json, write_text
+from .artifacts import INDEX_COLUMNS, save_figure, write_json, write_text
+from .errors import DynarchError
 
-SUMMARY_FIELDS = ("job", "status", "variant", "overrides", "enabled_blocks", "params", "test_accuracy",
-                  "test_loss", "val_accuracy", "train_time_s", "wall_time_s", "samples_per_s",
+SUMMARY_FIELDS = ("job", "status", "variant", "data", "phases", "overrides", "enabled_blocks", "params",
+                  "test_accuracy", "test_loss", "val_accuracy", "train_time_s", "wall_time_s", "samples_per_s",
                   "migrated_from", "error")
+_NUMBERS = {"params": int, "test_accuracy": float, "test_loss": float, "val_accuracy": float,
+            "train_time_s": float, "wall_time_s": float, "samples_per_s": float}
+
+
+class ReportError(DynarchError):
+    """The folder given to the report is not a sweep dir."""
 
 
 @dataclass
 class JobRow:
     job: str
-    status: str                       # ok | failed | incomplete (killed or still running)
+    status: str                       # ok | failed (raised, or unreadable results) | incomplete (killed or running)
     variant: str = ""
+    data: str = ""                    # metrics.json data_source: which data the job really used
+    phases: str = ""                  # e.g. "base(2) -> deep(3)" for a phased schedule
     overrides: str = ""
     enabled_blocks: str = ""
     params: int | None = None
@@ -45,37 +54,96 @@ class JobRow:
     history: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
 
-def _read_history(path: Path) -> dict[str, list[float]]:
+def _read_json(path: Path) -> tuple[Any, str]:
+    """(data, "") or (None, reason) for a JSON file that is missing, unreadable, truncated or garbage."""
+    try:
+        return json.loads(path.read_text()), ""
+    except (OSError, UnicodeDecodeError) as e:
+        return None, f"{path.name}: cannot be read ({getattr(e, 'strerror', None) or e})"
+    except ValueError as e:
+        return None, f"{path.name}: not valid JSON, truncated or corrupted ({e})"
+
+
+def _read_overrides(hydra_dir: Path) -> tuple[list[str], str]:
+    path = hydra_dir / "overrides.yaml"
     if not path.is_file():
+        return [], "missing .hydra/overrides.yaml"
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        return [], f".hydra/overrides.yaml unreadable ({str(e).splitlines()[0][:120]})"
+    if data is None:
+        return [], ""
+    if not isinstance(data, list):
+        return [], f".hydra/overrides.yaml is not a list (a {type(data).__name__})"
+    return [str(o) for o in data], ""
+
+
+def _read_history(path: Path) -> dict[str, list[float]]:
+    """Metric columns of history.csv (epoch / phase columns skipped); {} when missing or unreadable."""
+    try:
+        rows = list(csv.DictReader(path.open())) if path.is_file() else []
+        return {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else {})
+                if k and k not in INDEX_COLUMNS}
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, csv.Error):
         return {}
-    rows = list(csv.DictReader(path.open()))
-    return {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else {}) if k != "epoch"}
+
+
+def _number(value: Any, kind: type) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return int(value) if kind is int and float(value).is_integer() else float(value) if kind is float else None
+
+
+def _phases_text(phases: Any) -> str:
+    """`base(2) -> deep(3)` from metrics.json's `phases` list; "" when absent or not a list."""
+    if not isinstance(phases, list):
+        return ""
+    parts = []
+    for p in phases:
+        p = p if isinstance(p, dict) else {}
+        name = p.get("variant") or p.get("architecture") or "?"
+        parts.append(f"{name}({p['epochs']})" if isinstance(p.get("epochs"), int) else str(name))
+    return " -> ".join(parts)
+
+
+def _fill_from_metrics(row: JobRow, m: dict[str, Any], arch: str) -> None:
+    for key, kind in _NUMBERS.items():
+        setattr(row, key, _number(m.get(key), kind))
+    row.migrated_from = str(m["migrated_from"]) if m.get("migrated_from") else None
+    row.variant = f"{m.get('model', '?')}/{m.get('variant', arch)}"
+    row.data = str(m.get("data_source") or "")
+    row.phases = _phases_text(m.get("phases"))
+    blocks = m.get("enabled_blocks")
+    row.enabled_blocks = " ".join(map(str, blocks)) if isinstance(blocks, list) else ""
+
+
+def collect_job(job_dir: Path) -> JobRow:
+    """One job folder -> its row; unreadable files make the row failed/incomplete with the reason, never raise."""
+    overrides, note = _read_overrides(job_dir / ".hydra")
+    arch = next((o.split("=", 1)[1] for o in overrides if o.startswith("+arch=")), "base")
+    row = JobRow(job=job_dir.name, status="incomplete", variant=arch, overrides=" ".join(overrides), error=note)
+    metrics_path, error_path = job_dir / "metrics.json", job_dir / "error.json"
+    if metrics_path.is_file():
+        m, reason = _read_json(metrics_path)
+        if reason or not isinstance(m, dict):
+            row.status, row.error = "failed", reason or f"metrics.json: not a JSON object (a {type(m).__name__})"
+            return row
+        row.status = "ok"
+        _fill_from_metrics(row, m, arch)
+        row.history = _read_history(job_dir / "history.csv")
+    elif error_path.is_file():
+        e, reason = _read_json(error_path)
+        e = e if isinstance(e, dict) else {}
+        message = str(e.get("message") or reason or "error.json: no message").splitlines() or [""]
+        row.status, row.error = "failed", f"{e.get('type', 'unknown error')}: {message[0]}"
+    return row
 
 
 def collect(sweep_dir: Path) -> list[JobRow]:
-    """One row per job folder (a folder with .hydra/overrides.yaml) under `sweep_dir`."""
-    rows = []
-    for hydra_dir in sorted(Path(sweep_dir).glob("*/.hydra"), key=lambda p: (len(p.parent.name), p.parent.name)):
-        job_dir = hydra_dir.parent
-        overrides = yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) or [] \
-            if (hydra_dir / "overrides.yaml").is_file() else []
-        arch = next((o.split("=", 1)[1] for o in overrides if o.startswith("+arch=")), "base")
-        row = JobRow(job=job_dir.name, status="incomplete", variant=arch, overrides=" ".join(overrides))
-        metrics_path, error_path = job_dir / "metrics.json", job_dir / "error.json"
-        if metrics_path.is_file():
-            m = json.loads(metrics_path.read_text())
-            row.status = "ok"
-            for key in ("params", "test_accuracy", "test_loss", "val_accuracy", "train_time_s", "wall_time_s",
-                        "samples_per_s", "migrated_from"):
-                setattr(row, key, m.get(key))
-            row.variant = f"{m.get('model', '?')}/{m.get('variant', arch)}"
-            row.enabled_blocks = " ".join(m.get("enabled_blocks", []))
-            row.history = _read_history(job_dir / "history.csv")
-        elif error_path.is_file():
-            e = json.loads(error_path.read_text())
-            row.status, row.error = "failed", f"{e.get('type')}: {e.get('message', '').splitlines()[0]}"
-        rows.append(row)
-    return rows
+    """One row per job folder (a folder with .hydra/) under `sweep_dir`."""
+    jobs = [p.parent for p in Path(sweep_dir).glob("*/.hydra") if p.is_dir()]
+    return [collect_job(d) for d in sorted(jobs, key=lambda p: (len(p.name), p.name))]
 
 
 def _sort_key(row: JobRow, metric: str):
@@ -91,13 +159,29 @@ def _fmt(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _data_line(rows: list[JobRow]) -> str:
+    """Which data the jobs used, in words: one source for all, or a warning that they differ."""
+    sources = sorted({r.data for r in rows if r.status == "ok"})
+    if not sources:
+        return ""
+    if len(sources) == 1:
+        return f"Data: **{sources[0] or 'not recorded'}** for every finished job."
+    return ("**Warning: the jobs used different data** (" + "; ".join(s or "not recorded" for s in sources)
+            + "): their accuracies are not comparable.")
+
+
 def render_markdown(rows: list[JobRow], extra: dict[str, Any]) -> str:
-    cols = ("job", "status", "variant", "overrides", "enabled_blocks", "params", "test_accuracy", "test_loss",
-            "train_time_s", "samples_per_s", "migrated_from", "error")
-    lines = [f"# Sweep summary ({len(rows)} jobs, sorted by {extra['metric']})", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    cols = ("job", "status", "variant", "data", "phases", "overrides", "enabled_blocks", "params", "test_accuracy",
+            "test_loss", "train_time_s", "samples_per_s", "migrated_from", "error")
+    if not any(r.phases for r in rows):  # single-phase sweeps: keep the table narrow
+        cols = tuple(c for c in cols if c != "phases")
+    lines = [f"# Sweep summary ({len(rows)} jobs, sorted by {extra['metric']})", ""]
+    if _data_line(rows):
+        lines += [_data_line(rows), ""]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        lines.append("| " + " | ".join(_fmt(getattr(r, c)).replace("|", "\\|") for c in cols) + " |")
+        lines.append("| " + " | ".join(_fmt(getattr(r, c)).replace("|", "\\|").replace("\n", " ")
+                                       for c in cols) + " |")
     lines.append("")
     t = extra.get("timing", {})
     if t:
@@ -110,6 +194,10 @@ def render_markdown(rows: list[JobRow], extra: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _plottable(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def plot(rows: list[JobRow], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -118,27 +206,37 @@ def plot(rows: list[JobRow], path: Path) -> None:
     ok = [r for r in rows if r.status == "ok"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for r in ok:
-        ax1.scatter(r.params, r.test_accuracy)
-        ax1.annotate(f"{r.job}: {r.variant}", (r.params, r.test_accuracy), fontsize=7,
-                     xytext=(3, 3), textcoords="offset points")
+        if _plottable(r.params) and r.params > 0 and _plottable(r.test_accuracy):
+            ax1.scatter(r.params, r.test_accuracy)
+            ax1.annotate(f"{r.job}: {r.variant}", (r.params, r.test_accuracy), fontsize=7,
+                         xytext=(3, 3), textcoords="offset points")
         curve = r.history.get("val_accuracy") or r.history.get("accuracy") or []
         ax2.plot(range(1, len(curve) + 1), curve, "-o", markersize=3, label=f"{r.job}: {r.variant}")
     ax1.set(xscale="log", xlabel="parameters", ylabel="test accuracy", title="accuracy vs size")
     ax2.set(xlabel="epoch", ylabel="validation accuracy", title="learning curves")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-    if ok:
+    if ax2.get_legend_handles_labels()[0]:
         ax2.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
+
+
+def _optuna(sweep_dir: Path) -> dict[str, Any] | None:
+    path = sweep_dir / "optimization_results.yaml"
+    try:
+        data = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def write_summary(sweep_dir: str | Path, metric: str = "test_accuracy",
                   sweep_wall_s: float | None = None) -> list[JobRow]:
-    """Collect the jobs of `sweep_dir` and write summary.{csv,md,json,png} there. Returns the rows."""
+    """Collect the jobs of `sweep_dir` and write summary.{csv,md,json,png} there. Returns the rows.
+
+    Raises ArtifactError (a DynarchError) when a summary file cannot be written.
+    """
     sweep_dir = Path(sweep_dir)
     rows = sorted(collect(sweep_dir), key=lambda r: _sort_key(r, metric))
     extra: dict[str, Any] = {"metric": metric}
@@ -146,9 +244,8 @@ def write_summary(sweep_dir: str | Path, metric: str = "test_accuracy",
         extra["timing"] = {"sweep_wall_s": sweep_wall_s, "jobs": len(rows),
                            "sum_job_wall_s": sum(r.wall_time_s or 0 for r in rows),
                            "sum_train_s": sum(r.train_time_s or 0 for r in rows)}
-    optuna_file = sweep_dir / "optimization_results.yaml"
-    if optuna_file.is_file():
-        extra["optuna"] = yaml.safe_load(optuna_file.read_text())
+    if _optuna(sweep_dir):
+        extra["optuna"] = _optuna(sweep_dir)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, SUMMARY_FIELDS)
     writer.writeheader()
@@ -160,6 +257,21 @@ def write_summary(sweep_dir: str | Path, metric: str = "test_accuracy",
         {k: v for k, v in asdict(r).items() if k != "history"} for r in rows]})
     plot(rows, sweep_dir / "summary.png")
     return rows
+
+
+def check_sweep_dir(sweep_dir: Path) -> None:
+    """Raise ReportError unless `sweep_dir` is a folder holding job folders (*/.hydra)."""
+    fix = "pass a multirun sweep dir, e.g. multirun/DATE/TIME (the folder holding the numbered job folders)"
+    if not sweep_dir.exists():
+        raise ReportError(str(sweep_dir), "no such folder", expected="a sweep dir", received=str(sweep_dir), fix=fix)
+    if not sweep_dir.is_dir():
+        raise ReportError(str(sweep_dir), "not a folder", expected="a sweep dir", received="a file", fix=fix)
+    if not any(p.is_dir() for p in sweep_dir.glob("*/.hydra")):
+        single = (sweep_dir / ".hydra").is_dir()
+        raise ReportError(str(sweep_dir), "no job folders (*/.hydra) found"
+                          + (": this is a single run's dir, not a sweep" if single else ""),
+                          expected="a folder of job folders, each with .hydra/", received=str(sweep_dir),
+                          fix=f"pass its parent, the sweep dir: {sweep_dir.parent}" if single else fix)
 
 
 class ReportCallback(Callback):
@@ -175,7 +287,11 @@ class ReportCallback(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         wall = None if self._start is None else time.perf_counter() - self._start
-        rows = write_summary(sweep_dir, self.metric, wall)
+        try:
+            rows = write_summary(sweep_dir, self.metric, wall)
+        except DynarchError as e:  # e.g. a full disk: the jobs' own results are untouched
+            print(f"error: the sweep summary could not be written: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
         print((sweep_dir / "summary.md").read_text())
         failed = [r for r in rows if r.status != "ok"]
         if failed:
@@ -185,17 +301,25 @@ class ReportCallback(Callback):
 
 
 def _main(argv: list[str] | None = None) -> int:
+    """`python -m dynarch.report SWEEP_DIR`: exit 0, or 2 with one clear message (never a traceback)."""
     import argparse
     parser = argparse.ArgumentParser(prog="python -m dynarch.report", description="(Re)build a sweep's summary.")
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--metric", default="test_accuracy", choices=("test_accuracy", "val_accuracy"))
     args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir() or not any(args.sweep_dir.glob("*/.hydra")):
-        print(f"error: {args.sweep_dir}: no job folders (*/.hydra) found\n  fix: pass a multirun sweep dir, "
-              "e.g. multirun/DATE/TIME", file=sys.stderr)
+    try:
+        check_sweep_dir(args.sweep_dir)
+        write_summary(args.sweep_dir, args.metric)
+        print((args.sweep_dir / "summary.md").read_text())
+    except DynarchError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    write_summary(args.sweep_dir, args.metric)
-    print((args.sweep_dir / "summary.md").read_text())
+    except OSError as e:  # the folder vanished or became unreadable while we read it
+        print(f"error: {e.filename or args.sweep_dir}: {e.strerror or e}\n  fix: check the folder and its "
+              "permissions", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 
