@@ -20,7 +20,7 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # What a variant patch (`+arch=NAME`, a `# @package _global_` file) may change. Anything else — above all
 # `hydra.*`, whose callbacks and logging handlers Hydra instantiates — is the user's command line's to set.
 VARIANT_KEYS = ("model", "data", "trainer", "optimizer")
-VARIANT_GROUPS = ("arch",)
+VARIANT_GROUPS = ("arch", "schedule")
 MAX_FILE_BYTES = 1 << 20           # a config file larger than 1 MiB is not a config
 MAX_NODES = 20_000                 # leaves + containers after alias expansion (the shipped files: < 100)
 MAX_DEPTH = 32
@@ -31,21 +31,97 @@ def variant_name(choices: dict[str, Any] | None) -> str:
     return str((choices or {}).get("arch") or "base")
 
 
-def resolve_config(cfg: DictConfig, variant: str) -> tuple[RunConfig, dict]:
-    """DictConfig -> (validated RunConfig, resolved plain dict). The only place that touches DictConfig."""
+def _to_plain(cfg: DictConfig) -> dict:
     try:
-        container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", "") or "config"
         raise ConfigError(key, f"cannot resolve the config: {getattr(e, 'msg', None) or e}",
                           expected="every ??? value set and every ${...} resolvable", received=None,
                           fix=f"set it on the command line, e.g. {key}=VALUE") from None
+
+
+def resolve_config(cfg: DictConfig, variant: str, schedule_name: str | None = None,
+                   search_dirs: Sequence[Path] = ()) -> tuple[RunConfig, dict]:
+    """DictConfig -> (validated RunConfig, resolved plain dict). The only place that touches DictConfig.
+
+    With a `schedule` node, every phase's architecture is composed (its variant files and inline patch
+    merged onto the run's model) and validated here, before anything is built.
+    """
+    container = _to_plain(cfg)
     container.pop("hydra", None)
-    return load_run_config(container, variant), container
+    schedule_raw = container.pop("schedule", None)
+    run = load_run_config(container, variant)
+    if schedule_raw is not None:
+        run = _attach_schedule(run, cfg, schedule_raw, schedule_name or "custom", [CONF_DIR, *search_dirs])
+        container["schedule"] = schedule_raw
+    return run, container
 
 
-def compose_config(overrides: Sequence[str]) -> tuple[DictConfig, str]:
-    """Compose conf/ with Hydra's compose API (after the pre-flight check): (config, variant name)."""
+def _variant_patch(name: Any, where: str, dirs: Sequence[Path]) -> dict:
+    """The `model` patch of variant file arch/NAME.yaml (checked like a `+arch` file)."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(where, "a variant is named by a string", expected="e.g. deep", received=name,
+                          fix=f"set {where} to a file name from conf/arch/")
+    for folder in dirs:
+        path = Path(folder) / "arch" / f"{name}.yaml"
+        if path.is_file():
+            check_variant_file(path)
+            data = check_yaml_file(path) or {}
+            extra = [k for k in data if k != "model"]
+            if extra:
+                raise ConfigError(where, f"variant '{name}' also sets {', '.join(extra)}: a phase changes the model only",
+                                  expected="a variant that patches model only", received=extra,
+                                  fix="use a model-only variant, or set the phase's optimizer under optimizer:")
+            return data.get("model") or {}
+    known = sorted({p.stem for folder in dirs for p in (Path(folder) / "arch").glob("*.yaml")})
+    raise ConfigError(where, f"no variant named '{name}'.{did_you_mean(name, known)}",
+                      expected=f"one of {', '.join(known)}", received=name, fix=f"set {where} to an existing variant")
+
+
+def _attach_schedule(run: RunConfig, cfg: DictConfig, raw: Any, name: str, dirs: Sequence[Path]) -> RunConfig:
+    """The run with its typed phases: each phase's model composed, parsed and shape-checked."""
+    import dataclasses
+
+    from .config import OptimizerConfig, from_mapping
+    from .schedule import PhaseSpec, parse_until, phase_list
+    from .spec import parse_arch
+
+    base = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("hydra", "schedule")])
+    phases = []
+    for i, raw_phase in enumerate(phase_list(raw)):
+        where = f"schedule.phases[{i}]"
+        arch_names = raw_phase.get("arch")
+        arch_names = [] if arch_names is None else arch_names if isinstance(arch_names, list) else [arch_names]
+        patches = [_variant_patch(a, f"{where}.arch", dirs) for a in arch_names]
+        inline = raw_phase.get("model")
+        if inline is not None and not isinstance(inline, dict):
+            raise ConfigError(f"{where}.model", "an inline patch is a mapping", expected="{blocks: {extra: {enabled: true}}}",
+                              received=inline, fix=f"write {where}.model as a mapping")
+        merged = OmegaConf.merge(base, *({"model": p} for p in [*patches, inline or {}]))
+        arch = parse_arch(_to_plain(merged)["model"], run.data.num_classes, where=f"{where}.model")
+        optimizer = from_mapping(OptimizerConfig, {**dataclasses.asdict(run.optimizer), **(raw_phase.get("optimizer") or {})},
+                                 f"{where}.optimizer")
+        label = raw_phase.get("name") or "+".join(arch_names) or ("inline" if inline else run.variant)
+        if raw_phase.get("epochs") is not None:
+            phases.append(PhaseSpec(i, str(label), arch, optimizer,
+                                    epochs=_epochs(raw_phase["epochs"], f"{where}.epochs")))
+        else:
+            plateau, cap = parse_until(raw_phase["until"], f"{where}.until")
+            phases.append(PhaseSpec(i, str(label), arch, optimizer, plateau=plateau, max_epochs=cap))
+    return dataclasses.replace(run, schedule=name, phases=tuple(phases))
+
+
+def _epochs(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 100_000:
+        raise ConfigError(where, "must be a whole number of epochs", expected="an integer in [1, 100000]",
+                          received=value, fix=f"set {where} to e.g. 2")
+    return value
+
+
+def compose_config(overrides: Sequence[str]) -> tuple[DictConfig, dict[str, Any]]:
+    """Compose conf/ with Hydra's compose API (after the pre-flight check): (config, what resolve_config
+    needs besides it: variant, schedule_name, search_dirs)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
@@ -54,17 +130,19 @@ def compose_config(overrides: Sequence[str]) -> tuple[DictConfig, str]:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
             choices = dict(cfg.hydra.runtime.choices)
+            sources = [Path(s.path) for s in cfg.hydra.runtime.config_sources if s.schema == "file"]
     except HydraException as e:
         raise ConfigError("overrides", f"Hydra cannot compose the config: {str(e).splitlines()[0]}",
                           expected="overrides naming existing keys and config options",
                           received=" ".join(overrides), fix="check the spelling; new keys need a leading +") from None
-    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), variant_name(choices)
+    context = {"variant": variant_name(choices), "schedule_name": choices.get("schedule"), "search_dirs": sources}
+    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), context
 
 
 def compose_run(overrides: Sequence[str]) -> RunConfig:
     """What a CLI run with these overrides would train, validated, without running anything."""
-    cfg, variant = compose_config(overrides)
-    return resolve_config(cfg, variant)[0]
+    cfg, context = compose_config(overrides)
+    return resolve_config(cfg, **context)[0]
 
 
 def shell_command(args: Iterable[str]) -> str:
@@ -121,7 +199,7 @@ def preflight(argv: Sequence[str]) -> None:
         for folder in dirs:
             path = folder / group / f"{option}.yaml"
             if path.is_file():
-                check_variant_file(path, group)
+                (check_schedule_file if group == "schedule" else check_variant_file)(path, group)
 
 
 def _load_bounded(path: Path) -> Any:
@@ -178,12 +256,27 @@ def _plain(node, path: Path, depth: int, budget: list[int]) -> Any:
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_plain(v, path, depth + 1, budget) for v in node.value]
-    return node.value
+    return yaml.SafeLoader("").construct_object(node)  # a scalar, typed by the tag the resolver gave it
 
 
 def check_yaml_file(path: Path) -> Any:
     """The file's content as plain data, or a ConfigError naming the file and what is wrong."""
     return _load_bounded(Path(path))
+
+
+def check_schedule_file(path: Path, group: str = "schedule") -> None:
+    """A schedule file lives in its own package (`schedule`) and holds `phases` only."""
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    header = next((line for line in text.splitlines()[:5] if "@package" in line), None)
+    if header is not None and header.split("@package", 1)[1].strip() not in ("schedule", "_group_"):
+        raise ConfigError(f"{group}/{Path(path).stem}", "a schedule file may not change its package",
+                          expected="no '# @package' line (the schedule package)", received=header.strip(),
+                          fix=f"remove the '# @package' line from {path}")
+    data = check_yaml_file(path)
+    if not isinstance(data, dict) or set(data) - {"phases"}:
+        raise ConfigError(f"{group}/{Path(path).stem}", "a schedule file holds a list of phases only",
+                          expected="phases: [...]", received=sorted(data) if isinstance(data, dict) else data,
+                          fix=f"keep only 'phases' in {path}")
 
 
 def check_variant_file(path: Path, group: str = "arch") -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .errors import ConfigError, unknown_key_error
+from .schedule import PhaseSpec
 from .spec import ArchSpec, parse_arch
 
 PRIMITIVES = (str, int, float, bool, type(None))
@@ -79,6 +80,19 @@ class RunConfig:
     optimized_metric: str = "val_accuracy"
     resume: bool = False
     variant: str = "base"
+    schedule: str | None = None            # the `+schedule` name; None: one phase of trainer.epochs
+    phases: tuple[PhaseSpec, ...] = ()     # filled in by __post_init__ or schedule.attach_schedule
+
+    def __post_init__(self):
+        if not self.phases:  # a plain run is one phase with the run's own architecture
+            object.__setattr__(self, "phases", (PhaseSpec(0, self.variant, self.arch, self.optimizer,
+                                                          epochs=self.trainer.epochs),))
+
+    @property
+    def total_epochs(self) -> int | None:
+        """Epochs of the whole run; None when a phase ends on a plateau (known only while training)."""
+        lengths = [p.epochs for p in self.phases]
+        return None if None in lengths else sum(lengths)
 
 
 # (key, check, expected) per field whose valid range is narrower than its type.

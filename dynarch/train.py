@@ -1,123 +1,26 @@
-"""One training run: seed, build, (migrate | resume), load data, fit epoch by epoch with train-state
-checkpoints, evaluate, write the run dir."""
+"""One training run as a phase loop: prepare -> run phases -> finish.
+
+A plain run is one phase; a schedule is several, with the architecture changing at each boundary while
+training goes on. Each phase is ONE Keras `fit` (stock callbacks keep their state across its epochs);
+train-state checkpoints land mid-epoch and at epoch ends, and a run resumes bitwise-exactly from any of
+them — inside a phase or at a boundary. TensorFlow is reached only through `dynarch.runtime`.
+"""
 from __future__ import annotations
 
 import logging
-import math
-import platform
 import signal
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from .config import OptimizerConfig, RunConfig, TrainerConfig
-from .errors import CheckpointError, DynarchError
+from .callbacks import ContinuedFit, Keeper, StopState, Throughput
+from .config import RunConfig
+from .errors import DynarchError
+from .resume import Position, check_compatible, has_state, load_latest_state, restore, save_state
+from .schedule import PhaseSpec
 
 log = logging.getLogger(__name__)
-
-
-SMALL_MODEL_FLOPS = 1_000_000  # forward FLOPs/sample below which a step is overhead-bound on CPU
-
-
-def intra_op_threads(trainer: TrainerConfig, forward_flops: int | None, has_gpu: bool) -> int:
-    """Threads for one op. `auto`: 1 for small models on CPU — measured ~1.3x faster on the MLP with
-    2 cores, since tiny matmuls gain nothing from splitting and the input pipeline gets a core —
-    else 0 (TensorFlow's default: all cores), which the compute-bound CNN needs."""
-    if trainer.intra_op_threads != "auto":
-        return int(trainer.intra_op_threads)
-    small = forward_flops is not None and forward_flops < SMALL_MODEL_FLOPS
-    return 1 if small and not has_gpu else 0
-
-
-def configure_runtime(trainer: TrainerConfig, seed: int, forward_flops: int | None = None):
-    """Devices, threads, distribution strategy, precision policy, seeds (Python, NumPy, TF) and op
-    determinism (bitwise-repeatable on CPU), in the order TF needs. Returns (strategy, description)."""
-    import keras
-    import tensorflow as tf
-
-    from .distribute import configure_devices, make_strategy
-    configure_devices(trainer)  # before anything initializes the TF runtime
-    threads = intra_op_threads(trainer, forward_flops, bool(tf.config.list_physical_devices("GPU")))
-    if threads != tf.config.threading.get_intra_op_parallelism_threads():
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-        except RuntimeError:  # TF fixes its thread pools at first use: later jobs in a process keep them
-            log.warning("intra-op threads stay at %d for this process (asked for %d): TensorFlow is already "
-                        "initialized", tf.config.threading.get_intra_op_parallelism_threads(), threads)
-    strategy = make_strategy(trainer)
-    keras.backend.clear_session()  # several jobs in one process (sweeps) must not share graph state
-    keras.mixed_precision.set_global_policy(trainer.precision)  # after clear_session, which resets it
-    keras.utils.set_random_seed(seed)
-    if trainer.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    return strategy
-
-
-def make_optimizer(opt: OptimizerConfig):
-    import keras
-
-    wd = opt.weight_decay or None
-    if opt.name == "adam":
-        return keras.optimizers.Adam(opt.lr, weight_decay=wd)
-    if opt.name == "adamw":
-        return keras.optimizers.AdamW(opt.lr, weight_decay=opt.weight_decay or 0.004)
-    if opt.name == "sgd":
-        return keras.optimizers.SGD(opt.lr, momentum=opt.momentum, weight_decay=wd)
-    return keras.optimizers.RMSprop(opt.lr, momentum=opt.momentum, weight_decay=wd)
-
-
-def compile_model(model, run: RunConfig) -> None:
-    """Compile with the run's optimizer (always fresh: optimizer state never migrates) and settings."""
-    import tensorflow as tf
-
-    steps = run.trainer.steps_per_execution
-    if steps > 1 and tf.distribute.get_strategy().num_replicas_in_sync > 1:
-        # Keras 3.15 on TF 2.21 fails with "You must feed a value for placeholder tensor 'while/cond/...'"
-        # when several steps run per call under a multi-replica strategy (keras-team/keras#19246).
-        log.warning("steps_per_execution=%d is not supported with several replicas in this Keras version "
-                    "(keras-team/keras#19246): using 1", steps)
-        steps = 1
-    model.compile(optimizer=make_optimizer(run.optimizer), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"], steps_per_execution=steps, jit_compile=run.trainer.jit_compile)
-
-
-def throughput_callback(samples_per_epoch: int):
-    """A Keras callback timing the training part of each epoch (validation excluded) -> samples/s.
-
-    It uses only epoch-level hooks and `on_test_begin` (where fit's validation starts), so it adds no
-    per-batch Python work to the loop it measures.
-    """
-    import keras
-
-    class Throughput(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.epoch_s: list[float] = []
-            self._t0 = self._t_train_end = None
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._t0, self._t_train_end = time.perf_counter(), None
-
-        def on_test_begin(self, logs=None):
-            if self._t0 is not None and self._t_train_end is None:
-                self._t_train_end = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.epoch_s.append((self._t_train_end or time.perf_counter()) - self._t0)
-            self._t0 = None
-            if logs is not None:
-                logs["epoch_time_s"] = self.epoch_s[-1]
-                logs["samples_per_s"] = samples_per_epoch / self.epoch_s[-1]
-
-    return Throughput()
-
-
-def device_report() -> str:
-    import tensorflow as tf
-
-    gpus = tf.config.list_logical_devices("GPU")
-    return f"{len(gpus)} GPU ({', '.join(g.name for g in gpus)})" if gpus else f"CPU only ({platform.processor() or platform.machine()})"
 
 
 class TrainingStopped(DynarchError):
@@ -128,40 +31,167 @@ class TrainingStopped(DynarchError):
         self.exit_code = exit_code
 
 
-def _state_callback(run: RunConfig, out_dir: Path, position, every: int, stop: dict, steps_per_epoch: int):
-    """Saves train-state checkpoints every `every` steps; stops on a signal or a NaN loss.
+class Interrupted(BaseException):
+    """Raised by the signal handler outside the training loop (start-up, boundary work, evaluation)."""
 
-    Never mid-epoch at the epoch's last batch: the epoch-end save (with that epoch's history) covers it.
-    """
-    import keras
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
-    from .resume import save_state
 
-    class StateKeeper(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            done = position.batches_done + batch + 1
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(float(loss)):
-                stop["nan"] = (position.epoch, done)
-                self.model.stop_training = True
+def seed_for_phase(seed: int, phase: int) -> int:
+    """Phase 0 uses the run's seed (a plain run is unchanged); later phases a seed derived from it, so a
+    boundary builds the same new variables whether or not the run was resumed in between."""
+    return seed if phase == 0 else (seed * 1_000_003 + phase) % (2**32 - 1)
+
+
+class PhaseLoop:
+    """The state of one run while it trains: model, data, position, history, stop state."""
+
+    def __init__(self, run: RunConfig, out_dir: Path, runtime, data, callbacks: Sequence = ()):
+        self.run, self.out_dir, self.runtime, self.data = run, Path(out_dir), runtime, data
+        self.user_callbacks = list(callbacks)
+        self.position = Position()
+        self.stop = StopState()
+        self.model = None
+        self.rates: list[float] = []
+        self.first_epoch_of_fit = 0
+
+    # -- state shared with the keeper ------------------------------------------------------------------
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.data.steps_per_epoch
+
+    @property
+    def phase(self) -> PhaseSpec:
+        return self.run.phases[self.position.phase]
+
+    def save(self, model) -> Path:
+        return save_state(self.out_dir, model, self.position, self.run, self.run.trainer.keep_checkpoints)
+
+    def record_epoch(self, epoch: int, logs: dict[str, Any]) -> None:
+        history = self.position.history
+        n = len(history.get("loss", []))
+        for key, value in {**logs, "phase": self.position.phase}.items():
+            history.setdefault(key, [float("nan")] * n).append(float(value))
+        self.rates.append(logs.get("samples_per_s", 0.0))
+        self.position.epoch, self.position.batches_done = epoch + 1, 0
+        if self.run.trainer.verbose == 2:
+            print(self.epoch_line(epoch, logs), flush=True)
+        from . import artifacts
+        artifacts.write_history_csv(self.out_dir / "history.csv", history)
+
+    def phase_epochs_done(self) -> int:
+        return self.position.epoch - self.position.phase_start
+
+    def phase_should_end(self) -> bool:
+        phase = self.phase
+        if self.phase_epochs_done() >= phase.length:
+            return False  # fit ends by itself at the phase's last epoch
+        if phase.plateau is None:
+            return False
+        values = self.position.history.get(phase.plateau.monitor, [])[self.position.phase_start:]
+        return phase.plateau.reached(values)
+
+    def epoch_line(self, epoch: int, logs: dict) -> str:
+        keys = ("loss", "accuracy", "val_loss", "val_accuracy")
+        parts = [f"{k} {logs[k]:.4f}" for k in keys if k in logs]
+        total = self.run.total_epochs or "?"
+        tag = f" [phase {self.position.phase + 1}/{len(self.run.phases)} {self.phase.name}]" if self.run.schedule else ""
+        return (f"epoch {epoch + 1}/{total}{tag}: " + "  ".join(parts) +
+                f"  ({logs.get('epoch_time_s', 0):.2f}s, {logs.get('samples_per_s', 0):,.0f} samples/s)")
+
+    # -- the phase ------------------------------------------------------------------------------------
+    def build(self, phase: PhaseSpec):
+        """The phase's model, compiled with its optimizer, optimizer variables created (so they can be filled)."""
+        from .build import build_model, model_table
+        try:
+            from .optim import make_optimizer
+        except ImportError:  # TEMP until optim.py lands
+            from ._legacy_optim import make_optimizer
+
+        self.runtime.reseed(seed_for_phase(self.run.seed, phase.index))
+        with self.runtime.scope():
+            model = build_model(phase.arch)
+            model.compile(optimizer=make_optimizer(phase.optimizer), loss="sparse_categorical_crossentropy",
+                          metrics=["accuracy"], jit_compile=self.run.trainer.jit_compile,
+                          steps_per_execution=self.runtime.steps_per_execution(self.run.trainer.steps_per_execution))
+            model.optimizer.build(model.trainable_variables)
+        table = model_table(phase.arch, model)
+        from . import artifacts
+        name = "model.md" if phase.index == 0 else f"model-phase-{phase.index}.md"
+        title = f"{phase.arch.name} ({self.run.variant})" + (f", phase {phase.index}: {phase.name}" if self.run.schedule else "")
+        artifacts.write_text(self.out_dir / name, f"# {title}\n\n{table}\n")
+        log.info("model %s:\n%s", title, table)
+        return model
+
+    def fit_phase(self) -> None:
+        """Train the current phase to its end (or a stop) with one `fit` (two after a mid-epoch resume)."""
+        phase, pos = self.phase, self.position
+        end = pos.phase_start + phase.length
+        if pos.phase_done or pos.epoch >= end:
+            return
+        verbose = 1 if self.run.trainer.verbose == 1 else 0
+        if pos.batches_done:  # finish the interrupted epoch first: its batch count differs
+            skip = pos.batches_done
+            self._fit(self.data.train(pos.epoch, skip), pos.epoch, pos.epoch + 1, verbose, skip, self.user_callbacks)
+            if self.stop.mid_epoch or pos.phase_done or pos.epoch >= end:
                 return
-            if done >= steps_per_epoch:
-                return
-            step = int(self.model.optimizer.iterations.numpy())
-            # fit reports every steps_per_execution steps: save when this chunk crossed a multiple of `every`
-            if stop.get("signal") or (every and step % every < run.trainer.steps_per_execution):
-                position_now = type(position)(position.epoch, done, position.history)
-                stop["saved"] = save_state(out_dir, self.model, position_now, run, run.trainer.keep_checkpoints)
-                if stop.get("signal"):
-                    stop["mid_epoch"] = self.model.stop_training = True
+            callbacks = [ContinuedFit(c) for c in self.user_callbacks]
+        else:
+            callbacks = self.user_callbacks
+        self._fit(self.data.epoch_dataset(lambda: self.position.epoch), pos.epoch, end, verbose, 0, callbacks)
 
-    return StateKeeper()
+    def _fit(self, dataset, first: int, end: int, verbose: int, skip: int, callbacks) -> None:
+        n = self.data.n_train
+        self.first_epoch_of_fit = first
+        samples = lambda epoch: n - min(n, skip * self.run.trainer.batch_size) if epoch == first else n
+        keeper = Keeper(self, self.stop, self.run.trainer.checkpoint_every, skip)
+        self.model.fit(dataset, validation_data=self.data.val(), initial_epoch=first, epochs=end, shuffle=False,
+                       callbacks=[Throughput(samples), *callbacks, keeper], verbose=verbose)
+
+    def boundary(self) -> None:
+        """Phase k ended: build phase k+1, carry weights, RNG and optimizer state by path, write the report."""
+        from . import artifacts
+        from .boundary import migrate_boundary
+
+        old, prev, index = self.model, self.phase, self.position.phase + 1
+        nxt = self.run.phases[index]
+        new = self.build(nxt)
+        with self.runtime.scope():
+            report = migrate_boundary(old, new, prev, nxt, new_blocks=self.run.migrate.new_blocks,
+                                      seed=seed_for_phase(self.run.seed, index),
+                                      lr_changed=nxt.optimizer != prev.optimizer)
+        artifacts.write_text(self.out_dir / f"migration-phase-{index}.md", report.to_markdown())
+        artifacts.write_json(self.out_dir / f"migration-phase-{index}.json", report.to_json())
+        log.info("phase %d -> %d (%s -> %s) at epoch %d: %s", index - 1, index, prev.name, nxt.name,
+                 self.position.epoch, report.counts())
+        self.model = new
+        self.position.phase, self.position.phase_start, self.position.phase_done = index, self.position.epoch, False
+
+    def raise_if_stopped(self, resume_command: str | None) -> None:
+        stop = self.stop
+        if stop.nan_at is not None:
+            raise TrainingStopped("training", f"the loss became NaN in epoch {stop.nan_at[0] + 1} at batch "
+                                  f"{stop.nan_at[1]}; training stopped, the last good checkpoint is kept"
+                                  + (f" ({stop.saved})" if stop.saved else ""),
+                                  expected="a finite loss", received="nan",
+                                  fix="lower optimizer.lr, check the data, or resume=true from the last "
+                                      "good checkpoint with other settings")
+        if stop.signal is not None:
+            raise TrainingStopped("training", f"stopped by signal {stop.signal}; checkpoint saved at {stop.saved}",
+                                  fix=f"continue with: {resume_command or 'the same command plus resume=true'}",
+                                  exit_code=128 + int(stop.signal))
 
 
-def _install_signal_handlers(stop: dict):
-    """SIGTERM / Ctrl-C ask for a checkpoint at the next step boundary instead of killing the run."""
+def _signal_handlers(stop: StopState, loop_running: list[bool]):
+    """SIGTERM / Ctrl-C: inside the loop, ask for a checkpoint at the next step boundary; outside it,
+    interrupt at once (nothing is half-written: every write is atomic)."""
     def handler(signum, frame):
-        stop["signal"] = signum
+        if loop_running[0]:
+            stop.signal = signum
+        else:
+            raise Interrupted(signum)
     previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
@@ -171,136 +201,143 @@ def _install_signal_handlers(stop: dict):
     return previous
 
 
-def _epoch_line(epoch: int, epochs: int, logs: dict) -> str:
-    keys = ("loss", "accuracy", "val_loss", "val_accuracy")
-    parts = [f"{k} {logs[k]:.4f}" for k in keys if k in logs]
-    return (f"epoch {epoch + 1}/{epochs}: " + "  ".join(parts) +
-            f"  ({logs.get('epoch_time_s', 0):.2f}s, {logs.get('samples_per_s', 0):,.0f} samples/s)")
-
-
-def train(run: RunConfig, out_dir: Path, resume: bool = False,
-          resume_command: str | None = None, resolved_config: str | None = None) -> dict[str, Any]:
+def train(run: RunConfig, out_dir: Path, resume: bool = False, resume_command: str | None = None,
+          resolved_config: str | None = None, callbacks: Sequence = ()) -> dict[str, Any]:
     """Train and evaluate `run`, writing model.md, history.csv, curves.png, metrics.json and checkpoint/.
 
     Args:
-        run: validated run settings.
+        run: validated run settings (one phase, or a schedule's phases).
         out_dir: the run dir (`${hydra:runtime.output_dir}`); created if missing.
         resume: continue from the newest train-state checkpoint in `out_dir` (bitwise-exact on CPU).
         resume_command: printed when the run is interrupted, so the user can continue it.
+        resolved_config: the composed config as YAML, written to config.yaml once the run dir is ours.
+        callbacks: extra Keras callbacks, added to every phase's `fit` (they end a phase, not the run).
 
     Returns:
         The metrics written to metrics.json.
     """
+    from .rundir import RunDirLock, check_new_run_dir, clean_stale_temps
+
     t_start = time.perf_counter()
-    import keras
-    import tensorflow as tf
-
-    from . import artifacts, checkpoint
-    from .build import build_model, model_table
-    from .data import Pipelines, load_arrays
-    from .resume import Position, has_state, load_latest_state, restore, save_state
-
     out_dir = Path(out_dir)
-    if not resume and has_state(out_dir):
-        raise CheckpointError(str(out_dir), "this run dir already holds a checkpointed run",
-                              expected="a new run dir, or resume=true to continue that run",
-                              received="state/ with train-state checkpoints",
-                              fix="add resume=true to continue it, or drop hydra.run.dir to start a new run")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    stop, loop_running = StopState(), [False]
+    previous = _signal_handlers(stop, loop_running)
+    try:
+        with RunDirLock(out_dir):
+            if resume:
+                removed = clean_stale_temps(out_dir)
+                if removed:
+                    log.info("%s", removed.describe())
+            elif has_state(out_dir):
+                from .errors import CheckpointError
+                raise CheckpointError(str(out_dir), "this run dir already holds a checkpointed run",
+                                      expected="a new run dir, or resume=true to continue that run",
+                                      received="state/ with train-state checkpoints",
+                                      fix="add resume=true to continue it, or drop hydra.run.dir to start a new run")
+            else:
+                check_new_run_dir(out_dir)
+            return _train_locked(run, out_dir, resume, resume_command, resolved_config, callbacks, stop,
+                                 loop_running, t_start)
+    except Interrupted as e:
+        raise TrainingStopped("training", f"interrupted by signal {e.signum} outside the training loop; every file "
+                              "written so far is complete", fix=f"continue with: {resume_command}" if resume
+                              or has_state(out_dir) else "run the command again",
+                              exit_code=128 + e.signum) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbacks, stop, loop_running, t_start):
+    from . import artifacts
+    from .data import Pipelines, load_arrays
+    from .runtime import get_runtime
+
     if resolved_config is not None:
         artifacts.write_text(out_dir / "config.yaml", resolved_config)
-    strategy, strategy_text = configure_runtime(run.trainer, run.seed, run.arch.forward_flops)
-    log.info("devices: %s; strategy: %s; precision: %s", device_report(), strategy_text, run.trainer.precision)
+    runtime = get_runtime("tensorflow")
+    flops = [p.arch.forward_flops for p in run.phases]
+    runtime.configure(run.trainer, run.seed, None if None in flops else max(flops))
+    log.info("devices: %s; strategy: %s; precision: %s", runtime.device_report(), runtime.strategy_text(),
+             run.trainer.precision)
+    ckpt = None
+    if resume:
+        ckpt = load_latest_state(out_dir)
+        position = check_compatible(ckpt, run)
+    elif run.init_from:
+        from . import migrate
+        if hasattr(migrate, "check_source_before_build"):  # TEMP until it lands
+            migrate.check_source_before_build(run)  # strict / incompatible source: fail before data is loaded
+    arrays = load_arrays(run.data, run.seed)
+    log.info("data: %s %s", arrays.source, arrays.sizes())
+    data = Pipelines(arrays, run.trainer.batch_size, run.seed)
 
-    migrated_from, position = None, Position()
-    with strategy.scope():  # variables (model, optimizer) are created, migrated and restored in scope
-        model = build_model(run.arch)
-        table = model_table(run.arch, model)
-        artifacts.write_text(out_dir / "model.md", f"# {run.arch.name} ({run.variant})\n\n{table}\n")
-        log.info("model %s (%s):\n%s", run.arch.name, run.variant, table)
-        compile_model(model, run)
-        model.optimizer.build(model.trainable_variables)  # slots exist now, so a resume can fill them
-        if resume:
-            ckpt = load_latest_state(out_dir)
-            position = restore(model, ckpt, run)
-            migrated_from = ckpt.manifest.get("migrated_from")
-            log.info("resuming from %s: epoch %d, %d batches done", ckpt.path, position.epoch + 1,
-                     position.batches_done)
-        elif run.init_from:  # before loading data: a strict migration that fails should fail fast
+    loop = PhaseLoop(run, out_dir, runtime, data, callbacks)
+    loop.stop = stop
+    migrated_from = None
+    if ckpt is not None:
+        loop.position = position
+        loop.model = loop.build(run.phases[position.phase])
+        with runtime.scope():
+            restore(loop.model, ckpt)
+        migrated_from = ckpt.manifest.get("migrated_from")
+        log.info("resuming from %s: phase %d, epoch %d, %d batches done", ckpt.path, position.phase,
+                 position.epoch + 1, position.batches_done)
+    else:
+        loop.model = loop.build(run.phases[0])
+        if run.init_from:
             from .migrate import migrate_model, write_report
-            report = migrate_model(model, run.arch, run.init_from, new_blocks=run.migrate.new_blocks,
-                                   strict=run.migrate.strict, seed=run.seed, target_variant=run.variant)
+            with runtime.scope():
+                report = migrate_model(loop.model, run.phases[0].arch, run.init_from, new_blocks=run.migrate.new_blocks,
+                                       strict=run.migrate.strict, seed=run.seed, target_variant=run.variant)
             write_report(report, out_dir)
             log.info("migrated weights from %s:\n%s", report.source, report.to_markdown())
             migrated_from = report.source
 
-    arrays = load_arrays(run.data, run.seed)
-    log.info("data: %s %s", arrays.source, arrays.sizes())
-    data = Pipelines(arrays, run.trainer.batch_size, run.seed)
-    val_ds, test_ds = data.val(), data.test()
-
-    stop: dict[str, Any] = {}
-    previous_handlers = _install_signal_handlers(stop)
-    history, rates = dict(position.history), []
     t_fit = time.perf_counter()
-    try:
-        for epoch in range(position.epoch, run.trainer.epochs):
-            skip = position.batches_done if epoch == position.epoch else 0
-            position = Position(epoch, skip, history)
-            remaining = data.n_train - min(data.n_train, skip * run.trainer.batch_size)
-            throughput = throughput_callback(remaining)
-            keeper = _state_callback(run, out_dir, position, run.trainer.checkpoint_every, stop,
-                                     data.steps_per_epoch)
-            hist = model.fit(data.train(epoch, skip), validation_data=val_ds, epochs=epoch + 1,
-                             initial_epoch=epoch, callbacks=[throughput, keeper], shuffle=False,
-                             verbose=1 if run.trainer.verbose == 1 else 0)
-            if "nan" in stop:
-                raise TrainingStopped("training", f"the loss became NaN in epoch {stop['nan'][0] + 1} at batch "
-                                      f"{stop['nan'][1]}; training stopped, the last good checkpoint is kept"
-                                      + (f" ({stop['saved']})" if stop.get("saved") else ""),
-                                      expected="a finite loss", received="nan",
-                                      fix="lower optimizer.lr, check the data, or resume=true from the last "
-                                          "good checkpoint with other settings")
-            if not stop.get("mid_epoch"):  # the epoch ran to its end: record it
-                logs = {k: float(v[-1]) for k, v in hist.history.items()}
-                for k, v in logs.items():
-                    history.setdefault(k, []).append(v)
-                rates.append(logs["samples_per_s"])
-                if run.trainer.verbose == 2:
-                    print(_epoch_line(epoch, run.trainer.epochs, logs), flush=True)
-                stop["saved"] = save_state(out_dir, model, Position(epoch + 1, 0, history), run,
-                                           run.trainer.keep_checkpoints)
-            if stop.get("signal"):
-                raise TrainingStopped("training", f"stopped by signal {stop['signal']}; checkpoint saved at "
-                                      f"{stop.get('saved')}", expected=None, received=None,
-                                      fix=f"continue with: {resume_command or 'the same command plus resume=true'}",
-                                      exit_code=128 + int(stop["signal"]))
-    finally:
-        for sig, handler in previous_handlers.items():
-            signal.signal(sig, handler)
+    while True:
+        loop_running[0] = True
+        loop.fit_phase()
+        loop_running[0] = False
+        loop.raise_if_stopped(resume_command)
+        if loop.position.phase + 1 >= len(run.phases):
+            break
+        loop.boundary()
     train_time = time.perf_counter() - t_fit
-    test_loss, test_acc = model.evaluate(test_ds, verbose=0)
+    return _finish(loop, arrays, runtime, migrated_from, resume, train_time, t_start)
 
-    steady = rates[1:] if len(rates) > 1 else rates  # epoch 1 pays tracing / XLA compilation
+
+def _finish(loop: PhaseLoop, arrays, runtime, migrated_from, resume, train_time, t_start) -> dict[str, Any]:
+    """Evaluate, then write metrics, history, curves and the final checkpoint."""
+    from . import artifacts, checkpoint
+
+    run, model, out_dir, history = loop.run, loop.model, loop.out_dir, loop.position.history
+    test_loss, test_acc = model.evaluate(loop.data.test(), verbose=0)
+    steady = loop.rates[1:] if len(loop.rates) > 1 else loop.rates  # epoch 1 pays tracing
+    final = loop.phase
     metrics = {
         "test_accuracy": float(test_acc), "test_loss": float(test_loss),
-        "val_accuracy": history["val_accuracy"][-1] if "val_accuracy" in history else None,
-        "params": int(model.count_params()), "epochs": run.trainer.epochs,
+        "val_accuracy": history["val_accuracy"][-1] if history.get("val_accuracy") else None,
+        "params": int(model.count_params()), "epochs": loop.position.epoch,
         "train_time_s": round(train_time, 3),
         "samples_per_s": round(statistics.median(steady), 1) if steady else None,
         "wall_time_s": None, "data_source": arrays.source, "data_sizes": arrays.sizes(),
-        "model": run.arch.name, "variant": run.variant, "enabled_blocks": run.arch.enabled_paths(),
-        "migrated_from": migrated_from, "resumed": resume, "seed": run.seed, "devices": device_report(),
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        "model": final.arch.name, "variant": run.variant, "enabled_blocks": final.arch.enabled_paths(),
+        "migrated_from": migrated_from, "resumed": resume, "seed": run.seed, "devices": runtime.device_report(),
+        "versions": runtime.versions(), "strategy": runtime.strategy_text(),
     }
-    metrics["strategy"] = strategy_text
+    if run.schedule:
+        metrics["schedule"] = run.schedule
+        metrics["phases"] = phase_summaries(loop, test_acc)
+    boundaries = [(s["start_epoch"], s["name"]) for s in metrics.get("phases", [])[1:]]
+    title = f"{final.arch.name} / {run.variant}" + (f" / {run.schedule}" if run.schedule else "")
     artifacts.write_history_csv(out_dir / "history.csv", history)
-    artifacts.plot_curves(out_dir / "curves.png", history,
-                          f"{run.arch.name} / {run.variant}: test acc {test_acc:.4f}")
+    artifacts.plot_curves(out_dir / "curves.png", history, f"{title}: test acc {test_acc:.4f}", boundaries=boundaries)
     checkpoint.save_checkpoint(out_dir / checkpoint.RUN_SUBDIR, checkpoint.model_tensors(model), {
-        "arch": dict(run.arch.raw), "model": run.arch.name, "variant": run.variant,
-        "num_classes": run.arch.num_classes, "input_shape": list(run.arch.input_shape),
+        "arch": dict(final.arch.raw), "model": final.arch.name, "variant": run.variant,
+        "num_classes": final.arch.num_classes, "input_shape": list(final.arch.input_shape),
         "data_source": arrays.source, "migrated_from": migrated_from,
+        "schedule": [p.fingerprint() for p in run.phases] if run.schedule else None,
         "metrics": {k: metrics[k] for k in ("test_accuracy", "test_loss")},
         "versions": metrics["versions"], "seed": run.seed})
     if run.trainer.export_keras:
@@ -310,3 +347,29 @@ def train(run: RunConfig, out_dir: Path, resume: bool = False,
     log.info("test accuracy %.4f, loss %.4f (%s, %s samples/s) -> %s", test_acc, test_loss,
              arrays.source, metrics["samples_per_s"], out_dir)
     return metrics
+
+
+def _migration_counts(out_dir: Path, index: int) -> dict[str, int] | None:
+    import json
+    path = out_dir / f"migration-phase-{index}.json"
+    try:
+        return json.loads(path.read_text()).get("counts") if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def phase_summaries(loop: PhaseLoop, test_acc: float) -> list[dict[str, Any]]:
+    """One entry per phase that ran: architecture, epochs, params, validation accuracy at its end."""
+    history = loop.position.history
+    phases_seen = [int(p) for p in history.get("phase", [])]
+    out = []
+    for phase in loop.run.phases[: loop.position.phase + 1]:
+        epochs = [i for i, p in enumerate(phases_seen) if p == phase.index]
+        val = history.get("val_accuracy", [])
+        out.append({"phase": phase.index, "name": phase.name, "architecture": phase.arch.enabled_paths(),
+                    "start_epoch": epochs[0] if epochs else None, "epochs": len(epochs),
+                    "params": phase.arch.num_params,
+                    "val_accuracy": val[epochs[-1]] if epochs and epochs[-1] < len(val) else None,
+                    "test_accuracy": float(test_acc) if phase.index == loop.position.phase else None,
+                    "migration": _migration_counts(loop.out_dir, phase.index)})
+    return out

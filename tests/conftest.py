@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+import _shim_epoch_ds  # noqa: F401  TEMP until the data package lands
 from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]

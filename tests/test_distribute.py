@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import ROOT, run_config
-from dynarch.distribute import make_strategy
+from dynarch.runtime.tensorflow import make_strategy
 from dynarch.errors import ConfigError
 
 

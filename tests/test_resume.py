@@ -5,9 +5,9 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 
+import keras
 import numpy as np
 import pytest
 
@@ -33,18 +33,39 @@ def reference(tmp_path_factory):
     return out
 
 
+class SignalAtStep(keras.callbacks.Callback):
+    """Sends SIGTERM to this process once training reaches `step` — a condition, not a timer. It refuses
+    to signal unless dynarch's handler is installed, so the test runner itself can never be killed."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step, self.sent = step, False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.sent and int(self.model.optimizer.iterations.numpy()) >= self.step:
+            handler = signal.getsignal(signal.SIGTERM)
+            assert getattr(handler, "__module__", "") == "dynarch.train", f"no dynarch handler: {handler}"
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def test_sigterm_mid_epoch_then_resume_is_bitwise_identical(tmp_path, reference):
     out = tmp_path / "run"
-    threading.Timer(0.8, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
     with pytest.raises(TrainingStopped, match=r"(?s)stopped by signal 15; checkpoint saved.*continue with: CMD") as err:
-        train(run_config([*RESUMABLE, "trainer.epochs=3"]), out, resume_command="CMD")
+        train(run_config([*RESUMABLE, "trainer.epochs=3"]), out, resume_command="CMD", callbacks=[SignalAtStep(130)])
     assert err.value.exit_code == 143
     killed = load_latest_state(out)
-    assert killed.manifest["epoch"] < 3 and not (out / "checkpoint").exists()
+    assert killed.manifest["epoch"] == 1 and killed.manifest["batches_done"] > 0  # mid-epoch, in epoch 2
+    assert not (out / "checkpoint").exists()
     ref = load_checkpoint(reference).tensors
-    assert not np.array_equal(killed.tensors["model/0000/dense/kernel"], ref["dense/kernel"])  # the stop happened
+    assert not np.array_equal(killed.tensors["model/dense/kernel"], ref["dense/kernel"])  # the stop happened
     metrics = train(run_config([*RESUMABLE, "trainer.epochs=3", "resume=true"]), out, resume=True)
     assert metrics["resumed"] and weights_sha(out) == weights_sha(reference)
+
+
+def test_resume_with_fewer_epochs_than_trained_is_refused(tmp_path, reference):
+    with pytest.raises(CheckpointError, match=r"(?s)already trained 3 epochs.*trainer.epochs=3 or more"):
+        train(run_config([*RESUMABLE, "trainer.epochs=2", "resume=true"]), reference, resume=True)
 
 
 def test_resume_can_extend_epochs(tmp_path, reference):
@@ -118,7 +139,7 @@ def test_sigkill_at_five_random_points_then_resume_is_bitwise_identical(tmp_path
         if killed.manifest["epoch"] == 4:
             continue  # killed after the last step (evaluating, writing): training itself was not interrupted
         kills += 1
-        assert not np.array_equal(killed.tensors["model/0000/dense/kernel"],
+        assert not np.array_equal(killed.tensors["model/dense/kernel"],
                                   load_checkpoint(ref).tensors["dense/kernel"])
         resumed = _cli(out, "resume=true")
         assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-2000:]

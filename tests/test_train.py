@@ -58,7 +58,7 @@ def test_cli_trains_offline_into_hydra_run_dir(tmp_path):
 
 def test_fast_defaults_pick_threads_by_model_size():
     from conftest import run_config
-    from dynarch.train import SMALL_MODEL_FLOPS, intra_op_threads
+    from dynarch.runtime.tensorflow import SMALL_MODEL_FLOPS, intra_op_threads
     mlp, cnn = run_config([]), run_config(["model=cnn"])
     assert mlp.arch.forward_flops == 2 * (784 * 128 + 128 * 10) < SMALL_MODEL_FLOPS < cnn.arch.forward_flops
     assert intra_op_threads(mlp.trainer, mlp.arch.forward_flops, has_gpu=False) == 1

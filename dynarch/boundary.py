@@ -1,0 +1,84 @@
+"""A phase boundary inside one run: the next phase's freshly built model receives, by variable path,
+the weights (the migration planner: copy, Net2Net growth, truncation, drop), the dropout RNG states and
+the optimizer state (slots of carried variables, the step count, hence the learning-rate schedule position)
+of the model that trained so far. Nothing is read from disk: both models are in memory.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .checkpoint import Checkpoint, model_tensors
+from .migrate import MigrationReport, plan_migration
+from .resume import model_state_variables, optimizer_state_variables
+
+log = logging.getLogger(__name__)
+
+
+def source_of(model, phase) -> Checkpoint:
+    """An in-memory 'checkpoint' of the model that trained `phase`, as the planner reads one."""
+    manifest = {"model": phase.arch.name, "variant": phase.name, "num_classes": phase.arch.num_classes,
+                "input_shape": list(phase.arch.input_shape)}
+    return Checkpoint(Path(f"phase {phase.index} ({phase.name})"), model_tensors(model), manifest)
+
+
+def migrate_weights(old_model, new_model, old_phase, new_phase, *, new_blocks: str, seed: int):
+    """Plan by variable path and assign; returns (report, plan values)."""
+    shapes = {v.path: tuple(v.shape) for v in new_model.weights}
+    report, values = plan_migration(source_of(old_model, old_phase), new_phase.arch, shapes,
+                                    new_blocks=new_blocks, seed=seed, target_variant=new_phase.name)
+    by_path = {v.path: v for v in new_model.weights}
+    for path, value in values.items():
+        by_path[path].assign(value.astype(by_path[path].dtype))
+    return report, values
+
+
+def carry_rng_states(old_model, new_model) -> int:
+    """Dropout (and other) RNG states follow their block: the data and noise stream go on as before."""
+    old = {k: v for k, v in model_state_variables(old_model).items() if "seed_generator_" in k}
+    carried = 0
+    for key, var in model_state_variables(new_model).items():
+        if key in old and tuple(old[key].shape) == tuple(var.shape):
+            var.assign(old[key].numpy())
+            carried += 1
+    return carried
+
+
+def migrate_boundary(old_model, new_model, old_phase, new_phase, *, new_blocks: str, seed: int,
+                     lr_changed: bool) -> MigrationReport:
+    """Weights, RNG states and optimizer state across one boundary; the report lists every variable."""
+    report, _ = migrate_weights(old_model, new_model, old_phase, new_phase, new_blocks=new_blocks, seed=seed)
+    rng = carry_rng_states(old_model, new_model)
+    carried = carry_optimizer_state(old_model, new_model, report, keep_new_lr=lr_changed)
+    report.notes = [n for n in report.notes if not n.startswith("optimizer state is not migrated")]
+    report.notes.append(f"optimizer state: {carried['copied']} variables carried exactly (slots of copied "
+                        f"variables, the step count), {carried['adapted']} adapted with their variable's index map, "
+                        f"{carried['fresh']} fresh (new or re-initialized variables); {rng} RNG states carried")
+    report.optimizer = carried  # type: ignore[attr-defined]
+    return report
+
+
+def carry_optimizer_state(old_model, new_model, report: MigrationReport, keep_new_lr: bool) -> dict[str, Any]:
+    """Optimizer variables by name: slots of copied variables and the step count carried exactly."""
+    from . import migrate
+
+    if hasattr(migrate, "migrate_optimizer"):  # the planner's own slot transform (adapted variables too)
+        return migrate.migrate_optimizer(new_model, migrate.optimizer_state(old_model), report,
+                                         keep_new_lr=keep_new_lr)
+    copied_paths = {e.path for e in report.entries if e.action == "copied"}
+    old = optimizer_state_variables(old_model.optimizer)
+    counts = {"copied": 0, "adapted": 0, "fresh": 0}
+    for key, var in optimizer_state_variables(new_model.optimizer).items():
+        if key == "learning_rate" and keep_new_lr:
+            continue
+        owner = next((p for p in copied_paths if key.startswith(p.replace("/", "_") + "_")), None)
+        generic = key in ("iteration", "iterations", "learning_rate")
+        if key in old and tuple(old[key].shape) == tuple(var.shape) and (owner or generic):
+            var.assign(np.asarray(old[key].numpy()))
+            counts["copied"] += 1
+        else:
+            counts["fresh"] += 1
+    return counts

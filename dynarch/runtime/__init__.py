@@ -1,0 +1,48 @@
+"""The one seam to the backend: devices, threads, determinism, precision, strategy, device report, chief.
+
+Like Keras' own `backend/<name>/` layout, each backend is one module implementing the `Runtime` interface
+below; nothing outside `dynarch/runtime/` touches `tf.`/`jax.` directly. Only TensorFlow exists today;
+a second backend is a second module and one line in `get_runtime`.
+"""
+from __future__ import annotations
+
+from typing import Any, ContextManager, Protocol
+
+from ..config import TrainerConfig
+
+
+class Runtime(Protocol):
+    """What the phase loop needs from a backend."""
+
+    name: str
+
+    def configure(self, trainer: TrainerConfig, seed: int, forward_flops: int | None) -> None:
+        """Devices, threads, precision, seeds and determinism, in the order the backend needs."""
+
+    def reseed(self, seed: int) -> None:
+        """Seed every global RNG (Python, NumPy, backend) — before building a phase's model."""
+
+    def scope(self) -> ContextManager[Any]:
+        """Where variables (model, optimizer) are created, migrated and restored."""
+
+    def strategy_text(self) -> str: ...
+
+    def device_report(self) -> str: ...
+
+    def is_chief(self) -> bool:
+        """Whether this process writes the run dir (always true on one machine)."""
+
+    def steps_per_execution(self, requested: int) -> int:
+        """The steps per compiled call the backend can run with the current strategy."""
+
+    def versions(self) -> dict[str, str]: ...
+
+
+def get_runtime(name: str = "tensorflow") -> Runtime:
+    """The runtime for a Keras backend name."""
+    if name == "tensorflow":
+        from .tensorflow import TensorFlowRuntime
+        return TensorFlowRuntime()
+    raise ValueError(f"no runtime for backend {name!r}")
+
+
