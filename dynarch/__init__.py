@@ -1,5 +1,37 @@
 """dynarch: dynamic-architecture training on Keras 3 / TensorFlow, configured with Hydra.
 
-Importing the package does not import TensorFlow; only training, building and migration do.
+Importing the package does not import TensorFlow: the public names below load their module on first use.
+
+    import dynarch
+    run = dynarch.compose_run(["+schedule=grow", "data=mnist_subset"])   # validated, no TensorFlow
+    print(dynarch.render(run.arch, run.variant))                         # the block table
+    metrics = dynarch.train(run, "outputs/notebook-run")                 # trains; writes the run dir
 """
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+_EXPORTS = {
+    "compose_run": "dynarch.compose", "resolve_config": "dynarch.compose",
+    "RunConfig": "dynarch.config", "load_run_config": "dynarch.config",
+    "ArchSpec": "dynarch.spec", "parse_arch": "dynarch.spec",
+    "render": "dynarch.inspect",
+    "build_model": "dynarch.build",
+    "train": "dynarch.train", "TrainingStopped": "dynarch.train",
+    "migrate_model": "dynarch.migrate", "plan_migration": "dynarch.migrate",
+    "load_checkpoint": "dynarch.checkpoint",
+    "DynarchError": "dynarch.errors", "ConfigError": "dynarch.errors",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'dynarch' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -28,7 +28,9 @@ def hydra_main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     try:
-        run, resolved = resolve_config(cfg, variant_name(hc.runtime.choices))
+        sources = [Path(src.path) for src in hc.runtime.config_sources if src.schema == "file"]
+        run, resolved = resolve_config(cfg, variant_name(hc.runtime.choices), hc.runtime.choices.get("schedule"),
+                                       sources)
         from .train import train  # TensorFlow is imported from here on
         metrics = train(run, out_dir, resume=run.resume, resume_command=resume_command(hc, out_dir),
                         resolved_config=OmegaConf.to_yaml(resolved))
@@ -93,6 +95,8 @@ def main() -> None:
     """Pre-flight the config files named on the command line, then hand over to Hydra."""
     try:
         preflight(sys.argv[1:])
+        from .rundir import check_cli_run_dir
+        check_cli_run_dir(sys.argv[1:])  # Hydra creates and writes the run dir before our code runs
     except DynarchError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -47,10 +47,23 @@ def carry_rng_states(old_model, new_model) -> int:
     return carried
 
 
+def output_change(old_model, new_model, probe: np.ndarray) -> float:
+    """Largest change of the model's outputs on `probe` across the boundary (inference mode): ~0 when the
+    migration preserved the function (growth), large when information was dropped (a shrink)."""
+    before = np.asarray(old_model(probe, training=False), dtype=np.float64)
+    after = np.asarray(new_model(probe, training=False), dtype=np.float64)
+    return float(np.max(np.abs(before - after)))
+
+
 def migrate_boundary(old_model, new_model, old_phase, new_phase, *, new_blocks: str, seed: int,
-                     lr_changed: bool) -> MigrationReport:
-    """Weights, RNG states and optimizer state across one boundary; the report lists every variable."""
+                     lr_changed: bool, probe: np.ndarray | None = None) -> MigrationReport:
+    """Weights, RNG states and optimizer state across one boundary; the report lists every variable and,
+    given a probe batch, how far the outputs moved (`output_change`)."""
     report, _ = migrate_weights(old_model, new_model, old_phase, new_phase, new_blocks=new_blocks, seed=seed)
+    if probe is not None:
+        report.output_change = output_change(old_model, new_model, probe)  # type: ignore[attr-defined]
+        report.notes.append(f"outputs on {len(probe)} validation images moved by at most "
+                            f"{report.output_change:.2e} (0 = the function is preserved)")
     rng = carry_rng_states(old_model, new_model)
     carried = carry_optimizer_state(old_model, new_model, report, keep_new_lr=lr_changed)
     report.notes = [n for n in report.notes if not n.startswith("optimizer state is not migrated")]

@@ -83,7 +83,6 @@ def _attach_schedule(run: RunConfig, cfg: DictConfig, raw: Any, name: str, dirs:
     """The run with its typed phases: each phase's model composed, parsed and shape-checked."""
     import dataclasses
 
-    from .config import OptimizerConfig, from_mapping
     from .schedule import PhaseSpec, parse_until, phase_list
     from .spec import parse_arch
 
@@ -100,8 +99,7 @@ def _attach_schedule(run: RunConfig, cfg: DictConfig, raw: Any, name: str, dirs:
                               received=inline, fix=f"write {where}.model as a mapping")
         merged = OmegaConf.merge(base, *({"model": p} for p in [*patches, inline or {}]))
         arch = parse_arch(_to_plain(merged)["model"], run.data.num_classes, where=f"{where}.model")
-        optimizer = from_mapping(OptimizerConfig, {**dataclasses.asdict(run.optimizer), **(raw_phase.get("optimizer") or {})},
-                                 f"{where}.optimizer")
+        optimizer = _phase_optimizer(run, raw_phase.get("optimizer"), f"{where}.optimizer")
         label = raw_phase.get("name") or "+".join(arch_names) or ("inline" if inline else run.variant)
         if raw_phase.get("epochs") is not None:
             phases.append(PhaseSpec(i, str(label), arch, optimizer,
@@ -110,6 +108,23 @@ def _attach_schedule(run: RunConfig, cfg: DictConfig, raw: Any, name: str, dirs:
             plateau, cap = parse_until(raw_phase["until"], f"{where}.until")
             phases.append(PhaseSpec(i, str(label), arch, optimizer, plateau=plateau, max_epochs=cap))
     return dataclasses.replace(run, schedule=name, phases=tuple(phases))
+
+
+def _phase_optimizer(run: RunConfig, patch: Any, where: str):
+    """The run's optimizer settings with the phase's patch, validated by the same rules as `optimizer.*`."""
+    import dataclasses
+
+    from .config import OptimizerConfig, from_mapping
+
+    if patch is not None and not isinstance(patch, dict):
+        raise ConfigError(where, "a phase's optimizer settings are a mapping", expected="{lr: 3.0e-4}",
+                          received=patch, fix=f"write {where} as a mapping")
+    try:
+        return from_mapping(OptimizerConfig, {**dataclasses.asdict(run.optimizer), **(patch or {})}, "optimizer")
+    except ConfigError as e:  # same rules, but the message names the phase's key
+        rename = lambda text: None if text is None else str(text).replace("optimizer", where, 1)  # noqa: E731
+        raise ConfigError(rename(e.where), e.problem, expected=e.expected, received=e.received,
+                          fix=rename(e.fix)) from None
 
 
 def _epochs(value: Any, where: str) -> int:

@@ -72,7 +72,9 @@ class PhaseLoop:
     def record_epoch(self, epoch: int, logs: dict[str, Any]) -> None:
         history = self.position.history
         n = len(history.get("loss", []))
-        for key, value in {**logs, "phase": self.position.phase}.items():
+        if self.run.schedule:
+            history.setdefault("phase", []).append(self.position.phase)
+        for key, value in logs.items():
             history.setdefault(key, [float("nan")] * n).append(float(value))
         self.rates.append(logs.get("samples_per_s", 0.0))
         self.position.epoch, self.position.batches_done = epoch + 1, 0
@@ -161,9 +163,12 @@ class PhaseLoop:
         with self.runtime.scope():
             report = migrate_boundary(old, new, prev, nxt, new_blocks=self.run.migrate.new_blocks,
                                       seed=seed_for_phase(self.run.seed, index),
-                                      lr_changed=nxt.optimizer != prev.optimizer)
+                                      lr_changed=nxt.optimizer != prev.optimizer, probe=self.data.probe())
         artifacts.write_text(self.out_dir / f"migration-phase-{index}.md", report.to_markdown())
-        artifacts.write_json(self.out_dir / f"migration-phase-{index}.json", report.to_json())
+        artifacts.write_json(self.out_dir / f"migration-phase-{index}.json",
+                             {**report.to_json(), "epoch": self.position.epoch,
+                              "output_change": getattr(report, "output_change", None),
+                              "optimizer": getattr(report, "optimizer", None)})
         log.info("phase %d -> %d (%s -> %s) at epoch %d: %s", index - 1, index, prev.name, nxt.name,
                  self.position.epoch, report.counts())
         self.model = new

@@ -17,3 +17,9 @@ if not hasattr(D.Pipelines, "epoch_dataset"):
         idx = ds.flat_map(split).apply(tf.data.experimental.assert_cardinality(self.steps_per_epoch))
         return D._gather_batches(*self._train, idx)
     D.Pipelines.epoch_dataset = epoch_dataset
+if not hasattr(D.Pipelines, "probe"):
+    def probe(self, n=256):
+        import tensorflow as tf
+        x = self._val[0] if self._val is not None else self._train[0]
+        return (tf.cast(x[:n], tf.float32) / 255.0).numpy()
+    D.Pipelines.probe = probe
