@@ -119,6 +119,17 @@ def check_new_run_dir(path: str | Path, key: str = "hydra.run.dir") -> None:
                       received=", ".join(found), fix=fix)
 
 
+def check_new_sweep_dir(path: str | Path, key: str = "hydra.sweep.dir") -> None:
+    """Refuse, for a new sweep, a sweep dir whose job folders already hold results (they would be overwritten)."""
+    jobs = sorted((h.parent for h in Path(path).glob("*/.hydra")), key=lambda p: (len(p.name), p.name)) \
+        if os.path.isdir(path) else []
+    used = [j.name for j in jobs if run_artifacts(j)]
+    if used:
+        raise RunDirError(str(path), "this sweep dir already holds jobs with results; a new sweep would overwrite them",
+                          expected="a new sweep dir", received=f"job folders with results: {', '.join(used[:10])}",
+                          fix=f"choose a new {key} (or leave it out for a fresh timestamped dir)")
+
+
 # ------------------------------------------------------------------------------------------- CLI check
 
 def _cli_overrides(argv: Sequence[str]) -> dict[str, Any]:
@@ -159,8 +170,9 @@ def check_cli_run_dir(argv: Sequence[str], create: bool = True) -> None:
 
     Checks `hydra.sweep.dir` under `-m`/`--multirun`, else `hydra.run.dir`: usable (check_run_dir_usable,
     with each `${...}` interpolation standing for a short name) and, for a fresh single run into a literal
-    path, not a finished run's dir — refused before Hydra overwrites that run's `.hydra/`. With `create`, a
-    literal dir is then created (Hydra would create it next anyway), which surfaces what no check can see.
+    path, not a finished run's dir (nor, for a sweep, a dir of finished jobs) — refused before Hydra
+    overwrites their `.hydra/`. With `create`, a literal dir is then created (Hydra would create it next
+    anyway), which surfaces what no check can see (EPERM, quotas).
     Nothing is checked under --help/--cfg/--info. Raises RunDirError.
     """
     if any(a.split("=", 1)[0] in _NO_JOB_FLAGS for a in argv):
@@ -175,8 +187,8 @@ def check_cli_run_dir(argv: Sequence[str], create: bool = True) -> None:
         check_run_dir_usable(re.sub(r"\$\{[^}]*\}", "0", value), key, shown=value)
         return
     check_run_dir_usable(value, key)
-    if not multirun and found.get("resume") is not True:
-        check_new_run_dir(Path(value).expanduser(), key)
+    if found.get("resume") is not True:
+        (check_new_sweep_dir if multirun else check_new_run_dir)(Path(value).expanduser(), key)
     if create:
         make_run_dir(value, key)
 

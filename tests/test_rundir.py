@@ -221,6 +221,10 @@ def test_cli_check(tmp_path):
     with pytest.raises(RunDirError, match="already holds a run's results"):
         check_cli_run_dir([f"hydra.run.dir={finished}"])
     check_cli_run_dir([f"hydra.run.dir={finished}", "resume=true"])
+    (finished / ".hydra").mkdir()  # as a job of a sweep
+    with pytest.raises(RunDirError, match="sweep dir already holds jobs with results") as err:
+        check_cli_run_dir(["-m", f"hydra.sweep.dir={tmp_path}", "+arch=a,b"])
+    assert "finished" in str(err.value) and "hydra.sweep.dir" in str(err.value)
     check_cli_run_dir([f"++hydra.run.dir={tmp_path}/new run"])
     assert (tmp_path / "new run").is_dir()  # created as Hydra would, after the checks
     check_cli_run_dir([f"hydra.run.dir={tmp_path}/not made"], create=False)
