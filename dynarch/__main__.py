@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from .compose import preflight, resolve_config, shell_command, variant_name  # noqa: E402
+from .compose import preflight, qualify_arch_overrides, resolve_config, shell_command, variant_name  # noqa: E402
 from .errors import DynarchError  # noqa: E402
 
 log = logging.getLogger("dynarch")
@@ -94,6 +94,7 @@ def record_failure(out_dir: Path, error: BaseException) -> None:
 def main() -> None:
     """Pre-flight the config files named on the command line, then hand over to Hydra."""
     try:
+        sys.argv[1:] = qualify_arch_overrides(sys.argv[1:])  # +arch=deep -> +arch=mlp/deep (per-model folders)
         preflight(sys.argv[1:])
         from .rundir import check_cli_run_dir
         check_cli_run_dir(sys.argv[1:])  # Hydra creates and writes the run dir before our code runs

@@ -26,9 +26,59 @@ MAX_NODES = 20_000                 # leaves + containers after alias expansion (
 MAX_DEPTH = 32
 
 
+# Names the variants had before they moved into per-model folders (conf/arch/<model>/NAME.yaml).
+ARCH_ALIASES = {"cnn_deep": "deep", "cnn_wide": "wide"}
+
+
 def variant_name(choices: dict[str, Any] | None) -> str:
-    """The variant a run records: its `+arch` choice, or "base"."""
+    """The `+arch` choice as Hydra made it (`mlp/deep`), or "base"."""
     return str((choices or {}).get("arch") or "base")
+
+
+def _check_variant_fits(choice: str, model: str) -> str:
+    """A variant from conf/arch/<other model>/ does not fit this model: say so (the layout knows it).
+    Returns the short variant name recorded in reports (`mlp/deep` -> deep)."""
+    folder, _, short = choice.rpartition("/")
+    if folder and folder != model and (CONF_DIR / "arch" / folder).is_dir():
+        fitting = sorted(p.stem for p in (CONF_DIR / "arch" / model).glob("*.yaml"))
+        raise ConfigError(f"+arch={choice}", f"variant '{choice}' is made for model '{folder}', not '{model}'",
+                          expected=f"a variant of {model}: {', '.join(fitting) or 'none shipped'}", received=choice,
+                          fix=f"add model={folder}, or pick +arch={model}/NAME")
+    return short
+
+
+def _default_model() -> str:
+    defaults = (check_yaml_file(CONF_DIR / "config.yaml") or {}).get("defaults", [])
+    return next((d["model"] for d in defaults if isinstance(d, dict) and "model" in d), "mlp")
+
+
+def qualify_arch_overrides(argv: Sequence[str]) -> list[str]:
+    """`+arch=deep` -> `+arch=mlp/deep` for the model on the command line (variants live in per-model
+    folders, so a variant that does not fit a model is known from the layout; short names keep working).
+
+    A name is left alone when it already names a folder, or when the model is swept (`model=mlp,cnn`):
+    preflight then explains what to write.
+    """
+    models = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("model=")]
+    model = models[-1] if models else _default_model()
+    if "," in model or "(" in model:
+        return list(argv)
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+~") == "arch" and not value.startswith(("choice(", "range(", "glob(")):
+            names = [v.strip() for v in value.strip("[]").split(",")]
+            names = [_qualify(n, model) for n in names]
+            arg = f"{key}={','.join(names)}"
+        out.append(arg)
+    return out
+
+
+def _qualify(name: str, model: str) -> str:
+    if "/" in name or not name:
+        return name
+    short = ARCH_ALIASES.get(name, name) if model == "cnn" else name
+    return f"{model}/{short}" if (CONF_DIR / "arch" / model / f"{short}.yaml").is_file() else name
 
 
 def _to_plain(cfg: DictConfig) -> dict:
@@ -51,6 +101,8 @@ def resolve_config(cfg: DictConfig, variant: str, schedule_name: str | None = No
     container = _to_plain(cfg)
     container.pop("hydra", None)
     schedule_raw = container.pop("schedule", None)
+    model = container.get("model", {}).get("name") if isinstance(container.get("model"), dict) else None
+    variant = _check_variant_fits(variant, str(model)) if model else variant.rsplit("/", 1)[-1]
     run = load_run_config(container, variant)
     if schedule_raw is not None:
         run = _attach_schedule(run, cfg, schedule_raw, schedule_name or "custom", [CONF_DIR, *search_dirs])
@@ -58,13 +110,14 @@ def resolve_config(cfg: DictConfig, variant: str, schedule_name: str | None = No
     return run, container
 
 
-def _variant_patch(name: Any, where: str, dirs: Sequence[Path]) -> dict:
+def _variant_patch(name: Any, where: str, dirs: Sequence[Path], model: str) -> dict:
     """The `model` patch of variant file arch/NAME.yaml (checked like a `+arch` file)."""
     if not isinstance(name, str) or not name:
         raise ConfigError(where, "a variant is named by a string", expected="e.g. deep", received=name,
                           fix=f"set {where} to a file name from conf/arch/")
-    for folder in dirs:
-        path = Path(folder) / "arch" / f"{name}.yaml"
+    candidates = [Path(folder) / "arch" / f"{n}.yaml" for folder in dirs
+                  for n in (f"{model}/{ARCH_ALIASES.get(name, name)}", name)]
+    for path in candidates:
         if path.is_file():
             check_variant_file(path)
             data = check_yaml_file(path) or {}
@@ -74,7 +127,7 @@ def _variant_patch(name: Any, where: str, dirs: Sequence[Path]) -> dict:
                                   expected="a variant that patches model only", received=extra,
                                   fix="use a model-only variant, or set the phase's optimizer under optimizer:")
             return data.get("model") or {}
-    known = sorted({p.stem for folder in dirs for p in (Path(folder) / "arch").glob("*.yaml")})
+    known = sorted({p.stem for folder in dirs for p in (Path(folder) / "arch" / model).glob("*.yaml")})
     raise ConfigError(where, f"no variant named '{name}'.{did_you_mean(name, known)}",
                       expected=f"one of {', '.join(known)}", received=name, fix=f"set {where} to an existing variant")
 
@@ -92,7 +145,7 @@ def _attach_schedule(run: RunConfig, cfg: DictConfig, raw: Any, name: str, dirs:
         where = f"schedule.phases[{i}]"
         arch_names = raw_phase.get("arch")
         arch_names = [] if arch_names is None else arch_names if isinstance(arch_names, list) else [arch_names]
-        patches = [_variant_patch(a, f"{where}.arch", dirs) for a in arch_names]
+        patches = [_variant_patch(a, f"{where}.arch", dirs, run.arch.name) for a in arch_names]
         inline = raw_phase.get("model")
         if inline is not None and not isinstance(inline, dict):
             raise ConfigError(f"{where}.model", "an inline patch is a mapping", expected="{blocks: {extra: {enabled: true}}}",
@@ -140,6 +193,7 @@ def compose_config(overrides: Sequence[str]) -> tuple[DictConfig, dict[str, Any]
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
+    overrides = qualify_arch_overrides(overrides)
     preflight(overrides)
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
@@ -211,10 +265,17 @@ def preflight(argv: Sequence[str]) -> None:
         for path in files:
             check_yaml_file(path)
     for group, option in _variant_choices(argv):
-        for folder in dirs:
-            path = folder / group / f"{option}.yaml"
-            if path.is_file():
-                (check_schedule_file if group == "schedule" else check_variant_file)(path, group)
+        paths = [folder / group / f"{option}.yaml" for folder in dirs if (folder / group / f"{option}.yaml").is_file()]
+        for path in paths:
+            (check_schedule_file if group == "schedule" else check_variant_file)(path, group)
+        if not paths:
+            known = sorted(str(p.relative_to(folder / group).with_suffix(""))
+                           for folder in dirs for p in (folder / group).rglob("*.yaml"))
+            hint = f" for this model" if group == "arch" and "/" not in option else ""
+            raise ConfigError(f"+{group}={option}", f"no {group} named '{option}'{hint}.{did_you_mean(option, known)}",
+                              expected=f"one of {', '.join(known)}", received=option,
+                              fix=f"pick one of those (variants live in conf/{group}/<model>/NAME.yaml; "
+                                  f"with several models in one sweep write +{group}=MODEL/NAME)")
 
 
 def _load_bounded(path: Path) -> Any:

