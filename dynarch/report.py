@@ -82,11 +82,17 @@ def _read_overrides(hydra_dir: Path) -> tuple[list[str], str]:
 def _read_history(path: Path) -> dict[str, list[float]]:
     """Metric columns of history.csv (epoch / phase columns skipped); {} when missing or unreadable."""
     try:
-        rows = list(csv.DictReader(path.open())) if path.is_file() else []
-        return {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else {})
-                if k and k not in INDEX_COLUMNS}
-    except (OSError, UnicodeDecodeError, ValueError, TypeError, csv.Error):
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):  # missing file included
         return {}
+    out = {}
+    for key in (k for k in (rows[0] if rows else {}) if k and k not in INDEX_COLUMNS):
+        try:  # a blank cell (a metric some epochs lack) is NaN; a column of garbage is left out
+            out[key] = [float(r[key]) if r.get(key) not in ("", None) else math.nan for r in rows]
+        except (ValueError, TypeError):
+            continue
+    return out
 
 
 def _number(value: Any, kind: type) -> Any:

@@ -10,7 +10,6 @@ Typical use (see the module's report for the wiring):
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import logging
@@ -268,9 +267,11 @@ class RunDirLock:
 
     def _locked_error(self, holder: dict[str, Any]) -> RunDirLocked:
         pid = holder.get("pid")
-        return RunDirLocked(str(self.run_dir), f"another dynarch process is using this run dir ({_holder_text(holder)})",
+        here = holder.get("host") == socket.gethostname() and isinstance(pid, int) and _pid_alive(pid)
+        return RunDirLocked(str(self.run_dir),
+                            f"another dynarch process is using this run dir ({_holder_text(holder)})",
                             expected="a run dir no other process is training in", received=str(self.path),
-                            fix=f"wait for that process to finish{f' (or stop it: kill {pid})' if pid else ''}, "
+                            fix=f"wait for that process to finish{f' (or stop it: kill {pid})' if here else ''}, "
                                 "or choose another hydra.run.dir")
 
     def acquire(self) -> "RunDirLock":
@@ -278,7 +279,8 @@ class RunDirLock:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise RunDirError(str(self.run_dir), f"cannot create the run dir ({e.strerror})", expected="a writable path",
+            raise RunDirError(str(self.run_dir), f"cannot create the run dir ({e.strerror})",
+                              expected="a writable path",
                               received=f"errno {e.errno}", fix="choose another hydra.run.dir") from None
         for _ in range(20):  # each retry means a holder released between our open and flock: rare
             opened = self._open()

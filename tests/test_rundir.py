@@ -395,6 +395,8 @@ def test_history_csv_keeps_its_format_and_takes_phases(tmp_path):
     assert inline.read_text().splitlines() == ["epoch,phase,loss", "3,deep,0.3", "4,deep,"]
     from dynarch.report import _read_history
     assert _read_history(phased) == {"loss": [1.0, 0.5, 0.4]}
+    loss = _read_history(inline)["loss"]  # a blank cell reads back as NaN
+    assert loss[0] == 0.3 and np.isnan(loss[1])
 
 
 def test_plot_marks_phase_boundaries(tmp_path, monkeypatch):

@@ -96,7 +96,7 @@ def test_report_survives_broken_job_files(tmp_path):
     (tmp_path / "4" / "error.json").write_text("[1, 2")                                  # truncated error.json
     fabricate(tmp_path, 5, [], metrics("mlp", "z", 0.5, 100))
     (tmp_path / "5" / ".hydra" / "overrides.yaml").unlink()                               # missing overrides
-    (tmp_path / "5" / "history.csv").write_text("epoch,accuracy\n1,abc\n")             # garbage history
+    (tmp_path / "5" / "history.csv").write_text("epoch,accuracy,loss\n1,abc,1.0\n2,,0.5\n")  # garbage history
     fabricate(tmp_path, 6, [], metrics("mlp", "w", 0.6, 100))
     (tmp_path / "6" / ".hydra" / "overrides.yaml").write_text("a: [unclosed")            # garbage overrides
     fabricate(tmp_path, 7, [], metrics("mlp", "v", 0.4, 100))
@@ -109,7 +109,8 @@ def test_report_survives_broken_job_files(tmp_path):
     assert rows["3"].status == "ok" and rows["3"].test_accuracy is None and rows["3"].params is None
     assert rows["3"].phases == rows["3"].enabled_blocks == ""
     assert rows["4"].status == "failed" and "error.json: not valid JSON" in rows["4"].error
-    assert rows["5"].status == "ok" and rows["5"].error == "missing .hydra/overrides.yaml" and rows["5"].history == {}
+    assert rows["5"].status == "ok" and rows["5"].error == "missing .hydra/overrides.yaml" and rows["5"].history["loss"] == [1.0, 0.5]
+    assert list(rows["5"].history) == ["loss"]
     assert rows["6"].status == "ok" and "overrides.yaml unreadable" in rows["6"].error
     assert rows["7"].status == "failed" and "not a JSON object" in rows["7"].error
     md = (tmp_path / "summary.md").read_text()
