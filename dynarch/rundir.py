@@ -342,7 +342,7 @@ class RunDirLock:
 # folders and `.NAME.old-PID`; artifacts: `.NAME.tmp-XXXXXXXX` files; older artifacts.write_text:
 # `.NAME.XXXXXXXX` for a known artifact name; checkpoint.export_keras: `.STEM.tmp.keras`; older plots:
 # `curves.tmp.png`).
-_TMP = re.compile(r"\.(?P<name>.+)\.tmp-[a-z0-9_]{8}")
+_TMP = re.compile(r"\.(?P<name>.+)\.tmp-[a-z0-9_]{8}(\.keras)?")  # .keras: a unique export temp Keras accepts
 _OLD = re.compile(r"\.(?P<name>.+)\.old-(?P<pid>\d+)")
 _LEGACY_TEXT = re.compile(r"\.(?P<name>" + "|".join(re.escape(n) for n in
                                                       (*RUN_ARTIFACTS, "latest")) + r")\.[a-z0-9_]{8}")

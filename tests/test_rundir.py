@@ -303,10 +303,12 @@ def test_clean_removes_superseded_and_legacy_temps(tmp_path):
     (tmp_path / ".history.csv.k2j4_x9a").write_text("")  # older write_text temp
     (tmp_path / "curves.tmp.png").write_text("")      # older plot temp
     (tmp_path / ".model.tmp.keras").write_text("")    # export_keras temp
+    (tmp_path / ".model.keras.tmp-ab_12xyz.keras").write_text("")  # a unique export temp (mkstemp suffix)
     (tmp_path / ".notes.k2j4_x9a").write_text("")     # not an artifact name: not ours
     done = clean_stale_temps(tmp_path)
     assert sorted(p.name for p in done.removed) == [".checkpoint.old-123", ".history.csv.k2j4_x9a",
-                                                   ".model.tmp.keras", "curves.tmp.png"]
+                                                   ".model.keras.tmp-ab_12xyz.keras", ".model.tmp.keras",
+                                                   "curves.tmp.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.k2j4_x9a", "checkpoint"]
 
 
