@@ -1,11 +1,29 @@
 """Weight migration by variable path between any two variants, with a complete report.
 
 Every target variable is *copied* (same path and shape), *adapted* (Net2WiderNet widening, truncation,
-fan-in remapped after an upstream width change) or *re-initialized* (new block — as an identity map
-when widths allow, Net2DeeperNet — or a shape that cannot be carried); every source variable that the
-target lacks is *dropped*. Optimizer state is never migrated. The planning is numpy only.
+fan-in remapped after an upstream width change) or *re-initialized* (a new block — as an identity map
+when widths allow, Net2DeeperNet; a new residual branch with its last layer zeroed so that x + f(x) = x;
+or a shape that cannot be carried); every source variable that the target lacks is *dropped*. Each
+adapted variable records the index maps it was built with (`Entry.index_map`: take along axis -1 for
+widened/truncated units, along axis -2 for fan-in rows), so the optimizer slots can follow the same map.
+`identity_init` marks re-initializations that are exactly function-preserving; strict mode accepts only
+those. The planning is numpy only; nothing here imports TensorFlow at module import time, and
+`check_source_before_build` decides strict mode from the config and the source checkpoint alone.
+
+Optimizer state (`optimizer_state`, `migrate_optimizer`, used at a phase boundary inside one run):
+slots of copied variables are carried exactly; slots of adapted variables are taken with the variable's
+own index map; new or re-initialized variables get the new optimizer's fresh slots (zeros for Adam, SGD,
+RMSprop); the iteration count is carried, so learning-rate schedules continue where they were.
+Fan-in rows that Net2WiderNet divided by their replication count keep *undivided* slots: after the
+widening the replicas have identical activations and the layer's output is unchanged, so the gradient of
+each replicated fan-in row equals the gradient the original row would get — the original row's slots
+(Adam m and v) are its consistent history. (The widened layer's own replicated output units see 1/c of
+the original gradient, c = replication count; their slots are copied unscaled too: Adam's step m/sqrt(v)
+is invariant to a common scale of the gradient, so the replicas take the original unit's step size, and
+the difference fades with the moment decay rates.)
 
     python -m dynarch.migrate RUN_DIR --to +arch=deep --dry-run
+    python -m dynarch.migrate RUN_DIR --to +arch=deep --out NEW_CKPT [--force]
 """
 from __future__ import annotations
 
@@ -17,13 +35,18 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import Checkpoint, load_checkpoint
-from .errors import CheckpointError, DynarchError
+from .checkpoint import MANIFEST, WEIGHTS, Checkpoint, check_finite, load_checkpoint
+from .errors import CheckpointError, ConfigError, DynarchError
 from .spec import ArchSpec, BlockSpec
 
 ACTIONS = ("copied", "adapted", "reinitialized", "dropped")
 CHANNEL_KEEPING = ("dropout", "identity", "pool")      # pass a feature mapping through unchanged
 NONNEG_ACTIVATIONS = ("relu", "relu6", "sigmoid", "softmax", "hard_sigmoid", "softplus", "exponential")
+ZERO_AT_ZERO = (None, "linear", "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "mish",
+                "tanh", "softsign")                     # act(0) == 0: a zeroed layer outputs exactly 0
+KEEPS_ZERO = ("dropout", "identity", "pool", "batchnorm")  # 0 in, 0 out (a fresh batchnorm: beta = mean = 0)
+VECTOR_LEAVES = ("bias", "gamma", "beta", "moving_mean", "moving_variance")
+IndexMap = list  # [[axis, [source index per target position]], ...] applied in order
 
 
 @dataclass
@@ -33,7 +56,16 @@ class Entry:
     detail: str
     source_shape: list[int] | None = None
     target_shape: list[int] | None = None
-    identity_init: bool = False      # a new block set to an identity map: nothing was lost
+    identity_init: bool = False      # re-initialized, but exactly function-preserving: nothing was lost
+    index_map: IndexMap | None = None  # adapted: how the value was taken from the source (see apply_index_map)
+
+
+def apply_index_map(value: np.ndarray, index_map: IndexMap | None) -> np.ndarray:
+    """Take `value` along each recorded axis in turn: what an adapted variable did to its source value
+    (before any division of fan-in rows), reusable for its optimizer slots."""
+    for axis, index in index_map or []:
+        value = np.take(value, np.asarray(index, dtype=np.int64), axis=axis)
+    return value
 
 
 @dataclass
@@ -90,25 +122,18 @@ def _widen_mapping(src_width: int, tgt_width: int, rng: np.random.Generator) -> 
     return _Mapping(index, counts[index].astype(np.float64) if tgt_width > src_width else np.ones(tgt_width))
 
 
-def _leaves(spec: ArchSpec) -> list[tuple[BlockSpec, bool]]:
-    """Enabled leaf blocks in order, each with whether it sits inside a residual group."""
-    out = []
-
-    def rec(blocks, in_residual):
-        for b in blocks:
-            if not b.enabled:
-                continue
-            if b.is_group:
-                rec(b.children, in_residual or b.type == "residual")
-            else:
-                out.append((b, in_residual))
-    rec(spec.blocks, False)
+def _leaf_blocks(blocks) -> list[BlockSpec]:
+    """Enabled leaf blocks in order, descending into enabled groups."""
+    out: list[BlockSpec] = []
+    for b in blocks:
+        if b.enabled:
+            out.extend(_leaf_blocks(b.children) if b.is_group else [b])
     return out
 
 
 def _identity_kernel(block: BlockSpec, shape: tuple[int, ...]) -> np.ndarray | None:
     """Identity-map kernel for a new dense/conv block whose input and output widths agree, else None."""
-    if shape[-1] != shape[-2]:
+    if len(shape) < 2 or shape[-1] != shape[-2]:
         return None
     if block.type == "dense":
         return np.eye(shape[-1], dtype=np.float32)
@@ -120,24 +145,220 @@ def _identity_kernel(block: BlockSpec, shape: tuple[int, ...]) -> np.ndarray | N
     return kernel
 
 
+def _check_source_tensors(source: Checkpoint, target_shapes: dict[str, tuple[int, ...]]) -> None:
+    """Refuse source tensors no dynarch model can take: non-float weights, vectors that are not rank 1,
+    kernels that are not rank 2 (dense) or 4 (conv2d). The file and the variable are named."""
+    where = str(Path(source.path) / WEIGHTS)
+    for path, value in source.tensors.items():
+        leaf = path.rsplit("/", 1)[-1]
+        if path not in target_shapes and leaf not in VECTOR_LEAVES + ("kernel",):
+            continue  # not a weight this planner reads
+        rank_ok = value.ndim == 1 if leaf in VECTOR_LEAVES else value.ndim in (2, 4) if leaf == "kernel" else True
+        if value.dtype.kind != "f" or not rank_ok:
+            want = "rank 1" if leaf in VECTOR_LEAVES else "rank 2 or 4" if leaf == "kernel" else "any rank"
+            raise CheckpointError(where, f"tensor '{path}' cannot initialize a model variable",
+                                  expected=f"a floating-point tensor of {want}",
+                                  received=f"{value.dtype} of shape {tuple(value.shape)}",
+                                  fix="use a checkpoint written by dynarch (this one was altered or is foreign)")
+
+
+class _Planner:
+    """One walk over the target's blocks, tracking how the features flowing between blocks relate to the
+    source's (`mapping`), their source width, and whether they are known to be >= 0 (`nonneg`: dynarch
+    feeds uint8 images scaled to [0, 1], and ReLU-like outputs stay >= 0)."""
+
+    def __init__(self, src, target_shapes, new_blocks, rng, head):
+        self.src, self.shapes, self.new_blocks, self.rng, self.head = src, target_shapes, new_blocks, rng, head
+        self.values: dict[str, np.ndarray] = {}
+        self.entries: dict[str, Entry] = {}
+        self.mapping: _Mapping | None = None
+        self.src_channels: int | None = None
+        self.nonneg = True
+
+    def put(self, path, action, detail, value=None, identity_init=False, index_map=None):
+        src = self.src
+        self.entries[path] = Entry(path, action, detail, list(src[path].shape) if path in src else None,
+                                   list(self.shapes[path]), identity_init, index_map)
+        if value is not None:
+            self.values[path] = np.asarray(value, dtype=src[path].dtype if path in src else np.float32)
+
+    def walk(self, blocks) -> None:
+        for block in blocks:
+            if not block.enabled:
+                continue
+            if block.type == "sequential":
+                self.walk(block.children)
+            elif block.type == "residual":
+                self.residual(block)
+            else:
+                self.leaf(block)
+
+    def residual(self, group: BlockSpec) -> None:
+        """x + f(x): exact-shape copies inside (or Net2Net within the branch); a branch the source lacks
+        starts as f(x) = 0 so the sum is x."""
+        nonneg_in = self.nonneg
+        prefix = group.path + "/"
+        if self.new_blocks == "identity" and not any(p.startswith(prefix) for p in self.src):
+            self.nonneg = nonneg_in and self.new_branch(group)
+        else:
+            self.mapping = None
+            self.walk(group.children)
+            self.nonneg = nonneg_in and self.nonneg
+        self.mapping = None
+
+    def new_branch(self, group: BlockSpec) -> bool:
+        """Zero the branch's last weighted layer (kernel and bias); returns whether f(x) = 0 exactly."""
+        leaves = _leaf_blocks(group.children)
+        weighted = [b for b in leaves if b.type in ("dense", "conv2d") and f"{b.path}/kernel" in self.shapes]
+        paths = sorted(p for p in self.shapes if p.startswith(group.path + "/"))
+        if not weighted:
+            for p in paths:
+                self.put(p, "reinitialized", "new block: fresh initialization (a new residual branch with no "
+                                             "dense/conv layer to zero)")
+            return False
+        last = weighted[-1]
+        act = last.params.get("activation")
+        problems = [f"{act}(0) != 0"] if act not in ZERO_AT_ZERO else []
+        problems += [f"{b.path} after it may not map 0 to 0" for b in leaves[leaves.index(last) + 1:]
+                     if b.type not in KEEPS_ZERO]
+        exact = not problems
+        for p in paths:
+            if p.rsplit("/", 1)[0] == last.path:
+                detail = "new residual branch: last layer zeroed (f(x) = 0)" + (
+                    "" if exact else f", approximate: {'; '.join(problems)}")
+                self.put(p, "reinitialized", detail, np.zeros(self.shapes[p], np.float32), identity_init=exact)
+            else:
+                self.put(p, "reinitialized", "new residual branch: fresh initialization (the branch's last "
+                                             "layer is zeroed)", identity_init=exact)
+        return exact
+
+    def leaf(self, block: BlockSpec) -> None:
+        if block.type in CHANNEL_KEEPING:
+            return
+        if block.type == "flatten":
+            if self.mapping is not None and block.input_shape:
+                spatial = int(np.prod(block.input_shape[:-1]))
+                self.mapping = self.mapping.flatten(spatial, self.src_channels)
+                self.src_channels = spatial * self.src_channels
+            return
+        if block.type == "target":
+            self.mapping = None  # arbitrary layers: only exact-shape copies are safe
+        if block.type in ("dense", "conv2d") and f"{block.path}/kernel" in self.shapes:
+            self.weighted(block)
+            return
+        for p in sorted(p for p in self.shapes if p.rsplit("/", 1)[0] == block.path):
+            self.per_channel(block, p)
+        self.nonneg = False
+        if block.type != "batchnorm":  # normalization keeps channels, so the mapping survives it
+            self.mapping = None
+
+    def per_channel(self, block: BlockSpec, p: str) -> None:
+        """batchnorm, `_target_` layers: per-channel vectors follow the widened input, or exact copies."""
+        src, m = self.src, self.mapping
+        if p in src and m is not None and block.type == "batchnorm" and src[p].ndim == 1 \
+                and len(m.index) == self.shapes[p][0] and src[p].shape[0] == self.src_channels:
+            self.put(p, "adapted", "per-channel values follow the widened input (Net2WiderNet)", src[p][m.index],
+                     index_map=[[-1, m.index.tolist()]])
+        elif p in src and tuple(src[p].shape) == tuple(self.shapes[p]):
+            self.put(p, "copied", "same path and shape", src[p])
+        elif p in src:
+            self.put(p, "reinitialized", f"shape changed {tuple(src[p].shape)} -> {tuple(self.shapes[p])}")
+        else:
+            self.put(p, "reinitialized", "new block: fresh initialization")
+
+    def weighted(self, block: BlockSpec) -> None:
+        """Dense / conv2d. The head's output units are classes, not features: never replicated or truncated."""
+        kpath, bpath = f"{block.path}/kernel", f"{block.path}/bias"
+        tk = tuple(self.shapes[kpath])
+        act = block.params.get("activation")
+        out_nonneg = act in NONNEG_ACTIVATIONS
+        if kpath not in self.src:
+            self.new_weighted(block, kpath, bpath, tk, act)
+            return
+        src, m = self.src, self.mapping
+        kernel, how, index_map = src[kpath], [], []
+        if m is not None and kernel.ndim >= 2 and kernel.shape[-2] == self.src_channels and len(m.index) == tk[-2]:
+            shape = [1] * kernel.ndim
+            shape[-2] = -1
+            kernel = kernel.take(m.index, axis=-2) / m.divisor.reshape(shape)
+            index_map.append([-2, m.index.tolist()])
+            how.append("fan-in follows the widened input (rows divided by replication)"
+                       if (m.divisor > 1).any() else "fan-in follows the input's kept units")
+        out_mapping = out_channels = None
+        self.mapping, self.src_channels, self.nonneg = None, None, out_nonneg
+        if block is self.head and kernel.shape[-1] != tk[-1]:
+            why = f"class count differs (source {kernel.shape[-1]}, target {tk[-1]})"
+            self.put(kpath, "reinitialized", why)
+            if bpath in self.shapes:
+                self.put(bpath, "reinitialized", why)
+            return
+        if kernel.ndim == len(tk) and kernel.shape[:-1] == tk[:-1] and kernel.shape[-1] != tk[-1]:
+            out_mapping, out_channels = _widen_mapping(kernel.shape[-1], tk[-1], self.rng), kernel.shape[-1]
+            kernel = kernel.take(out_mapping.index, axis=-1)
+            index_map.append([-1, out_mapping.index.tolist()])
+            how.append(f"Net2WiderNet: {kernel.shape[-1] - out_channels} units replicated" if tk[-1] > out_channels
+                       else f"kept the first {tk[-1]} of {out_channels} units")
+        if kernel.shape != tk:
+            self.put(kpath, "reinitialized", f"shape changed {tuple(src[kpath].shape)} -> {tk}")
+            if bpath in self.shapes:
+                if bpath in src and src[bpath].shape == tuple(self.shapes[bpath]):
+                    self.put(bpath, "copied", "same path and shape", src[bpath])
+                else:
+                    self.put(bpath, "reinitialized", "its kernel was re-initialized")
+            return
+        self.put(kpath, "adapted" if how else "copied", "; ".join(how) or "same path and shape", kernel,
+                 index_map=index_map or None)
+        if bpath in self.shapes and bpath in src:
+            if out_mapping is None:
+                self.put(bpath, "copied", "same path and shape", src[bpath])
+            else:
+                self.put(bpath, "adapted", "follows the kernel's units", src[bpath][out_mapping.index],
+                         index_map=[[-1, out_mapping.index.tolist()]])
+        elif bpath in self.shapes:
+            self.put(bpath, "reinitialized", "the source block had no bias")
+        self.mapping, self.src_channels = out_mapping, out_channels
+
+    def new_weighted(self, block, kpath, bpath, tk, act) -> None:
+        """A dense/conv block the source did not have: an identity map (Net2DeeperNet) where widths agree.
+        It is function-preserving only if act(x) = x on its input: linear, or ReLU on inputs >= 0."""
+        eye = _identity_kernel(block, tk) if self.new_blocks == "identity" else None
+        if eye is None:
+            why = "new block: fresh initialization" + (" (widths differ, no identity map)"
+                                                        if self.new_blocks == "identity" else "")
+            for p in (kpath, bpath):
+                if p in self.shapes:
+                    self.put(p, "reinitialized", why)
+            self.mapping, self.src_channels, self.nonneg = None, None, act in NONNEG_ACTIVATIONS
+            return
+        exact = act in (None, "linear") or (act == "relu" and self.nonneg)
+        detail = "new block: identity map (Net2DeeperNet)" + ("" if exact else f", approximate through {act}")
+        self.put(kpath, "reinitialized", detail, eye, identity_init=exact)
+        if bpath in self.shapes:
+            self.put(bpath, "reinitialized", "new block: zero bias (Net2DeeperNet)", np.zeros(self.shapes[bpath]),
+                     identity_init=exact)
+        # the mapping passes through an identity map unchanged
+        self.nonneg = act in NONNEG_ACTIVATIONS or (exact and self.nonneg)
+
+
 def plan_migration(source: Checkpoint, target: ArchSpec, target_shapes: dict[str, tuple[int, ...]], *,
                    new_blocks: str = "identity", seed: int = 0, target_variant: str = "target"
                    ) -> tuple[MigrationReport, dict[str, np.ndarray]]:
     """Decide, for every target variable, where its value comes from.
 
     Args:
-        source: the loaded checkpoint.
+        source: the loaded checkpoint (or an in-memory one).
         target: the target ArchSpec (shapes inferred).
-        target_shapes: variable path -> shape of the built target model (includes `_target_` layers).
-        new_blocks: "identity" (function-preserving where widths agree) or "random" (keep fresh init).
+        target_shapes: variable path -> shape of the target model (`spec_variable_shapes` or the built model).
+        new_blocks: "identity" (function-preserving where possible) or "random" (keep fresh init).
         seed: seeds which units Net2WiderNet replicates.
         target_variant: recorded in the report.
 
     Returns:
-        The report and the values to assign (paths absent from it keep their fresh initialization).
+        The report (adapted entries carry their `index_map`) and the values to assign (paths absent from
+        it keep their fresh initialization). Raises CheckpointError for source tensors no model can take.
     """
-    src = source.tensors
-    man = source.manifest
+    _check_source_tensors(source, target_shapes)
+    src, man = source.tensors, source.manifest
     report = MigrationReport(str(source.path), f"{man.get('model', '?')}/{man.get('variant', '?')}",
                              f"{target.name}/{target_variant}")
     report.notes.append("optimizer state is not migrated: the target starts with a fresh optimizer")
@@ -147,136 +368,104 @@ def plan_migration(source: Checkpoint, target: ArchSpec, target_shapes: dict[str
     if man.get("input_shape") and tuple(man["input_shape"]) != tuple(target.input_shape):
         report.notes.append(f"input shape differs: source {tuple(man['input_shape'])}, target "
                             f"{tuple(target.input_shape)}; layers reading the input are re-initialized")
-    rng = np.random.default_rng(seed)
-    values: dict[str, np.ndarray] = {}
-    entries: dict[str, Entry] = {}
-    mapping: _Mapping | None = None   # how the features entering the next block map to the source's
-    nonneg = False                    # are those features known to be >= 0 (ReLU-like output)?
-    src_channels = None               # source width of the features entering the next block
-
-    def put(path, action, detail, value=None, identity_init=False):
-        entries[path] = Entry(path, action, detail, list(src[path].shape) if path in src else None,
-                              list(target_shapes[path]), identity_init)
-        if value is not None:
-            values[path] = np.asarray(value, dtype=src[path].dtype if path in src else np.float32)
-
-    leaves = _leaves(target)
-    for block, in_residual in leaves:
-        paths = sorted(p for p in target_shapes if p.rsplit("/", 1)[0] == block.path)
-        if block.type in CHANNEL_KEEPING:
-            continue
-        if block.type == "flatten":
-            if mapping is not None and block.input_shape:
-                mapping = mapping.flatten(int(np.prod(block.input_shape[:-1])), src_channels)
-                src_channels = int(np.prod(block.input_shape[:-1])) * src_channels
-            continue
-        if in_residual or block.type == "target":
-            mapping = None  # x + f(x) and arbitrary layers: only exact-shape copies are safe
-        if block.type in ("dense", "conv2d") and f"{block.path}/kernel" in target_shapes:
-            mapping, src_channels, nonneg = _migrate_weighted(
-                block, src, target_shapes, mapping, src_channels, nonneg, new_blocks, rng, put,
-                is_head=block is leaves[-1][0])
-            continue
-        for p in paths:  # batchnorm, `_target_` layers: per-channel vectors or exact copies
-            if p in src and mapping is not None and block.type == "batchnorm" and src[p].ndim == 1 \
-                    and len(mapping.index) == target_shapes[p][0] and src[p].shape[0] == src_channels:
-                put(p, "adapted", "per-channel values follow the widened input (Net2WiderNet)", src[p][mapping.index])
-            elif p in src and tuple(src[p].shape) == tuple(target_shapes[p]):
-                put(p, "copied", "same path and shape", src[p])
-            elif p in src:
-                put(p, "reinitialized", f"shape changed {tuple(src[p].shape)} -> {tuple(target_shapes[p])}")
-            else:
-                put(p, "reinitialized", "new block: fresh initialization")
-        nonneg = False
-        if block.type != "batchnorm":  # normalization keeps channels, so the mapping survives it
-            mapping = None
+    leaves = _leaf_blocks(target.blocks)
+    planner = _Planner(src, target_shapes, new_blocks, np.random.default_rng(seed), leaves[-1] if leaves else None)
+    planner.walk(target.blocks)
     for p in target_shapes:  # anything the walk did not reach (e.g. layers the spec does not list)
-        if p not in entries:
+        if p not in planner.entries:
             if p in src and tuple(src[p].shape) == tuple(target_shapes[p]):
-                put(p, "copied", "same path and shape", src[p])
+                planner.put(p, "copied", "same path and shape", src[p])
             else:
-                put(p, "reinitialized", "new variable" if p not in src else "shape changed")
+                planner.put(p, "reinitialized", "new variable" if p not in src else "shape changed")
     for p in src:
         if p not in target_shapes:
-            entries[p] = Entry(p, "dropped", "not in the target (block removed or disabled)", list(src[p].shape))
-    report.entries = sorted(entries.values(), key=lambda e: (ACTIONS.index(e.action), e.path))
-    return report, values
+            planner.entries[p] = Entry(p, "dropped", "not in the target (block removed or disabled)",
+                                       list(src[p].shape))
+    report.entries = sorted(planner.entries.values(), key=lambda e: (ACTIONS.index(e.action), e.path))
+    return report, planner.values
 
 
-def _migrate_weighted(block, src, target_shapes, mapping, src_channels, nonneg, new_blocks, rng, put,
-                      is_head=False):
-    """Dense / conv2d: returns (mapping of its output features, their source width, output >= 0).
+def spec_variable_shapes(spec: ArchSpec) -> dict[str, tuple[int, ...]] | None:
+    """The target model's variable paths and shapes from the spec alone (pure Python, no TensorFlow):
+    dense -> kernel (in, units), bias (units,); conv2d -> kernel (kh, kw, cin, filters), bias (filters,);
+    batchnorm -> gamma, beta, moving_mean, moving_variance (channels,); disabled blocks, flatten, pool,
+    dropout and identity -> none. Returns None when a `_target_` layer (or an unknown shape) makes the
+    variables knowable only from the built model."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for _, b in spec.walk():
+        if not b.enabled or b.is_group or b.type in ("flatten", "pool", "dropout", "identity"):
+            continue
+        if b.type not in ("dense", "conv2d", "batchnorm") or not b.input_shape:
+            return None
+        cin, p = int(b.input_shape[-1]), b.params
+        if b.type == "batchnorm":
+            shapes.update({f"{b.path}/{n}": (cin,) for n in ("gamma", "beta", "moving_mean", "moving_variance")})
+            continue
+        if b.type == "dense":
+            units = int(p["units"])
+            shapes[f"{b.path}/kernel"] = (cin, units)
+        else:
+            k = p["kernel_size"]
+            kh, kw = (k, k) if isinstance(k, int) else (int(k[0]), int(k[1]))
+            units = int(p["filters"])
+            shapes[f"{b.path}/kernel"] = (kh, kw, cin, units)
+        if p["use_bias"]:
+            shapes[f"{b.path}/bias"] = (units,)
+    return shapes
 
-    The head's output units are classes, not features: they are never replicated or truncated.
+
+def _refuse_if_not_carried(report: MigrationReport) -> None:
+    """Strict mode: everything must be copied, adapted, or re-initialized in a function-preserving way."""
+    if report.not_carried():
+        lines = "\n".join(f"    {e.path}: {e.action} ({e.detail})" for e in report.not_carried())
+        raise CheckpointError("migrate.strict", "not everything carries over from the source",
+                              expected="every source variable copied or adapted, every new one function-preserving",
+                              received=f"\n{lines}",
+                              fix="drop migrate.strict=true to accept re-initialization, or pick a closer source")
+
+
+def check_source_before_build(run) -> MigrationReport | None:
+    """Check `init_from` before TensorFlow is imported: the source checkpoint verifies (hashes, schema,
+    finite values) and, with `migrate.strict=true`, everything carries over — the same CheckpointError
+    `migrate_model` would raise after the build, ~10 s earlier. Pure numpy; imports neither keras nor
+    tensorflow.
+
+    Args:
+        run: the RunConfig (its first phase's architecture is the migration target).
+
+    Returns:
+        The planned report (values are not kept), or None when there is no `init_from` or the target's
+        variables are knowable only after the build (a `_target_` layer): then `migrate_model` decides.
     """
-    kpath, bpath = f"{block.path}/kernel", f"{block.path}/bias"
-    tk = tuple(target_shapes[kpath])
-    out_nonneg = block.params.get("activation") in NONNEG_ACTIVATIONS
-    if kpath not in src:  # a block the source did not have
-        eye = _identity_kernel(block, tk) if new_blocks == "identity" else None
-        if eye is None:
-            why = "new block: fresh initialization" + (" (widths differ, no identity map)" if new_blocks == "identity" else "")
-            put(kpath, "reinitialized", why)
-            if bpath in target_shapes:
-                put(bpath, "reinitialized", why)
-            return None, None, out_nonneg
-        act = block.params.get("activation")
-        exact = act in (None, "linear") or (act in ("relu", "relu6") and nonneg)
-        detail = "new block: identity map (Net2DeeperNet)" + ("" if exact else f", approximate through {act}")
-        put(kpath, "reinitialized", detail, eye, identity_init=True)
-        if bpath in target_shapes:
-            put(bpath, "reinitialized", "new block: zero bias (Net2DeeperNet)", np.zeros(target_shapes[bpath]),
-                identity_init=True)
-        return mapping, src_channels, nonneg and exact
-    kernel, how = src[kpath], []
-    if mapping is not None and kernel.shape[-2] == src_channels and len(mapping.index) == tk[-2]:
-        shape = [1] * kernel.ndim
-        shape[-2] = -1
-        kernel = kernel.take(mapping.index, axis=-2) / mapping.divisor.reshape(shape)
-        how.append("fan-in follows the widened input (rows divided by replication)"
-                   if (mapping.divisor > 1).any() else "fan-in follows the input's kept units")
-    out_mapping, out_channels = None, None
-    if is_head and kernel.shape[-1] != tk[-1]:
-        why = f"class count differs (source {kernel.shape[-1]}, target {tk[-1]})"
-        put(kpath, "reinitialized", why)
-        if bpath in target_shapes:
-            put(bpath, "reinitialized", why)
-        return None, None, out_nonneg
-    if kernel.shape[:-1] == tk[:-1] and kernel.shape[-1] != tk[-1]:
-        out_mapping, out_channels = _widen_mapping(kernel.shape[-1], tk[-1], rng), kernel.shape[-1]
-        kernel = kernel.take(out_mapping.index, axis=-1)
-        how.append(f"Net2WiderNet: {kernel.shape[-1] - out_channels} units replicated" if tk[-1] > out_channels
-                   else f"kept the first {tk[-1]} of {out_channels} units")
-    if kernel.shape != tk:
-        put(kpath, "reinitialized", f"shape changed {tuple(src[kpath].shape)} -> {tk}")
-        if bpath in target_shapes:
-            if bpath in src and src[bpath].shape == tuple(target_shapes[bpath]):
-                put(bpath, "copied", "same path and shape", src[bpath])
-            else:
-                put(bpath, "reinitialized", "its kernel was re-initialized")
-        return None, None, out_nonneg
-    put(kpath, "adapted" if how else "copied", "; ".join(how) or "same path and shape", kernel)
-    if bpath in target_shapes and bpath in src:
-        bias = src[bpath] if out_mapping is None else src[bpath][out_mapping.index]
-        put(bpath, "adapted" if out_mapping is not None else "copied",
-            "follows the kernel's units" if out_mapping is not None else "same path and shape", bias)
-    elif bpath in target_shapes:
-        put(bpath, "reinitialized", "the source block had no bias")
-    return out_mapping, out_channels, out_nonneg
+    if not getattr(run, "init_from", None):
+        return None
+    arch = run.phases[0].arch if getattr(run, "phases", None) else run.arch
+    ckpt = load_checkpoint(run.init_from)
+    check_finite(ckpt)
+    shapes = spec_variable_shapes(arch)
+    if shapes is None:
+        return None
+    report, _ = plan_migration(ckpt, arch, shapes, new_blocks=run.migrate.new_blocks, seed=run.seed,
+                               target_variant=run.variant)
+    if run.migrate.strict:
+        _refuse_if_not_carried(report)
+    return report
+
+
+check_strict_before_build = check_source_before_build  # the name the issue uses
 
 
 def migrate_model(model, spec: ArchSpec, source: str | Path | Checkpoint, *, new_blocks: str = "identity",
                   strict: bool = False, seed: int = 0, target_variant: str = "target") -> MigrationReport:
-    """Load `source` (unless already loaded), plan, check strictness, then assign the values to `model`."""
+    """Load `source` (unless already loaded), refuse non-finite weights, plan, check strictness, then
+    assign the values to `model`."""
     ckpt = source if isinstance(source, Checkpoint) else load_checkpoint(source)
+    check_finite(ckpt)
     shapes = {v.path: tuple(v.shape) for v in model.weights}
     report, values = plan_migration(ckpt, spec, shapes, new_blocks=new_blocks, seed=seed,
                                     target_variant=target_variant)
-    if strict and report.not_carried():
-        lines = "\n".join(f"    {e.path}: {e.action} ({e.detail})" for e in report.not_carried())
-        raise CheckpointError("migrate.strict", "not everything carries over from the source",
-                              expected="every source variable copied or adapted", received=f"\n{lines}",
-                              fix="drop migrate.strict=true to accept re-initialization, or pick a closer source")
+    if strict:
+        _refuse_if_not_carried(report)
     by_path = {v.path: v for v in model.weights}
     for path, value in values.items():
         by_path[path].assign(value.astype(by_path[path].dtype))
@@ -289,32 +478,73 @@ def write_report(report: MigrationReport, out_dir: Path) -> None:
     write_json(Path(out_dir) / "migration.json", report.to_json())
 
 
-def _main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dynarch.migrate", description=(
+def check_out_dir(out: Path, force: bool) -> None:
+    """`--out` may be a new or empty folder, or (with --force) an existing dynarch checkpoint folder holding
+    nothing else, which is then replaced atomically. Anything else is refused before any work is done."""
+    out = Path(out)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise CheckpointError(str(out), "--out is not a folder", expected="a new or empty folder",
+                              received="a symlink" if out.is_symlink() else "a file",
+                              fix="pass a new folder name for the migrated checkpoint")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    names = sorted(p.name for p in out.iterdir())
+    if set(names) - {MANIFEST, WEIGHTS} or len(names) != 2:
+        raise CheckpointError(str(out), "--out is a non-empty folder that is not a dynarch checkpoint",
+                              expected="a new or empty folder", received=f"holds {', '.join(names[:5])}"
+                              + (" ..." if len(names) > 5 else ""),
+                              fix="pass a new folder name; nothing in this folder was changed")
+    if not force:
+        raise CheckpointError(str(out), "--out already holds a checkpoint", expected="a new or empty folder",
+                              received="manifest.json and weights.safetensors",
+                              fix="pass --force to replace it (atomically), or a new folder name")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one `error:` line and a fix instead of argparse's usage dump
+        raise ConfigError("python -m dynarch.migrate", message, expected="SOURCE [--to OVERRIDE ...] "
+                          "[--dry-run] [--out DIR [--force]] [--new-blocks identity|random] [--strict]",
+                          fix="see python -m dynarch.migrate --help")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m dynarch.migrate", description=(
         "Show (and optionally write) how an earlier run's weights carry over to a variant."))
     parser.add_argument("source", help="run dir, checkpoint folder, or weights.safetensors")
     parser.add_argument("--to", nargs="*", default=[], metavar="OVERRIDE",
                         help="Hydra overrides describing the target, e.g. +arch=deep model=cnn")
     parser.add_argument("--dry-run", action="store_true", help="print the report only (the default)")
-    parser.add_argument("--out", type=Path, help="write the migrated weights as a checkpoint folder here")
+    parser.add_argument("--out", type=Path, help="write the migrated weights as a checkpoint folder here "
+                                                 "(a new or empty folder)")
+    parser.add_argument("--force", action="store_true", help="let --out replace an existing checkpoint folder")
     parser.add_argument("--new-blocks", choices=("identity", "random"), default="identity")
     parser.add_argument("--strict", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        from .compose import compose_run
-        run = compose_run(args.to)
-        variant = run.variant
-        source = load_checkpoint(args.source)  # a bad source fails before TensorFlow is imported
-        from .build import build_model
-        model = build_model(run.arch)
-        report = migrate_model(model, run.arch, source, new_blocks=args.new_blocks, strict=args.strict,
-                               seed=run.seed, target_variant=variant)
-    except DynarchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return parser
+
+
+def _run_cli(argv: list[str] | None) -> int:
+    args = _parser().parse_args(argv)
+    from .compose import compose_run
+    run = compose_run(args.to)
+    variant = run.variant
+    write = args.out is not None and not args.dry_run
+    if write:
+        check_out_dir(args.out, args.force)  # before the build: a refused --out costs nothing
+    source = load_checkpoint(args.source)  # a bad source fails before TensorFlow is imported
+    if args.strict:  # decided before TensorFlow is imported
+        from dataclasses import replace
+
+        from .config import MigrateConfig
+        check_source_before_build(replace(run, init_from=str(args.source),
+                                          migrate=MigrateConfig(strict=True, new_blocks=args.new_blocks)))
+    from .build import build_model
+    model = build_model(run.arch)
+    report = migrate_model(model, run.arch, source, new_blocks=args.new_blocks, strict=args.strict,
+                           seed=run.seed, target_variant=variant)
     print(report.to_markdown())
-    if args.out and not args.dry_run:
+    if write:
         from .checkpoint import model_tensors, save_checkpoint
+        check_out_dir(args.out, args.force)  # again: the folder may have changed during the build
         save_checkpoint(args.out, model_tensors(model), {
             "arch": dict(run.arch.raw), "model": run.arch.name, "variant": variant,
             "num_classes": run.arch.num_classes, "input_shape": list(run.arch.input_shape),
@@ -323,5 +553,24 @@ def _main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry: every error is one `error:` message on stderr and exit status 2, never a traceback."""
+    try:
+        return _run_cli(argv)
+    except DynarchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001  Hydra/OmegaConf errors compose_run does not wrap, and bugs
+        print(f"error: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}\n"
+              "  fix: check the arguments; if they are right, report this as a dynarch bug", file=sys.stderr)
+        return 2
+
+
+_main = main  # the name earlier callers used
+
+
 if __name__ == "__main__":
-    sys.exit(_main())
+    sys.exit(main())
