@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .layer_allowlist import ALLOWED_LAYERS, MAX_INT, check_layer_config, estimate_params  # noqa: F401 (public)
+
 Shape = tuple[int, ...]
 REQUIRED = object()
 
@@ -17,10 +19,20 @@ REQUIRED = object()
 ACTIVATIONS = frozenset({
     "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "mish", "tanh", "sigmoid",
     "hard_sigmoid", "softmax", "log_softmax", "softplus", "softsign", "exponential", "linear"})
-# A config may name Keras layers only from here: no other module can be reached through `_target_`.
+# `_target_` must read keras.layers.<Name> (no other module), and <Name> must be on ALLOWED_LAYERS.
 TARGET_PATTERN = re.compile(r"^keras\.layers\.[A-Z][A-Za-z0-9]*$")
 COMMON_KEYS = ("type", "optional", "enabled")
 TARGET_KEYS = ("_target_", "optional", "enabled", "output_shape")
+# Block names become Keras layer names and variable paths: ASCII identifiers only (Keras itself accepts
+# non-ASCII, but paths land in file names, logs and safetensors keys), and not "input" at the top level
+# (Keras refuses: the model's Input layer is named "input").
+BLOCK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
+RESERVED_NAMES = frozenset({"input"})
+# Keras refuses only "/" in a model name; dynarch also keeps it printable ASCII (it is logged and reported).
+MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+# Sizes refused before anything is allocated: a config that asks for more is a typo, not a model.
+MAX_PARAMS = 2_000_000_000             # parameters of the whole model (8 GB of float32 weights)
+MAX_ACTIVATION = 2**28                 # values in one block's output for ONE sample (1 GiB of float32)
 
 
 class ShapeProblem(Exception):
@@ -50,7 +62,7 @@ class BlockType:
 
 
 def _pos_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+    return isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_INT
 
 
 def _pair(v: Any) -> bool:
@@ -66,7 +78,7 @@ def _activation(v: Any) -> bool:
 
 
 def _rate(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1  # NaN fails too
 
 
 def _bool(v: Any) -> bool:
@@ -74,7 +86,7 @@ def _bool(v: Any) -> bool:
 
 
 def _positive(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf
 
 
 ACTIVATION = Param(None, _activation, f"null or one of {', '.join(sorted(ACTIVATIONS))}")
@@ -129,28 +141,30 @@ def _same(p: dict, s: Shape) -> Shape:
     return s
 
 
+POS_INT = f"an integer > 0 (at most {MAX_INT})"
+POS_PAIR = f"an integer > 0 or a pair [h, w] (at most {MAX_INT})"
 PADDING = Param("valid", lambda v: v in ("valid", "same"), "'valid' or 'same'")
 
 REGISTRY: dict[str, BlockType] = {t.name: t for t in [
-    BlockType("dense", {"units": Param(REQUIRED, _pos_int, "an integer > 0"), "activation": ACTIVATION,
+    BlockType("dense", {"units": Param(REQUIRED, _pos_int, POS_INT), "activation": ACTIVATION,
                         "use_bias": Param(True, _bool, "true or false")},
               _dense_shape, lambda p, s: s[-1] * p["units"] + (p["units"] if p["use_bias"] else 0),
               doc="fully connected layer on the last axis"),
-    BlockType("conv2d", {"filters": Param(REQUIRED, _pos_int, "an integer > 0"),
-                         "kernel_size": Param(3, _pair, "an integer > 0 or a pair [h, w]"),
-                         "strides": Param(1, _pair, "an integer > 0 or a pair [h, w]"),
+    BlockType("conv2d", {"filters": Param(REQUIRED, _pos_int, POS_INT),
+                         "kernel_size": Param(3, _pair, POS_PAIR),
+                         "strides": Param(1, _pair, POS_PAIR),
                          "padding": PADDING, "activation": ACTIVATION,
                          "use_bias": Param(True, _bool, "true or false")},
               _conv_shape, _conv_count, doc="2-D convolution over (height, width, channels)"),
     BlockType("pool", {"kind": Param("max", lambda v: v in ("max", "avg"), "'max' or 'avg'"),
-                       "pool_size": Param(2, _pair, "an integer > 0 or a pair [h, w]"),
-                       "strides": Param(None, lambda v: v is None or _pair(v), "null (= pool_size) or an integer > 0"),
+                       "pool_size": Param(2, _pair, POS_PAIR),
+                       "strides": Param(None, lambda v: v is None or _pair(v), f"null (= pool_size) or {POS_PAIR}"),
                        "padding": PADDING},
               _pool_shape, doc="2-D max or average pooling"),
     BlockType("flatten", {}, lambda p, s: (math.prod(s),), doc="flattens all but the batch axis"),
     BlockType("dropout", {"rate": Param(REQUIRED, _rate, "a number in [0, 1)")}, _same, doc="dropout"),
     BlockType("batchnorm", {"momentum": Param(0.99, _rate, "a number in [0, 1)"),
-                            "epsilon": Param(1e-3, _positive, "a number > 0")},
+                            "epsilon": Param(1e-3, _positive, "a finite number > 0")},
               _same, lambda p, s: 4 * s[-1], doc="batch normalization on the last axis"),
     BlockType("identity", {}, _same, doc="passes its input through"),
     BlockType("sequential", {"blocks": Param(REQUIRED, lambda v: isinstance(v, dict) and bool(v),

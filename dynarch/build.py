@@ -6,8 +6,9 @@ from typing import Callable
 
 import keras
 
+from .blocks import MAX_PARAMS, check_layer_config, estimate_params
 from .errors import ConfigError
-from .spec import ArchSpec, BlockSpec
+from .spec import ArchSpec, BlockSpec, table_rows
 
 
 @keras.saving.register_keras_serializable(package="dynarch")
@@ -57,17 +58,32 @@ LAYER_FACTORIES: dict[str, Callable[[dict, str], keras.layers.Layer]] = {
 
 
 def _target_layer(block: BlockSpec) -> keras.layers.Layer:
-    cls = getattr(keras.layers, block.target.rsplit(".", 1)[1], None)
+    where = f"model.blocks.{block.path.replace('/', '.blocks.')}"
+    class_name = block.target.rsplit(".", 1)[1]
+    check_layer_config(where, class_name, block.params)  # again: a BlockSpec may be built by hand
+    cls = getattr(keras.layers, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, keras.layers.Layer)):
-        raise ConfigError(f"model.blocks.{block.path.replace('/', '.blocks.')}._target_",
-                          "not a Keras layer class", expected="a class in keras.layers",
+        raise ConfigError(f"{where}._target_", "not a Keras layer class", expected="a class in keras.layers",
                           received=block.target, fix="check the class name's spelling in the Keras docs")
     try:
         return cls(name=block.name, **block.params)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"model.blocks.{block.path.replace('/', '.blocks.')}", f"{block.target} refused its "
-                          f"arguments: {e}", expected="keyword arguments of that class",
-                          received=dict(block.params), fix="fix or remove the offending key") from None
+        raise ConfigError(where, f"{block.target} refused its arguments: {e}", expected="keyword arguments of "
+                          "that class", received=dict(block.params), fix="fix or remove the offending key") from None
+
+
+def _check_size(block: BlockSpec, in_shape: tuple, total: int) -> int:
+    """Parameters so far plus this block's estimate; refuses absurd sizes the spec could not see (a
+    `_target_` layer after one with an undeclared output shape) before Keras allocates them."""
+    count = block.num_params
+    if count is None and block.target and block.enabled and None not in in_shape:
+        count = estimate_params(block.target.rsplit(".", 1)[1], block.params, in_shape)
+    total += count or 0
+    if total > MAX_PARAMS:
+        raise ConfigError(f"model.blocks.{block.path.replace('/', '.blocks.')}", f"the model reaches {total:,} "
+                          f"parameters at block '{block.path}'", expected=f"at most {MAX_PARAMS:,} parameters",
+                          received=dict(block.params), fix="use fewer units/filters or a smaller kernel")
+    return total
 
 
 def make_layer(block: BlockSpec) -> keras.layers.Layer:
@@ -86,7 +102,9 @@ def build_model(spec: ArchSpec) -> keras.Model:
     """Build the functional model; raises ConfigError if Keras finds a shape the spec could not check."""
     inputs = keras.Input(shape=spec.input_shape, name="input")
     x = inputs
+    total = 0
     for i, block in enumerate(spec.blocks):
+        total = _check_size(block, tuple(x.shape[1:]), total)
         try:
             layer = make_layer(block)
             if i == len(spec.blocks) - 1 and keras.config.dtype_policy().name != "float32":
@@ -116,14 +134,12 @@ def find_layer(model: keras.Model, path: str) -> keras.layers.Layer:
 
 def model_table(spec: ArchSpec, model: keras.Model) -> str:
     """Markdown table: block, type, status, output shape, params (counted by Keras)."""
-    lines = ["| block | type | status | output shape | params |", "|---|---|---|---|---:|"]
-    for depth, b in spec.walk():
+    def keras_count(depth: int, b: BlockSpec) -> int:
         layer = find_layer(model, b.path) if b.enabled or depth == 0 else None
-        params = layer.count_params() if layer is not None and layer.built else 0
-        kind = b.target.split(".")[-1] if b.target else b.type
-        shape = b.output_shape if b.output_shape is not None else "?"
-        indent = "&nbsp;&nbsp;" * depth
-        lines.append(f"| {indent}{b.path} | {kind} | {'enabled' if b.enabled else 'identity'} | "
-                     f"{tuple(shape) if shape != '?' else shape} | {params:,} |")
+        return layer.count_params() if layer is not None and layer.built else 0
+
+    lines = ["| block | type | status | output shape | params |", "|---|---|---|---|---:|"]
+    for r in table_rows(spec, keras_count):
+        lines.append(f"| {'&nbsp;&nbsp;' * r.depth}{r.path} | {r.kind} | {r.status} | {r.shape} | {r.params:,} |")
     lines.append(f"| **total** | | | {spec.output_shape or (spec.num_classes,)} | {model.count_params():,} |")
     return "\n".join(lines)

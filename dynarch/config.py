@@ -8,10 +8,13 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .errors import ConfigError, unknown_key_error
+from .optim import RANGES as OPTIMIZER_RANGES
 from .schedule import PhaseSpec
 from .spec import ArchSpec, parse_arch
 
 PRIMITIVES = (str, int, float, bool, type(None))
+INT32_MAX = 2**31 - 1
+SEED_MAX = 2**32 - 1      # numpy.random.seed and keras.utils.set_random_seed refuse larger seeds
 
 
 @dataclass(frozen=True)
@@ -47,13 +50,45 @@ class TrainerConfig:
     strategy: str = "auto"
     logical_cpus: int = 0
 
+    def __post_init__(self):
+        # Decided from the config alone, so it fails in well under a second, before TensorFlow is imported.
+        if self.strategy == "multi_worker":
+            raise ConfigError("trainer.strategy", "multi_worker is not supported by Keras 3's fit in this version",
+                              expected="auto, default or mirrored", received="multi_worker",
+                              fix="use mirrored on each machine, or spread a sweep over machines with "
+                                  "hydra/launcher=slurm (keras-team/keras#20585 tracks multi-worker fit)")
+
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    name: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.0
-    weight_decay: float = 0.0
+    """Any Keras optimizer and learning-rate schedule as plain data (built by dynarch/optim.py through
+    `keras.optimizers.get`). A key left null is not passed to Keras, so the optimizer's own Keras default
+    applies; a key set for an optimizer or schedule that does not take it is refused, never ignored."""
+    name: str = "adam"                       # adam | adamw | sgd | rmsprop | ... or a Keras class name (AdamW)
+    lr: float = 1e-3                         # the (peak) learning rate
+    weight_decay: float | None = 0.0         # 0: none; passed as written (AdamW too: no hidden 0.004)
+    momentum: float | None = None            # sgd, rmsprop
+    nesterov: bool | None = None             # sgd
+    beta_1: float | None = None              # adam, adamw, nadam, adamax, lion, lamb
+    beta_2: float | None = None
+    epsilon: float | None = None
+    rho: float | None = None                 # rmsprop, adadelta
+    amsgrad: bool | None = None              # adam, adamw
+    centered: bool | None = None             # rmsprop
+    clipnorm: float | None = None            # at most one of the three clipping settings
+    clipvalue: float | None = None
+    global_clipnorm: float | None = None
+    schedule: str | None = None              # null (constant) | cosine | exponential | piecewise
+    decay_steps: int | None = None           # cosine, exponential
+    warmup_steps: int | None = None          # cosine: linear warm-up from 0 to lr, then cosine decay
+    alpha: float | None = None               # cosine: final lr as a fraction of lr (default 0)
+    decay_rate: float | None = None          # exponential; piecewise: lr factor at each boundary
+    staircase: bool | None = None            # exponential
+    boundaries: tuple[int, ...] | None = None  # piecewise: steps where lr is multiplied by decay_rate
+
+    def __post_init__(self):
+        from .optim import check_optimizer
+        check_optimizer(self)
 
 
 @dataclass(frozen=True)
@@ -103,24 +138,25 @@ RULES: dict[str, tuple[Any, str]] = {
     "data.limit_train": (lambda v: v is None or v > 0, "null or an integer > 0"),
     "data.limit_test": (lambda v: v is None or v > 0, "null or an integer > 0"),
     "data.probe_timeout_s": (lambda v: 0 < v <= 30, "a number of seconds in (0, 30]"),
-    "trainer.epochs": (lambda v: v > 0, "an integer > 0"),
-    "trainer.batch_size": (lambda v: v > 0, "an integer > 0"),
-    "trainer.steps_per_execution": (lambda v: v > 0, "an integer > 0"),
+    # Upper bounds: TensorFlow takes sizes and counters as int32; more is a typo, and would fail deep inside TF.
+    "trainer.epochs": (lambda v: 0 < v <= 100_000, "an integer > 0 (at most 100000)"),
+    "trainer.batch_size": (lambda v: 0 < v <= INT32_MAX, f"an integer > 0 (at most {INT32_MAX})"),
+    "trainer.steps_per_execution": (lambda v: 0 < v <= INT32_MAX, f"an integer > 0 (at most {INT32_MAX})"),
     "trainer.jit_compile": (lambda v: v in ("auto", True, False), "auto, true or false"),
     "trainer.verbose": (lambda v: v in (0, 1, 2), "0, 1 or 2"),
-    "trainer.intra_op_threads": (lambda v: v == "auto" or (isinstance(v, int) and v >= 0),
-                                 "auto or an integer >= 0 (0 = TensorFlow's default)"),
-    "trainer.checkpoint_every": (lambda v: v >= 0, "an integer >= 0 (0 = only at epoch ends)"),
-    "trainer.keep_checkpoints": (lambda v: v >= 1, "an integer >= 1"),
+    "trainer.intra_op_threads": (lambda v: v == "auto" or (isinstance(v, int) and 0 <= v <= 1024),
+                                 "auto or an integer in [0, 1024] (0 = TensorFlow's default)"),
+    "trainer.checkpoint_every": (lambda v: 0 <= v <= INT32_MAX,
+                                 f"an integer >= 0 (0 = only at epoch ends; at most {INT32_MAX})"),
+    "trainer.keep_checkpoints": (lambda v: 1 <= v <= 1000, "an integer in [1, 1000]"),
     "trainer.strategy": (lambda v: v in ("auto", "default", "mirrored", "multi_worker"),
                          "auto, default or mirrored (multi_worker is refused with the reason)"),
     "trainer.logical_cpus": (lambda v: 0 <= v <= 64, "an integer in [0, 64] (0 = no split)"),
     "trainer.precision": (lambda v: v in ("float32", "mixed_float16", "mixed_bfloat16"),
                           "float32, mixed_float16 or mixed_bfloat16"),
-    "optimizer.name": (lambda v: v in ("adam", "adamw", "sgd", "rmsprop"), "adam, adamw, sgd or rmsprop"),
-    "optimizer.lr": (lambda v: v > 0, "a number > 0"),
-    "optimizer.momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "optimizer.weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    # optimizer.*: one table (optim.RANGES) for the ranges; names and cross-key rules in optim.check_optimizer.
+    **{f"optimizer.{key}": (lambda v, check=check: v is None or check(v), expected)
+       for key, (check, expected) in OPTIMIZER_RANGES.items()},
     "migrate.new_blocks": (lambda v: v in ("identity", "random"), "'identity' or 'random'"),
 }
 
@@ -211,8 +247,9 @@ def load_run_config(cfg: Mapping[str, Any], variant: str = "base") -> RunConfig:
                           expected="a folder with train-images-idx3-ubyte[.gz] and the three other files",
                           received=data.path, fix="add data.path=/path/to/folder")
     seed = cfg.get("seed", 42)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError("seed", "seed must be a non-negative integer", expected="e.g. 42", received=seed,
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= SEED_MAX:
+        raise ConfigError("seed", "seed must be a non-negative integer that NumPy and Keras accept",
+                          expected=f"an integer in [0, {SEED_MAX}] (2**32 - 1), e.g. 42", received=seed,
                           fix="set seed=42")
     init_from = cfg.get("init_from")
     if init_from is not None and not isinstance(init_from, str):

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
-from .blocks import (COMMON_KEYS, REGISTRY, REQUIRED, TARGET_KEYS, TARGET_PATTERN, Shape, ShapeProblem)
+from .blocks import (BLOCK_NAME, COMMON_KEYS, MAX_ACTIVATION, MAX_PARAMS, MODEL_NAME, REGISTRY, REQUIRED,
+                     RESERVED_NAMES, TARGET_KEYS, TARGET_PATTERN, Shape, ShapeProblem, check_layer_config,
+                     estimate_params)
 from .errors import ConfigError, did_you_mean, unknown_key_error
 
 MODEL_KEYS = ("name", "input_shape", "blocks")
@@ -94,10 +96,16 @@ def _check_flag(where: str, raw: Mapping, key: str, default: bool) -> bool:
 def _parse_block(name: str, raw: Any, where: str, prefix: str, in_shape: Shape | None,
                  parent_enabled: bool, siblings_of: list[str] = ()) -> BlockSpec:
     path = f"{prefix}{name}"
-    if "/" in name or not name.isidentifier():
+    if not BLOCK_NAME.match(name):
         raise ConfigError(where, f"block name '{name}' is not a valid identifier",
-                          expected="letters, digits and underscores, not starting with a digit",
+                          expected="ASCII letters, digits and underscores, not starting with a digit, "
+                                   "at most 100 characters",
                           received=name, fix="rename the block (its name becomes the Keras layer name)")
+    if not prefix and name in RESERVED_NAMES:
+        raise ConfigError(where, f"a top-level block cannot be named '{name}': Keras names the model's Input "
+                                 "layer so, and refuses a second layer of that name",
+                          expected=f"a name other than {', '.join(sorted(RESERVED_NAMES))}", received=name,
+                          fix=f"rename the block, e.g. '{name}_block'")
     if not isinstance(raw, Mapping):
         raise ConfigError(where, "a block must be a mapping with a 'type' (or '_target_')",
                           expected="e.g. {type: dense, units: 128}", received=raw,
@@ -184,16 +192,20 @@ def _parse_target(name: str, raw: Mapping, where: str, path: str, in_shape: Shap
         raise ConfigError(where, "a block has either 'type' or '_target_', not both",
                           expected="one of them", received=f"type={raw['type']}, _target_={target}",
                           fix=f"remove {where}.type")
-    kwargs = {k: v for k, v in raw.items() if k not in TARGET_KEYS}
+    class_name = target.rsplit(".", 1)[1]
+    # EinsumDense has its own `output_shape` argument: it goes to the layer, and Keras checks it at build.
+    own = ("output_shape",) if class_name == "EinsumDense" else ()
+    kwargs = {k: v for k, v in raw.items() if k not in TARGET_KEYS or k in own}
     if "name" in kwargs:
         raise ConfigError(f"{where}.name", "a block's layer name is its config key",
                           expected="no 'name' key", received=kwargs["name"], fix=f"remove {where}.name")
-    declared = raw.get("output_shape")
+    check_layer_config(where, class_name, kwargs)
+    declared = None if own else raw.get("output_shape")
     if declared is None or not live:
         out_shape = in_shape if not live else None
     elif declared == "same":
         out_shape = in_shape
-    elif isinstance(declared, (list, tuple)) and all(isinstance(d, int) and d > 0 for d in declared):
+    elif isinstance(declared, (list, tuple)) and _dims_ok(declared):
         out_shape = tuple(declared)
     else:
         raise ConfigError(f"{where}.output_shape", "invalid declared output shape",
@@ -234,12 +246,15 @@ def parse_arch(model: Mapping[str, Any], num_classes: int, where: str = "model")
         if key not in MODEL_KEYS:
             raise unknown_key_error(where, key, MODEL_KEYS)
     shape = model.get("input_shape")
-    if not (isinstance(shape, (list, tuple)) and shape and all(isinstance(d, int) and d > 0 for d in shape)):
+    if not (isinstance(shape, (list, tuple)) and shape and _dims_ok(shape)):
         raise ConfigError(f"{where}.input_shape", "input_shape must be a list of positive integers",
-                          expected="e.g. [28, 28, 1]", received=shape, fix=f"set {where}.input_shape")
+                          expected=f"e.g. [28, 28, 1], at most {MAX_ACTIVATION:,} values per sample",
+                          received=shape, fix=f"set {where}.input_shape")
     input_shape = tuple(shape)
+    name = _model_name(model.get("name", "model"), f"{where}.name")
     blocks = _parse_blocks(model.get("blocks"), f"{where}.blocks", "", input_shape)
-    spec = ArchSpec(str(model.get("name", "model")), input_shape, num_classes, blocks, raw=dict(model))
+    spec = ArchSpec(name, input_shape, num_classes, blocks, raw=dict(model))
+    _check_sizes(spec, where)
     out = spec.output_shape
     if out is not None and out != (num_classes,):
         last = next((b for b in reversed(blocks) if b.enabled), blocks[-1])
@@ -251,13 +266,70 @@ def parse_arch(model: Mapping[str, Any], num_classes: int, where: str = "model")
     return spec
 
 
-def describe(spec: ArchSpec) -> list[tuple[str, str, str, str, str]]:
-    """Rows (block, type, status, output shape, params) of the model table, from the spec alone."""
+def _dims_ok(dims: Any) -> bool:
+    """Positive int dimensions whose product (values per sample) stays within MAX_ACTIVATION."""
+    return all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims) and \
+        math.prod(dims) <= MAX_ACTIVATION
+
+
+def _model_name(name: Any, where: str) -> str:
+    name = str(name) if isinstance(name, int) and not isinstance(name, bool) else name
+    if not isinstance(name, str) or not MODEL_NAME.match(name):
+        raise ConfigError(where, "the model name is not one Keras and dynarch's reports accept",
+                          expected="ASCII letters, digits, '_', '.', '-' (no '/', which Keras refuses; no "
+                                   "spaces), at most 100 characters",
+                          received=name, fix=f"set {where}=my_model")
+    return name
+
+
+def _block_key(where: str, path: str) -> str:
+    return f"{where}.blocks.{path.replace('/', '.blocks.')}"
+
+
+def _check_sizes(spec: ArchSpec, where: str) -> None:
+    """Refuse absurd sizes (a typo like units=10**9) before Keras would try to allocate them."""
+    total = 0
+    for _, b in spec.walk():
+        if b.output_shape is not None and math.prod(b.output_shape) > MAX_ACTIVATION:
+            raise ConfigError(_block_key(where, b.path), f"block '{b.path}' outputs {math.prod(b.output_shape):,} "
+                              "values per sample", expected=f"at most {MAX_ACTIVATION:,} (1 GiB of float32)",
+                              received=b.output_shape, fix="use fewer units/filters or a smaller input")
+        if not b.enabled or b.is_group:
+            continue
+        count = b.num_params
+        if count is None and b.target and b.input_shape is not None:
+            count = estimate_params(b.target.rsplit(".", 1)[1], b.params, b.input_shape)
+        total += count or 0
+        if total > MAX_PARAMS:
+            raise ConfigError(_block_key(where, b.path), f"the model reaches {total:,} parameters at block "
+                              f"'{b.path}' ({count:,} of them here)", expected=f"at most {MAX_PARAMS:,} parameters",
+                              received=dict(b.params), fix="use fewer units/filters or a smaller kernel")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the model table (the inspect printout and the run's model.md)."""
+    depth: int
+    path: str
+    kind: str                 # the block type, or the Keras class name of a `_target_` block
+    status: str               # enabled | identity
+    shape: str                # output shape, "?" when known only after build
+    params: int | None        # None: unknown before build
+
+
+def table_rows(spec: ArchSpec, count: Callable[[int, BlockSpec], int | None] | None = None) -> list[Row]:
+    """The model table's rows. `count(depth, block)` overrides the spec's parameter count (build.py passes
+    Keras' own count); without it, the spec's count (None where only Keras knows)."""
     rows = []
     for depth, b in spec.walk():
-        status = "enabled" if b.enabled else "identity"
         kind = b.target.split(".")[-1] if b.target else b.type
         shape = "?" if b.output_shape is None else str(tuple(b.output_shape))
-        params = "?" if b.num_params is None else f"{b.num_params:,}"
-        rows.append(("  " * depth + b.path, kind, status, shape, params))
+        params = count(depth, b) if count is not None else b.num_params
+        rows.append(Row(depth, b.path, kind, "enabled" if b.enabled else "identity", shape, params))
     return rows
+
+
+def describe(spec: ArchSpec) -> list[tuple[str, str, str, str, str]]:
+    """Rows (block, type, status, output shape, params) as text, from the spec alone."""
+    return [("  " * r.depth + r.path, r.kind, r.status, r.shape, "?" if r.params is None else f"{r.params:,}")
+            for r in table_rows(spec)]

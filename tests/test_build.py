@@ -70,6 +70,8 @@ def test_target_layer_with_undeclared_shape_is_checked_at_build():
 
 def test_target_layer_bad_kwargs_named():
     from dynarch.errors import ConfigError
-    spec = run_config(["model=resnet_mlp", "+model.blocks.res1.blocks.norm.bogus=1"]).arch
+    with pytest.raises(ConfigError, match=r"res1\.blocks\.norm\.bogus.*does not take 'bogus'"):
+        run_config(["model=resnet_mlp", "+model.blocks.res1.blocks.norm.bogus=1"])  # before TensorFlow
+    spec = run_config(["model=resnet_mlp", "+model.blocks.res1.blocks.norm.axis=abc"]).arch
     with pytest.raises(ConfigError, match=r"res1\.blocks\.norm.*refused its arguments"):
-        build_model(spec)
+        build_model(spec)  # a key it takes, a value only Keras can judge

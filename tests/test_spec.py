@@ -80,7 +80,7 @@ def test_pool_that_does_not_fit_and_conv_after_flatten_in_cnn():
     (["trainer.epochs=0"], ["trainer.epochs", "an integer > 0"]),
     (["trainer.batch_size=abc"], ["trainer.batch_size"]),
     (["+trainer.epoch=3"], ["trainer.epoch", "Did you mean 'epochs'"]),
-    (["optimizer.lr=-1"], ["optimizer.lr", "a number > 0"]),
+    (["optimizer.lr=-1"], ["optimizer.lr", "a finite number > 0"]),
     (["optimizer.name=adamm"], ["optimizer.name", "adam"]),
     (["data.val_fraction=1.5"], ["data.val_fraction", "[0, 1)"]),
     (["+data.limit_trian=5"], ["data.limit_trian", "Did you mean 'limit_train'"]),
