@@ -6,6 +6,7 @@ handlers) while composing, so a variant file that sets them must be refused befo
 """
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -154,7 +155,13 @@ def _attach_schedule(run: RunConfig, cfg: DictConfig, raw: Any, name: str, dirs:
         arch = parse_arch(_to_plain(merged)["model"], run.data.num_classes, where=f"{where}.model")
         optimizer = _phase_optimizer(run, raw_phase.get("optimizer"), f"{where}.optimizer")
         label = raw_phase.get("name") or "+".join(arch_names) or ("inline" if inline else run.variant)
-        if raw_phase.get("epochs") is not None:
+        if raw_phase.get("epochs") == "rest":
+            if i != len(raw["phases"]) - 1:
+                raise ConfigError(f"{where}.epochs", "only the last phase can run for the rest of the run",
+                                  expected="a number of epochs", received="rest",
+                                  fix=f"set {where}.epochs to a number, or move this phase last")
+            phases.append(PhaseSpec(i, str(label), arch, optimizer, rest=True))
+        elif raw_phase.get("epochs") is not None:
             phases.append(PhaseSpec(i, str(label), arch, optimizer,
                                     epochs=_epochs(raw_phase["epochs"], f"{where}.epochs")))
         else:
@@ -182,7 +189,8 @@ def _phase_optimizer(run: RunConfig, patch: Any, where: str):
 
 def _epochs(value: Any, where: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 100_000:
-        raise ConfigError(where, "must be a whole number of epochs", expected="an integer in [1, 100000]",
+        raise ConfigError(where, "must be a whole number of epochs", expected="an integer in [1, 100000], or 'rest' "
+                          "(last phase: until trainer.epochs in all)",
                           received=value, fix=f"set {where} to e.g. 2")
     return value
 
@@ -244,10 +252,10 @@ def _variant_choices(argv: Sequence[str]) -> list[tuple[str, str]]:
     out = []
     for arg in argv:
         key, sep, value = arg.lstrip("+~").partition("=")
-        if sep and key in VARIANT_GROUPS:
+        if sep and key in VARIANT_GROUPS and not value.lstrip().startswith("{"):  # {..}: a value, not a file
             for option in value.strip("[]").split(","):
                 option = option.strip().strip("'\"")
-                if option and not option.startswith(("choice(", "range(", "glob(")):
+                if re.fullmatch(r"[\w./-]+", option):
                     out.append((key, option))
     return out
 
@@ -271,11 +279,11 @@ def preflight(argv: Sequence[str]) -> None:
         if not paths:
             known = sorted(str(p.relative_to(folder / group).with_suffix(""))
                            for folder in dirs for p in (folder / group).rglob("*.yaml"))
-            hint = f" for this model" if group == "arch" and "/" not in option else ""
+            hint = " for this model" if group == "arch" and "/" not in option else ""
             raise ConfigError(f"+{group}={option}", f"no {group} named '{option}'{hint}.{did_you_mean(option, known)}",
                               expected=f"one of {', '.join(known)}", received=option,
-                              fix=f"pick one of those (variants live in conf/{group}/<model>/NAME.yaml; "
-                                  f"with several models in one sweep write +{group}=MODEL/NAME)")
+                              fix="pick one of those" + (" (variants live in conf/arch/<model>/NAME.yaml; with several "
+                                                         "models in one sweep write +arch=MODEL/NAME)" if group == "arch" else ""))
 
 
 def _load_bounded(path: Path) -> Any:

@@ -126,6 +126,8 @@ class RunConfig:
     @property
     def total_epochs(self) -> int | None:
         """Epochs of the whole run; None when a phase ends on a plateau (known only while training)."""
+        if self.phases[-1].rest:
+            return self.trainer.epochs
         lengths = [p.epochs for p in self.phases]
         return None if None in lengths else sum(lengths)
 

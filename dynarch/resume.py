@@ -91,8 +91,9 @@ def optimizer_state_variables(optimizer) -> dict[str, Any]:
 
 
 def state_tensors(model) -> dict[str, np.ndarray]:
-    tensors = {f"model/{k}": np.asarray(v.numpy()) for k, v in model_state_variables(model).items()}
-    tensors.update({f"optimizer/{k}": np.asarray(v.numpy())
+    # Scalars (the step count, the learning rate) as shape (1,): what safetensors reads back for them.
+    tensors = {f"model/{k}": np.atleast_1d(v.numpy()) for k, v in model_state_variables(model).items()}
+    tensors.update({f"optimizer/{k}": np.atleast_1d(v.numpy())
                     for k, v in optimizer_state_variables(model.optimizer).items()})
     return tensors
 

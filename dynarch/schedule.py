@@ -6,10 +6,12 @@ training goes on (weights and optimizer state migrate by variable path, the data
 
     phases:
       - epochs: 2                     # the run's own architecture
-      - arch: deep                    # a variant from conf/arch/ (or a list of them), and/or
+      - arch: deep                    # a variant from conf/arch/<model>/ (or a list of them), and/or
         model: {blocks: {...}}        #   an inline patch of the model's blocks
         until: {plateau: {monitor: val_loss, patience: 2, min_delta: 0.0}, max_epochs: 6}
         optimizer: {lr: 3.0e-4}       # optional per-phase optimizer settings
+      - arch: wide
+        epochs: rest                  # last phase: until trainer.epochs in all (equal budgets)
 
 compose.py turns each phase's arch/model patch into a full `model` mapping; this module validates the
 rest and parses the architectures into ArchSpecs.
@@ -59,15 +61,18 @@ class PhaseSpec:
     optimizer: Any                   # OptimizerConfig
     epochs: int | None = None        # a fixed length, or
     plateau: Plateau | None = None   # until the monitored metric plateaus,
-    max_epochs: int | None = None    # capped at this many epochs
+    max_epochs: int | None = None    # capped at this many epochs, or
+    rest: bool = False               # (last phase only) until the run has trained trainer.epochs in all
 
-    @property
-    def length(self) -> int:
-        """The most epochs this phase can run."""
-        return self.epochs if self.epochs is not None else int(self.max_epochs)
+    def end_epoch(self, start: int, run_epochs: int) -> int:
+        """The global epoch this phase ends at, at the latest, when it starts at `start`."""
+        if self.rest:
+            return max(start, run_epochs)
+        return start + (self.epochs if self.epochs is not None else int(self.max_epochs))
 
     def fingerprint(self) -> dict[str, Any]:
         return {"name": self.name, "arch": dict(self.arch.raw), "epochs": self.epochs, "max_epochs": self.max_epochs,
+                "rest": self.rest,
                 "plateau": None if self.plateau is None else dataclasses.asdict(self.plateau),
                 "optimizer": dataclasses.asdict(self.optimizer)}
 

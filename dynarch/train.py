@@ -83,12 +83,9 @@ class PhaseLoop:
         from . import artifacts
         artifacts.write_history_csv(self.out_dir / "history.csv", history)
 
-    def phase_epochs_done(self) -> int:
-        return self.position.epoch - self.position.phase_start
-
     def phase_should_end(self) -> bool:
         phase = self.phase
-        if self.phase_epochs_done() >= phase.length:
+        if self.position.epoch >= phase.end_epoch(self.position.phase_start, self.run.trainer.epochs):
             return False  # fit ends by itself at the phase's last epoch
         if phase.plateau is None:
             return False
@@ -130,7 +127,7 @@ class PhaseLoop:
     def fit_phase(self) -> None:
         """Train the current phase to its end (or a stop) with one `fit` (two after a mid-epoch resume)."""
         phase, pos = self.phase, self.position
-        end = pos.phase_start + phase.length
+        end = phase.end_epoch(pos.phase_start, self.run.trainer.epochs)
         if pos.phase_done or pos.epoch >= end:
             return
         verbose = 1 if self.run.trainer.verbose == 1 else 0
