@@ -31,6 +31,9 @@ def hydra_main(cfg: DictConfig) -> float:
         sources = [Path(src.path) for src in hc.runtime.config_sources if src.schema == "file"]
         run, resolved = resolve_config(cfg, variant_name(hc.runtime.choices), hc.runtime.choices.get("schedule"),
                                        sources)
+        if run.init_from and not run.resume:
+            from .migrate import check_source_before_build
+            check_source_before_build(run)  # a bad or (strict) incompatible source fails before TensorFlow loads
         from .train import train  # TensorFlow is imported from here on
         metrics = train(run, out_dir, resume=run.resume, resume_command=resume_command(hc, out_dir),
                         resolved_config=OmegaConf.to_yaml(resolved))

@@ -104,10 +104,7 @@ class PhaseLoop:
     def build(self, phase: PhaseSpec):
         """The phase's model, compiled with its optimizer, optimizer variables created (so they can be filled)."""
         from .build import build_model, model_table
-        try:
-            from .optim import make_optimizer
-        except ImportError:  # TEMP until optim.py lands
-            from ._legacy_optim import make_optimizer
+        from .optim import make_optimizer
 
         self.runtime.reseed(seed_for_phase(self.run.seed, phase.index))
         with self.runtime.scope():
@@ -257,6 +254,9 @@ def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbac
 
     if resolved_config is not None:
         artifacts.write_text(out_dir / "config.yaml", resolved_config)
+    if run.init_from and not resume:
+        from .migrate import check_source_before_build
+        check_source_before_build(run)  # strict / incompatible source: fail before any TensorFlow work
     runtime = get_runtime("tensorflow")
     flops = [p.arch.forward_flops for p in run.phases]
     runtime.configure(run.trainer, run.seed, None if None in flops else max(flops))
@@ -266,10 +266,6 @@ def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbac
     if resume:
         ckpt = load_latest_state(out_dir)
         position = check_compatible(ckpt, run)
-    elif run.init_from:
-        from . import migrate
-        if hasattr(migrate, "check_source_before_build"):  # TEMP until it lands
-            migrate.check_source_before_build(run)  # strict / incompatible source: fail before data is loaded
     arrays = load_arrays(run.data, run.seed)
     log.info("data: %s %s", arrays.source, arrays.sizes())
     data = Pipelines(arrays, run.trainer.batch_size, run.seed)
