@@ -83,12 +83,12 @@ def save_checkpoint(directory: Path, tensors: dict[str, np.ndarray], manifest: d
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
-        blob = save({k: np.ascontiguousarray(v) for k, v in tensors.items()})
+        arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}  # scalars are stored as (1,)
+        blob = save(arrays)
         _write_file(tmp / WEIGHTS, blob)
         full = {"format": FORMAT, **{k: v for k, v in manifest.items() if k != "format"},
                 "weights_sha256": hashlib.sha256(blob).hexdigest(),
-                "tensors": {k: {"shape": list(np.shape(v)), "dtype": str(np.asarray(v).dtype)}
-                            for k, v in tensors.items()}}
+                "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()}}
         full.pop("manifest_sha256", None)
         full = json.loads(json.dumps(full, default=str))  # hash exactly what will be read back
         full["manifest_sha256"] = manifest_digest(full)
@@ -164,7 +164,7 @@ def _is_int(v: Any, minimum: int = 0) -> bool:
 def _dtype_ok(name: Any) -> bool:
     try:
         return isinstance(name, str) and np.dtype(name).kind in TENSOR_KINDS
-    except TypeError:
+    except (TypeError, ValueError):
         return False
 
 
@@ -224,8 +224,8 @@ def _check_tensors(folder: Path, tensors: dict[str, np.ndarray], listed: dict[st
                               fix="use another checkpoint")
     for name, value in tensors.items():
         info = listed[name]
-        if value.dtype.kind not in TENSOR_KINDS or list(value.shape) != info["shape"] \
-                or value.dtype != np.dtype(info["dtype"]):
+        shape_ok = list(value.shape) == info["shape"] or (info["shape"] == [] and value.shape == (1,))  # older saves
+        if value.dtype.kind not in TENSOR_KINDS or not shape_ok or value.dtype != np.dtype(info["dtype"]):
             raise _corrupt(folder / WEIGHTS, f"tensor '{name}' disagrees with the manifest",
                            f"shape {info['shape']} dtype {info['dtype']}", f"shape {list(value.shape)} dtype {value.dtype}")
 
