@@ -170,3 +170,35 @@ def test_two_fresh_processes_give_identical_weights(tmp_path):
     procs = [_cli(a, "trainer.epochs=2"), _cli(b, "trainer.epochs=2")]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     assert weights_sha(a) == weights_sha(b)
+
+
+def _signal_self(signum):
+    handler = signal.getsignal(signum)
+    assert getattr(handler, "__module__", "") == "dynarch.train", f"no dynarch handler: {handler}"
+    os.kill(os.getpid(), signum)
+
+
+def test_ctrl_c_during_start_up_is_a_clear_stop(tmp_path, monkeypatch):
+    import dynarch.data
+
+    def interrupted_load(*args, **kwargs):
+        _signal_self(signal.SIGINT)
+        raise AssertionError("the handler should have interrupted")
+    monkeypatch.setattr(dynarch.data, "load_arrays", interrupted_load)
+    with pytest.raises(TrainingStopped, match="interrupted by signal 2 outside the training loop") as err:
+        train(run_config([*RESUMABLE, "trainer.epochs=1"]), tmp_path / "run")
+    assert err.value.exit_code == 130 and not (tmp_path / "run" / "state").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_sigterm_during_evaluation_then_resume_finishes_the_run(tmp_path, reference, monkeypatch):
+    import dynarch.artifacts
+    out = tmp_path / "run"
+    real = dynarch.artifacts.plot_curves
+    monkeypatch.setattr(dynarch.artifacts, "plot_curves", lambda *a, **k: _signal_self(signal.SIGTERM))
+    with pytest.raises(TrainingStopped, match="(?s)interrupted by signal 15.*continue with: CMD") as err:
+        train(run_config([*RESUMABLE, "trainer.epochs=3"]), out, resume_command="CMD")
+    assert err.value.exit_code == 143 and not (out / "checkpoint").exists()
+    monkeypatch.setattr(dynarch.artifacts, "plot_curves", real)
+    metrics = train(run_config([*RESUMABLE, "trainer.epochs=3", "resume=true"]), out, resume=True)
+    assert metrics["epochs"] == 3 and weights_sha(out) == weights_sha(reference)

@@ -82,3 +82,11 @@ def test_mixed_precision_keeps_a_float32_head(tiny_run):
         keras.mixed_precision.set_global_policy("float32")
     assert metrics["test_accuracy"] > 0.3
     assert load_checkpoint(out).tensors["dense/kernel"].dtype == np.float32  # variables stay float32
+
+
+def test_progress_bar_shows_global_epochs_and_true_step_counts(tiny_run, capfd):
+    """One fit per phase: Keras' own progress bar counts epochs and steps of the whole run."""
+    tiny_run(["trainer.epochs=3", "trainer.verbose=1", "trainer.batch_size=32"])
+    out = capfd.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("Epoch ")] == ["Epoch 1/3", "Epoch 2/3", "Epoch 3/3"]
+    assert "17/17" in out and "64/" not in out  # 540 training images / 32 = 17 steps, whatever steps_per_execution
