@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 
 from .checkpoint import Checkpoint, model_tensors
 from .migrate import MigrationReport, plan_migration
-from .resume import model_state_variables, optimizer_state_variables
+from .resume import model_state_variables
 
 log = logging.getLogger(__name__)
 
@@ -66,32 +64,19 @@ def migrate_boundary(old_model, new_model, old_phase, new_phase, *, new_blocks: 
                             f"{report.output_change:.2e} (0 = the function is preserved)")
     rng = carry_rng_states(old_model, new_model)
     carried = carry_optimizer_state(old_model, new_model, report, keep_new_lr=lr_changed)
+    counts = carried.counts()
     report.notes = [n for n in report.notes if not n.startswith("optimizer state is not migrated")]
-    report.notes.append(f"optimizer state: {carried['copied']} variables carried exactly (slots of copied "
-                        f"variables, the step count), {carried['adapted']} adapted with their variable's index map, "
-                        f"{carried['fresh']} fresh (new or re-initialized variables); {rng} RNG states carried")
-    report.optimizer = carried  # type: ignore[attr-defined]
+    report.notes.append(f"optimizer state ({carried.optimizer}, step {carried.iterations} carried): slots of "
+                        f"{counts['copied']} variables copied exactly, {counts['adapted']} adapted with their "
+                        f"variable's index map, {counts['fresh']} fresh (new or re-initialized); {rng} RNG states "
+                        "carried")
+    report.optimizer = carried.to_json()  # type: ignore[attr-defined]
     return report
 
 
-def carry_optimizer_state(old_model, new_model, report: MigrationReport, keep_new_lr: bool) -> dict[str, Any]:
-    """Optimizer variables by name: slots of copied variables and the step count carried exactly."""
-    from . import migrate
+def carry_optimizer_state(old_model, new_model, report: MigrationReport, keep_new_lr: bool):
+    """The planner's slot transform: copied variables' slots exact, adapted ones through the same index map,
+    fresh slots for new variables, the step count (and so the learning-rate schedule position) carried."""
+    from .migrate import migrate_optimizer, optimizer_state
 
-    if hasattr(migrate, "migrate_optimizer"):  # the planner's own slot transform (adapted variables too)
-        return migrate.migrate_optimizer(new_model, migrate.optimizer_state(old_model), report,
-                                         keep_new_lr=keep_new_lr)
-    copied_paths = {e.path for e in report.entries if e.action == "copied"}
-    old = optimizer_state_variables(old_model.optimizer)
-    counts = {"copied": 0, "adapted": 0, "fresh": 0}
-    for key, var in optimizer_state_variables(new_model.optimizer).items():
-        if key == "learning_rate" and keep_new_lr:
-            continue
-        owner = next((p for p in copied_paths if key.startswith(p.replace("/", "_") + "_")), None)
-        generic = key in ("iteration", "iterations", "learning_rate")
-        if key in old and tuple(old[key].shape) == tuple(var.shape) and (owner or generic):
-            var.assign(np.asarray(old[key].numpy()))
-            counts["copied"] += 1
-        else:
-            counts["fresh"] += 1
-    return counts
+    return migrate_optimizer(new_model, optimizer_state(old_model), report, keep_new_lr=keep_new_lr)
