@@ -25,11 +25,14 @@ def boundary_report(run_dir, k=1):
     return json.loads((run_dir / f"migration-phase-{k}.json").read_text())
 
 
-def test_a_boundary_that_changes_nothing_is_invisible(tmp_path):
-    """Weights, optimizer slots, step, RNG and data position all cross the boundary exactly."""
+@pytest.mark.parametrize("optimizer", [[], ["optimizer=adam_cosine", "optimizer.warmup_steps=20",
+                                            "optimizer.decay_steps=60"]])
+def test_a_boundary_that_changes_nothing_is_invisible(tmp_path, optimizer):
+    """Weights, optimizer slots, step (so the learning-rate schedule's position), RNG and data position all
+    cross the boundary exactly."""
     plain, scheduled = tmp_path / "plain", tmp_path / "scheduled"
-    train(run_config([*SMALL, "trainer.epochs=3"]), plain)
-    metrics = train(run_config([*SMALL, "+schedule={phases:[{epochs:2},{epochs:1}]}"]), scheduled)
+    train(run_config([*SMALL, *optimizer, "trainer.epochs=3"]), plain)
+    metrics = train(run_config([*SMALL, *optimizer, "+schedule={phases:[{epochs:2},{epochs:1}]}"]), scheduled)
     assert sha(plain) == sha(scheduled)
     report = boundary_report(scheduled)
     assert report["counts"] == {"copied": 4, "adapted": 0, "reinitialized": 0, "dropped": 0}
