@@ -199,7 +199,8 @@ class _Planner:
         nonneg_in = self.nonneg
         prefix = group.path + "/"
         if self.new_blocks == "identity" and not any(p.startswith(prefix) for p in self.src):
-            self.nonneg = nonneg_in and self.new_branch(group)
+            exact = self.new_branch(group)  # always runs: it writes the branch's entries
+            self.nonneg = nonneg_in and exact
         else:
             self.mapping = None
             self.walk(group.children)
