@@ -90,3 +90,27 @@ def test_keras_export_round_trips_in_safe_mode_and_refuses_code(tmp_path):
     evil.save(tmp_path / "evil.keras")
     with pytest.raises(CheckpointError, match="evil.keras: refused or unreadable"):
         ck.load_keras(tmp_path / "evil.keras")
+
+
+def test_manifest_is_covered_by_its_own_hash(tmp_path):
+    folder = saved(tmp_path)
+    manifest = json.loads((folder / ck.MANIFEST).read_text())
+    assert manifest["format"] == ck.FORMAT and manifest["manifest_sha256"] == ck.manifest_digest(manifest)
+    text = (folder / ck.MANIFEST).read_bytes()
+    at = text.index(b'"num_classes": 10') + len(b'"num_classes": 1')
+    (folder / ck.MANIFEST).write_bytes(text[:at] + bytes([text[at] ^ 0x01]) + text[at + 1:])  # 10 -> 11
+    with pytest.raises(CheckpointError, match=r"manifest.json: checksum mismatch(?s:.*)fix:"):
+        ck.load_checkpoint(folder)
+
+
+def test_scalars_and_non_json_values_round_trip(tmp_path):
+    folder = ck.save_checkpoint(tmp_path / "c", {"step": np.int64(7), "w": np.ones((2, 2), np.float16)},
+                                {"path": tmp_path, "metrics": {"loss": float("nan")}})
+    c = ck.load_checkpoint(folder)
+    assert int(c.tensors["step"].reshape(())) == 7 and c.manifest["path"] == str(tmp_path)
+
+
+def test_check_finite_names_the_variable(tmp_path):
+    folder = ck.save_checkpoint(tmp_path / "c", {"a": np.ones(3, np.float32), "b": np.array([1, np.inf], np.float32)}, {})
+    with pytest.raises(CheckpointError, match=r"variable 'b' holds non-finite values(?s:.*)0 NaN and 1 Inf"):
+        ck.check_finite(ck.load_checkpoint(folder))
