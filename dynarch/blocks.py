@@ -8,9 +8,11 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
-from .layer_allowlist import ALLOWED_LAYERS, MAX_INT, check_layer_config, estimate_params  # noqa: F401 (public)
+from .errors import ConfigError
+from .layer_allowlist import (ALLOWED_LAYERS, MAX_INT, check_layer_config, check_windows,  # noqa: F401 (public)
+                              estimate_params)
 
 Shape = tuple[int, ...]
 REQUIRED = object()
@@ -92,6 +94,51 @@ def _positive(v: Any) -> bool:
 ACTIVATION = Param(None, _activation, f"null or one of {', '.join(sorted(ACTIVATIONS))}")
 
 
+def dims_ok(dims: Any) -> bool:
+    """Positive int dimensions whose product (values per sample) stays within MAX_ACTIVATION."""
+    return all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims) and \
+        math.prod(dims) <= MAX_ACTIVATION
+
+
+def check_model_name(name: Any, where: str) -> str:
+    """`model.name` as a string Keras and the reports accept (an int is taken as its digits)."""
+    name = str(name) if isinstance(name, int) and not isinstance(name, bool) else name
+    if not isinstance(name, str) or not MODEL_NAME.match(name):
+        raise ConfigError(where, "the model name is not one Keras and dynarch's reports accept",
+                          expected="ASCII letters, digits, '_', '.', '-' (no '/', which Keras refuses; no "
+                                   "spaces), at most 100 characters",
+                          received=name, fix=f"set {where}=my_model")
+    return name
+
+
+def block_key(where: str, path: str) -> str:
+    return f"{where}.blocks.{path.replace('/', '.blocks.')}"
+
+
+def check_sizes(walk: Iterable[tuple[int, Any]], where: str) -> None:
+    """Refuse absurd sizes (a typo like units=10**9) before Keras would try to allocate them.
+
+    Leaf blocks only: a group's output is its last child's (or its input), so the leaf that grows is named.
+    """
+    total = 0
+    for _, b in walk:  # (depth, BlockSpec) pairs, parents first
+        if not b.enabled or b.is_group:
+            continue
+        count = b.num_params
+        if count is None and b.target and b.input_shape is not None:
+            check_windows(block_key(where, b.path), b.target.rsplit(".", 1)[1], b.params, b.input_shape)
+            count = estimate_params(b.target.rsplit(".", 1)[1], b.params, b.input_shape)
+        total += count or 0
+        if total > MAX_PARAMS:
+            raise ConfigError(block_key(where, b.path), f"the model reaches {total:,} parameters at block "
+                              f"'{b.path}' ({count:,} of them here)", expected=f"at most {MAX_PARAMS:,} parameters",
+                              received=dict(b.params), fix="use fewer units/filters or a smaller kernel")
+        if b.output_shape is not None and math.prod(b.output_shape) > MAX_ACTIVATION:
+            raise ConfigError(block_key(where, b.path), f"block '{b.path}' outputs {math.prod(b.output_shape):,} "
+                              "values per sample", expected=f"at most {MAX_ACTIVATION:,} (1 GiB of float32)",
+                              received=b.output_shape, fix="use fewer units/filters or a smaller input")
+
+
 def _need_image(kind: str, shape: Shape) -> None:
     if len(shape) != 3:
         raise ShapeProblem(
@@ -107,6 +154,10 @@ def _spatial(size: int, window: int, stride: int, padding: str) -> int:
 def _window_out(kind: str, shape: Shape, window: tuple[int, int], stride: tuple[int, int],
                 padding: str, channels: int) -> Shape:
     _need_image(kind, shape)
+    if any(window[i] > 2 * shape[i] + 1 for i in (0, 1)):  # TF would grind through a window of padding
+        raise ShapeProblem(
+            f"{kind} window {window} is more than twice its input {shape}: beyond that it covers only padding",
+            f"a window of at most {(2 * shape[0] + 1, 2 * shape[1] + 1)}", "use a smaller window")
     h, w = (_spatial(shape[i], window[i], stride[i], padding) for i in (0, 1))
     if h < 1 or w < 1:
         raise ShapeProblem(
@@ -162,7 +213,8 @@ REGISTRY: dict[str, BlockType] = {t.name: t for t in [
                        "padding": PADDING},
               _pool_shape, doc="2-D max or average pooling"),
     BlockType("flatten", {}, lambda p, s: (math.prod(s),), doc="flattens all but the batch axis"),
-    BlockType("dropout", {"rate": Param(REQUIRED, _rate, "a number in [0, 1)")}, _same, doc="dropout"),
+    BlockType("dropout", {"rate": Param(REQUIRED, _rate, "a number in [0, 1)")}, _same,
+              doc="zeroes a fraction `rate` of its inputs while training"),
     BlockType("batchnorm", {"momentum": Param(0.99, _rate, "a number in [0, 1)"),
                             "epsilon": Param(1e-3, _positive, "a finite number > 0")},
               _same, lambda p, s: 4 * s[-1], doc="batch normalization on the last axis"),

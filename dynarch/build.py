@@ -2,11 +2,12 @@
 (`stage1/conv/kernel`) and stay identical across variants; a disabled block is an Identity in its slot."""
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import keras
 
-from .blocks import MAX_PARAMS, check_layer_config, estimate_params
+from .blocks import MAX_ACTIVATION, MAX_PARAMS, check_layer_config, check_windows, estimate_params
 from .errors import ConfigError
 from .spec import ArchSpec, BlockSpec, table_rows
 
@@ -75,15 +76,25 @@ def _target_layer(block: BlockSpec) -> keras.layers.Layer:
 def _check_size(block: BlockSpec, in_shape: tuple, total: int) -> int:
     """Parameters so far plus this block's estimate; refuses absurd sizes the spec could not see (a
     `_target_` layer after one with an undeclared output shape) before Keras allocates them."""
+    where = f"model.blocks.{block.path.replace('/', '.blocks.')}"
     count = block.num_params
     if count is None and block.target and block.enabled and None not in in_shape:
+        check_windows(where, block.target.rsplit(".", 1)[1], block.params, in_shape)
         count = estimate_params(block.target.rsplit(".", 1)[1], block.params, in_shape)
     total += count or 0
     if total > MAX_PARAMS:
-        raise ConfigError(f"model.blocks.{block.path.replace('/', '.blocks.')}", f"the model reaches {total:,} "
-                          f"parameters at block '{block.path}'", expected=f"at most {MAX_PARAMS:,} parameters",
-                          received=dict(block.params), fix="use fewer units/filters or a smaller kernel")
+        raise ConfigError(where, f"the model reaches {total:,} parameters at block '{block.path}'",
+                          expected=f"at most {MAX_PARAMS:,} parameters", received=dict(block.params),
+                          fix="use fewer units/filters or a smaller kernel")
     return total
+
+
+def _check_output(block: BlockSpec, out_shape: tuple) -> None:
+    """A `_target_` layer's symbolic output (nothing allocated yet) must stay within MAX_ACTIVATION."""
+    if None not in out_shape and math.prod(out_shape) > MAX_ACTIVATION:
+        raise ConfigError(f"model.blocks.{block.path.replace('/', '.blocks.')}", f"block '{block.path}' outputs "
+                          f"{math.prod(out_shape):,} values per sample", expected=f"at most {MAX_ACTIVATION:,}",
+                          received=out_shape, fix="use a smaller size/padding/repeat count")
 
 
 def make_layer(block: BlockSpec) -> keras.layers.Layer:
@@ -110,6 +121,7 @@ def build_model(spec: ArchSpec) -> keras.Model:
             if i == len(spec.blocks) - 1 and keras.config.dtype_policy().name != "float32":
                 layer.dtype_policy = "float32"  # mixed precision: the head and its softmax stay float32
             x = layer(x)
+            _check_output(block, tuple(x.shape[1:]))
         except ConfigError:
             raise
         except Exception as e:  # only reachable through `_target_` layers with undeclared shapes

@@ -69,7 +69,7 @@ class OptimizerConfig:
     weight_decay: float | None = 0.0         # 0: none; passed as written (AdamW too: no hidden 0.004)
     momentum: float | None = None            # sgd, rmsprop
     nesterov: bool | None = None             # sgd
-    beta_1: float | None = None              # adam, adamw, nadam, adamax, lion, lamb
+    beta_1: float | None = None              # adam, adamw, nadam, adamax, lion
     beta_2: float | None = None
     epsilon: float | None = None
     rho: float | None = None                 # rmsprop, adadelta

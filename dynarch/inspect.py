@@ -2,11 +2,13 @@
 
     python -m dynarch.inspect +arch=no_dense
     python -m dynarch.inspect model=cnn +arch=cnn_wide
+    python -m dynarch.inspect --blocks          # the block types, their keys and the allowed Keras layers
 """
 from __future__ import annotations
 
 import sys
 
+from .blocks import ALLOWED_LAYERS, COMMON_KEYS, REGISTRY, REQUIRED
 from .errors import DynarchError
 from .spec import ArchSpec, describe
 
@@ -22,11 +24,37 @@ def render(spec: ArchSpec, variant: str) -> str:
     return "\n".join(lines)
 
 
+def _yaml(value: object) -> str:
+    """A default as it is written in YAML (null, true, false)."""
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def render_block_types() -> str:
+    """Every registered block type with its doc and keys (expected values, defaults), then `_target_`."""
+    lines = []
+    for btype in REGISTRY.values():
+        lines.append(f"{btype.name}: {btype.doc}")
+        for key, param in btype.params.items():
+            default = "required" if param.default is REQUIRED else f"default {_yaml(param.default)}"
+            lines.append(f"    {key}: {param.expected} ({default})")
+    lines.append(f"every block also takes: {', '.join(k for k in COMMON_KEYS if k != 'type')} "
+                 "(optional: false, enabled: true)")
+    lines.append("_target_: keras.layers.<Name> with that layer's keyword arguments, and output_shape: "
+                 "same|[dims] to let the shape check continue; <Name> one of:")
+    lines.append("    " + ", ".join(sorted(ALLOWED_LAYERS)))
+    return "\n".join(lines)
+
+
 def _main(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException
 
     from .compose import compose_run
     overrides = sys.argv[1:] if argv is None else argv
+    if overrides == ["--blocks"]:
+        print(render_block_types())
+        return 0
     try:
         run = compose_run(overrides)
     except (DynarchError, HydraException) as e:

@@ -129,18 +129,23 @@ def check_class(where: str, class_name: Any) -> None:
 
 def _named(where: str, key: str, value: Any, names: frozenset[str], kind: str) -> None:
     """A value Keras deserializes: a built-in name, or {class_name: <built-in>, config: {plain values}}."""
+    expected = (f"one of {', '.join(sorted(n for n in names if n[0].islower()))} (or {{class_name: <built-in>, "
+                "config: {plain values}}; no module, no registered_name, no custom objects)")
     if isinstance(value, str) and value in names:
         return
-    if isinstance(value, Mapping) and set(value) <= {"class_name", "config"} and value.get("class_name") in names \
-            and isinstance(value.get("config", {}), Mapping) and all(
-                _plain(v) for v in value.get("config", {}).values()):
-        return
-    close = did_you_mean(value if isinstance(value, str) else (value or {}).get("class_name", "")
-                         if isinstance(value, Mapping) else str(value), names)
-    raise _refuse(f"{where}.{key}", f"'{key}' must name a built-in Keras {kind}.{close}",
-                  f"one of {', '.join(sorted(n for n in names if n[0].islower()))} "
-                  f"(or {{class_name: <built-in>, config: {{...}}}}; no modules, no custom objects)",
-                  value, f"set {where}.{key} to a built-in {kind} name")
+    if isinstance(value, Mapping):
+        extra = sorted(set(value) - {"class_name", "config"})
+        config = value.get("config", {})
+        if extra or not isinstance(config, Mapping) or not all(_plain(v) for v in config.values()):
+            raise _refuse(f"{where}.{key}", f"'{key}' as a mapping may hold only class_name and a config of plain "
+                          f"values{' (not ' + ', '.join(extra) + ')' if extra else ''}: a config cannot name "
+                          "modules or custom objects", expected, value, f"remove {', '.join(extra) or 'the nesting'}"
+                          f" from {where}.{key}")
+        if value.get("class_name") in names:
+            return
+        value = value.get("class_name")
+    raise _refuse(f"{where}.{key}", f"'{key}' must name a built-in Keras {kind}.{did_you_mean(value, names)}",
+                  expected, value, f"set {where}.{key} to a built-in {kind} name")
 
 
 def _plain(value: Any) -> bool:
@@ -178,7 +183,7 @@ def check_layer_config(where: str, class_name: str, kwargs: Mapping[str, Any]) -
             _named(where, key, value, ACTIVATION_NAMES, "activation")
         elif family is not None:
             _named(where, key, value, family, key.rsplit("_", 1)[1])
-        elif key == "dtype" and value not in DTYPES:
+        elif key == "dtype" and not (isinstance(value, str) and value in DTYPES):
             raise _refuse(f"{where}.dtype", "dtype must be a plain dtype name", f"one of {', '.join(sorted(DTYPES))}",
                           value, f"set {where}.dtype to float32 or remove it")
         elif not _plain(value):
@@ -222,3 +227,17 @@ def estimate_params(class_name: str, kwargs: Mapping[str, Any], in_shape: tuple[
     if class_name.startswith("Separable") and isinstance(units, int):
         return window * channels * multiplier + channels * multiplier * units + bias * units
     return None
+
+
+def check_windows(where: str, class_name: str, kwargs: Mapping[str, Any], in_shape: tuple[int, ...]) -> None:
+    """Refuse a kernel or pool window more than twice the input's spatial size: beyond that it covers only
+    padding, and TensorFlow grinds through it (a 2e9 pool window hangs). Channels-last inputs only."""
+    rank = next((d for d in (1, 2, 3) if f"{d}D" in class_name), 0)
+    if not rank or len(in_shape) != rank + 1 or kwargs.get("data_format") == "channels_first":
+        return
+    for key in ("kernel_size", "pool_size"):
+        window = _ints(kwargs.get(key), rank)
+        if window and any(w > 2 * d + 1 for w, d in zip(window, in_shape)):
+            raise _refuse(f"{where}.{key}", f"{key} {kwargs[key]} is more than twice the input {in_shape}: beyond "
+                          "that the window covers only padding", f"at most {tuple(2 * d + 1 for d in in_shape[:-1])}",
+                          kwargs[key], f"use a smaller {where}.{key}")

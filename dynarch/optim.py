@@ -17,11 +17,12 @@ if TYPE_CHECKING:  # config.py imports this module; the type is only needed for 
     from .config import OptimizerConfig
 
 # Keras optimizer class -> the OptimizerConfig keys it takes besides the common ones (COMMON_KEYS).
-# LossScaleOptimizer and MultiOptimizer wrap other optimizers: not nameable from a config.
+# LossScaleOptimizer and MultiOptimizer wrap other optimizers: not nameable from a config. Lamb is in
+# keras.optimizers but keras.optimizers.get cannot resolve it in Keras 3.15, so it is left out.
 OPTIMIZERS: dict[str, frozenset[str]] = {name: frozenset(keys) for name, keys in {
     "Adadelta": ("rho", "epsilon"), "Adafactor": (), "Adagrad": ("epsilon",),
     "Adam": ("beta_1", "beta_2", "epsilon", "amsgrad"), "AdamW": ("beta_1", "beta_2", "epsilon", "amsgrad"),
-    "Adamax": ("beta_1", "beta_2", "epsilon"), "Ftrl": (), "Lamb": ("beta_1", "beta_2", "epsilon"),
+    "Adamax": ("beta_1", "beta_2", "epsilon"), "Ftrl": (),
     "Lion": ("beta_1", "beta_2"), "Muon": ("epsilon", "momentum", "nesterov"),
     "Nadam": ("beta_1", "beta_2", "epsilon"), "RMSprop": ("rho", "momentum", "epsilon", "centered"),
     "SGD": ("momentum", "nesterov"), "ScheduleFreeAdamW": ("beta_1", "beta_2", "epsilon"),

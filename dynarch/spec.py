@@ -9,9 +9,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
-from .blocks import (BLOCK_NAME, COMMON_KEYS, MAX_ACTIVATION, MAX_PARAMS, MODEL_NAME, REGISTRY, REQUIRED,
-                     RESERVED_NAMES, TARGET_KEYS, TARGET_PATTERN, Shape, ShapeProblem, check_layer_config,
-                     estimate_params)
+from .blocks import (BLOCK_NAME, COMMON_KEYS, MAX_ACTIVATION, REGISTRY, REQUIRED, RESERVED_NAMES,
+                     TARGET_KEYS, TARGET_PATTERN, Shape, ShapeProblem, check_layer_config, check_model_name,
+                     check_sizes, dims_ok)
 from .errors import ConfigError, did_you_mean, unknown_key_error
 
 MODEL_KEYS = ("name", "input_shape", "blocks")
@@ -205,7 +205,7 @@ def _parse_target(name: str, raw: Mapping, where: str, path: str, in_shape: Shap
         out_shape = in_shape if not live else None
     elif declared == "same":
         out_shape = in_shape
-    elif isinstance(declared, (list, tuple)) and _dims_ok(declared):
+    elif isinstance(declared, (list, tuple)) and dims_ok(declared):
         out_shape = tuple(declared)
     else:
         raise ConfigError(f"{where}.output_shape", "invalid declared output shape",
@@ -246,15 +246,15 @@ def parse_arch(model: Mapping[str, Any], num_classes: int, where: str = "model")
         if key not in MODEL_KEYS:
             raise unknown_key_error(where, key, MODEL_KEYS)
     shape = model.get("input_shape")
-    if not (isinstance(shape, (list, tuple)) and shape and _dims_ok(shape)):
+    if not (isinstance(shape, (list, tuple)) and shape and dims_ok(shape)):
         raise ConfigError(f"{where}.input_shape", "input_shape must be a list of positive integers",
                           expected=f"e.g. [28, 28, 1], at most {MAX_ACTIVATION:,} values per sample",
                           received=shape, fix=f"set {where}.input_shape")
     input_shape = tuple(shape)
-    name = _model_name(model.get("name", "model"), f"{where}.name")
+    name = check_model_name(model.get("name", "model"), f"{where}.name")
     blocks = _parse_blocks(model.get("blocks"), f"{where}.blocks", "", input_shape)
     spec = ArchSpec(name, input_shape, num_classes, blocks, raw=dict(model))
-    _check_sizes(spec, where)
+    check_sizes(spec.walk(), where)
     out = spec.output_shape
     if out is not None and out != (num_classes,):
         last = next((b for b in reversed(blocks) if b.enabled), blocks[-1])
@@ -264,46 +264,6 @@ def parse_arch(model: Mapping[str, Any], num_classes: int, where: str = "model")
                           f"the model outputs shape {out} but the data has {num_classes} classes",
                           expected=f"final output shape ({num_classes},)", received=out, fix=hint)
     return spec
-
-
-def _dims_ok(dims: Any) -> bool:
-    """Positive int dimensions whose product (values per sample) stays within MAX_ACTIVATION."""
-    return all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims) and \
-        math.prod(dims) <= MAX_ACTIVATION
-
-
-def _model_name(name: Any, where: str) -> str:
-    name = str(name) if isinstance(name, int) and not isinstance(name, bool) else name
-    if not isinstance(name, str) or not MODEL_NAME.match(name):
-        raise ConfigError(where, "the model name is not one Keras and dynarch's reports accept",
-                          expected="ASCII letters, digits, '_', '.', '-' (no '/', which Keras refuses; no "
-                                   "spaces), at most 100 characters",
-                          received=name, fix=f"set {where}=my_model")
-    return name
-
-
-def _block_key(where: str, path: str) -> str:
-    return f"{where}.blocks.{path.replace('/', '.blocks.')}"
-
-
-def _check_sizes(spec: ArchSpec, where: str) -> None:
-    """Refuse absurd sizes (a typo like units=10**9) before Keras would try to allocate them."""
-    total = 0
-    for _, b in spec.walk():
-        if b.output_shape is not None and math.prod(b.output_shape) > MAX_ACTIVATION:
-            raise ConfigError(_block_key(where, b.path), f"block '{b.path}' outputs {math.prod(b.output_shape):,} "
-                              "values per sample", expected=f"at most {MAX_ACTIVATION:,} (1 GiB of float32)",
-                              received=b.output_shape, fix="use fewer units/filters or a smaller input")
-        if not b.enabled or b.is_group:
-            continue
-        count = b.num_params
-        if count is None and b.target and b.input_shape is not None:
-            count = estimate_params(b.target.rsplit(".", 1)[1], b.params, b.input_shape)
-        total += count or 0
-        if total > MAX_PARAMS:
-            raise ConfigError(_block_key(where, b.path), f"the model reaches {total:,} parameters at block "
-                              f"'{b.path}' ({count:,} of them here)", expected=f"at most {MAX_PARAMS:,} parameters",
-                              received=dict(b.params), fix="use fewer units/filters or a smaller kernel")
 
 
 @dataclass(frozen=True)

@@ -75,3 +75,40 @@ def test_target_layer_bad_kwargs_named():
     spec = run_config(["model=resnet_mlp", "+model.blocks.res1.blocks.norm.axis=abc"]).arch
     with pytest.raises(ConfigError, match=r"res1\.blocks\.norm.*refused its arguments"):
         build_model(spec)  # a key it takes, a value only Keras can judge
+
+
+def test_layer_allowlist_matches_keras_and_holds_no_code_or_file_reference():
+    """Every allowed class exists in Keras 3, takes every key the table allows, and none takes a
+    function, module, file path or another layer."""
+    import inspect as pyinspect
+    from dynarch.layer_allowlist import BASE_KEYS, LAYER_KEYS, REFUSED
+    for name, keys in LAYER_KEYS.items():
+        cls = getattr(keras.layers, name)
+        params = set(pyinspect.signature(cls.__init__).parameters)
+        assert keys - set(BASE_KEYS) <= params, (name, keys - params)
+        assert not params & {"filepath", "function", "module", "layer", "cell", "call_fn", "init_fn"}, name
+    for name in REFUSED:
+        assert hasattr(keras.layers, name) and name not in LAYER_KEYS
+
+
+def test_allowed_target_layers_build_and_the_table_counts_with_keras():
+    spec = run_config(["model=cnn",
+                       "+model.blocks.stage1.blocks.aug={_target_: keras.layers.RandomFlip, mode: horizontal, "
+                       "output_shape: same}",
+                       "+model.blocks.stage2.blocks.bn={_target_: keras.layers.BatchNormalization, "
+                       "gamma_initializer: ones, beta_regularizer: l2}"]).arch
+    net = build_model(spec)
+    table = model_table(spec, net)
+    assert "| &nbsp;&nbsp;stage2/bn | BatchNormalization | enabled | ? | 128 |" in table
+    assert f"| **total** | | | (10,) | {net.count_params():,} |" in table
+
+
+def test_target_output_beyond_the_bound_is_refused_at_build_before_allocation():
+    from dynarch.errors import ConfigError
+    from dynarch.spec import parse_arch
+    spec = parse_arch({"name": "m", "input_shape": [28, 28, 1], "blocks": {
+        "same": {"_target_": "keras.layers.Identity"},          # no declared shape: the spec stops checking
+        "up": {"_target_": "keras.layers.UpSampling2D", "size": 100000},
+        "flatten": {"type": "flatten"}, "head": {"type": "dense", "units": 10}}}, num_classes=10)
+    with pytest.raises(ConfigError, match=r"model\.blocks\.up.*values per sample"):
+        build_model(spec)

@@ -1,13 +1,12 @@
 """Spec validation: every bad config fails before TensorFlow, with a message naming key and fix."""
 import subprocess
 import sys
-import time
 
 import pytest
 
 from conftest import ARCHS, MODELS, ROOT, cli, compose_cfg, run_config
 from dynarch.errors import ConfigError
-from dynarch.spec import describe, parse_arch
+from dynarch.spec import describe, parse_arch, table_rows
 
 MLP = {"name": "m", "input_shape": [28, 28, 1], "blocks": {
     "flatten": {"type": "flatten"}, "dense": {"type": "dense", "units": 16, "optional": True},
@@ -129,13 +128,12 @@ def test_disabled_block_keeps_its_slot_and_shapes_flow():
         run_config(["model=cnn", "+arch=no_conv2"]).arch)
 
 
-def test_cli_bad_config_fails_fast_without_tensorflow(tmp_path):
-    t = time.perf_counter()
+def test_cli_bad_config_fails_with_the_key_and_no_traceback(tmp_path):
+    # Fast because TensorFlow is never imported (test_cli_paths_that_must_not_import_tensorflow): no
+    # wall-clock assert, which is flaky on a loaded machine.
     proc = cli("model.blocks.dense.units=-3", f"hydra.run.dir={tmp_path}/run")
-    wall = time.perf_counter() - t
     assert proc.returncode == 2
     assert "model.blocks.dense.units" in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
-    assert wall < 2.0, f"bad config took {wall:.2f}s"
 
 
 @pytest.mark.parametrize("args", [["--help"], ["--cfg", "job", "+arch=no_dense"],
@@ -176,3 +174,44 @@ def test_inspect_prints_the_table_without_tensorflow():
     bad = subprocess.run([sys.executable, "-m", "dynarch.inspect", "model.blocks.dense.units=0"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "model.blocks.dense.units" in bad.stderr and "fix:" in bad.stderr
+
+
+def test_one_rows_function_feeds_both_tables():
+    spec = run_config(["model=cnn", "+arch=cnn/no_conv2"]).arch
+    rows = table_rows(spec)
+    assert [("  " * r.depth + r.path, r.kind, r.status, r.shape, "?" if r.params is None else f"{r.params:,}")
+            for r in rows] == describe(spec)
+    assert [r.params for r in table_rows(spec, lambda depth, b: 7)] == [7] * len(rows)
+
+
+def test_inspect_lists_block_types_with_their_docs_without_tensorflow():
+    code = ("import sys, runpy\nsys.argv = ['inspect', '--blocks']\n"
+            "try:\n    runpy.run_module('dynarch.inspect', run_name='__main__')\nexcept SystemExit as e:\n"
+            "    print('EXIT', e.code)\n"
+            "print('TF_IMPORTED' if 'tensorflow' in sys.modules else 'NO_TF')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = proc.stdout
+    assert "EXIT 0" in out and out.strip().endswith("NO_TF"), out + proc.stderr
+    from dynarch.blocks import REGISTRY
+    for btype in REGISTRY.values():
+        assert f"{btype.name}: {btype.doc}" in out
+    assert "    units: an integer > 0" in out and "RandomFlip" in out and "TFSMLayer" not in out
+
+
+@pytest.mark.parametrize("name", ["stage_1", "_x", "a" * 100])
+def test_block_names_keras_accepts_pass(name):
+    assert parse_arch(with_block(**{name: {"type": "identity"}}), num_classes=10)
+
+
+def test_nested_block_may_be_named_input_and_model_name_digits_are_a_name():
+    # Keras refuses a second top-level "input" only; nested layers live under their group's path.
+    spec = parse_arch({**with_block(g={"type": "sequential", "blocks": {"input": {"type": "identity"}}}),
+                       "name": 2024}, num_classes=10)
+    assert spec.name == "2024" and "g/input" in [b.path for _, b in spec.walk()]
+
+
+def test_allowed_target_layer_with_builtin_initializer_config_passes():
+    spec = parse_arch(with_block(dense={"_target_": "keras.layers.Dense", "units": 16, "activation": "gelu",
+                                        "kernel_initializer": {"class_name": "HeNormal", "config": {"seed": 1}},
+                                        "kernel_regularizer": "l2", "output_shape": [16]}), num_classes=10)
+    assert spec.output_shape == (10,)
