@@ -2,6 +2,7 @@
 
     python -m dynarch.inspect +arch=no_dense
     python -m dynarch.inspect model=cnn +arch=cnn_wide
+    python -m dynarch.inspect +schedule=grow    # every phase's table and what changes at each boundary
     python -m dynarch.inspect --blocks          # the block types, their keys and the allowed Keras layers
 """
 from __future__ import annotations
@@ -22,6 +23,46 @@ def render(spec: ArchSpec, variant: str) -> str:
     flops = "?" if spec.forward_flops is None else f"{spec.forward_flops:,}"
     lines.append(f"total params {total}; forward FLOPs per sample {flops}")
     return "\n".join(lines)
+
+
+def _phase_end(phase) -> str:
+    if phase.rest:
+        return "for the rest of trainer.epochs"
+    if phase.epochs is not None:
+        return f"{phase.epochs} epochs"
+    p = phase.plateau
+    return f"until {p.monitor} plateaus (patience {p.patience}, min_delta {p.min_delta:g}), at most {phase.max_epochs} epochs"
+
+
+def _changes(before: ArchSpec, after: ArchSpec) -> str:
+    """Blocks switched on/off or reshaped between two phases, from the specs alone."""
+    old = {b.path: b for _, b in before.walk() if not b.is_group}
+    new = {b.path: b for _, b in after.walk() if not b.is_group}
+    out = []
+    for path, b in new.items():
+        a = old.get(path)
+        if a is None or (b.enabled and not a.enabled):
+            out.append(f"+{path}")
+        elif a.enabled and not b.enabled:
+            out.append(f"-{path}")
+        elif b.enabled and a.output_shape != b.output_shape:
+            out.append(f"~{path} {a.output_shape}->{b.output_shape}")
+    out += [f"-{path}" for path, a in old.items() if path not in new and a.enabled]
+    return ", ".join(out) or "no block changes"
+
+
+def render_run(run) -> str:
+    """The run's table, or for a schedule each phase's table and the block changes at each boundary."""
+    if not run.schedule:
+        return render(run.arch, run.variant)
+    parts = [f"schedule {run.schedule}: {len(run.phases)} phases"
+             + (f", {run.total_epochs} epochs in all" if run.total_epochs else "")]
+    for phase in run.phases:
+        header = f"phase {phase.index}: {phase.name}, {_phase_end(phase)}"
+        if phase.index:
+            header += f"; at the boundary: {_changes(run.phases[phase.index - 1].arch, phase.arch)}"
+        parts.append(header + "\n" + render(phase.arch, phase.name))
+    return "\n\n".join(parts)
 
 
 def _yaml(value: object) -> str:
@@ -60,7 +101,7 @@ def _main(argv: list[str] | None = None) -> int:
     except (DynarchError, HydraException) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(render(run.arch, run.variant))
+    print(render_run(run))
     return 0
 
 

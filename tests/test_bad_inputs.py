@@ -104,7 +104,7 @@ CASES = {  # name: (action, substrings of the message)
                                    ["model.blocks.x._target_", "only name a Keras layer class"]),
     "unknown top-level key": (config_case("+optimiser.lr=3"), ["optimiser", "Did you mean 'optimizer'"]),
     "epochs 0": (config_case("trainer.epochs=0"), ["trainer.epochs"]),
-    "unknown optimizer": (config_case("optimizer.name=adamax"), ["optimizer.name"]),
+    "unknown optimizer": (config_case("optimizer.name=adamx"), ["optimizer.name"]),
     "val_fraction 1": (config_case("data.val_fraction=1"), ["data.val_fraction"]),
     "variant for another model": (config_case("model=cnn", "+arch=wide"), ["does not exist in this model"]),
     "resume not a bool": (config_case("resume=maybe"), ["resume", "true or false"]),

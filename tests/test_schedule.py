@@ -194,3 +194,16 @@ def test_sigkill_anywhere_in_a_scheduled_run_then_resume_is_bitwise_identical(tm
         if len(phases_hit) == 2 and attempt >= 3:
             break
     assert phases_hit == {0, 1}
+
+
+def test_inspect_shows_every_phase_without_tensorflow():
+    code = ("import sys, runpy\nsys.argv = ['inspect', '+schedule=grow']\n"
+            "try:\n    runpy.run_module('dynarch.inspect', run_name='__main__')\nexcept SystemExit as e:\n"
+            "    print('EXIT', e.code)\n"
+            "print('TF_IMPORTED' if 'tensorflow' in sys.modules else 'NO_TF')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = proc.stdout
+    assert "EXIT 0" in out and out.strip().endswith("NO_TF"), out + proc.stderr
+    assert "schedule grow: 2 phases, 5 epochs in all" in out
+    assert "phase 1: deep, 3 epochs; at the boundary: +extra" in out
+    assert "total params 101,770" in out and "total params 118,282" in out
