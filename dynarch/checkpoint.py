@@ -273,6 +273,18 @@ def model_tensors(model) -> dict[str, np.ndarray]:
     return {v.path: np.asarray(v.numpy()) for v in model.weights}
 
 
+def model_manifest(arch, variant: str, **extra: Any) -> dict[str, Any]:
+    """The manifest fields that describe the model (the one builder: training and the migrate CLI).
+
+    Args:
+        arch: the ArchSpec the weights belong to (its raw mapping rebuilds the model: `dynarch.load_run`).
+        variant: the variant name recorded with it.
+        **extra: further fields (data_source, migrated_from, metrics, ...), added as given.
+    """
+    return {"arch": dict(arch.raw), "model": arch.name, "variant": variant, "num_classes": arch.num_classes,
+            "input_shape": list(arch.input_shape), **extra}
+
+
 def export_keras(model, path: Path) -> Path:
     """Save a `.keras` archive (architecture + weights) atomically, for serving or plain Keras users."""
     path = Path(path)
