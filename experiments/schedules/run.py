@@ -7,6 +7,7 @@ Every strategy trains T epochs in all (default 8) on the offline MNIST subset (m
     deep      the large variant (+arch=deep) from scratch          (no schedule)
     grow      base for T/2 epochs, then deep for the rest          (+schedule={phases:[...]}, inline)
     plateau   base until val_loss plateaus (<= 4 epochs), then deep (+schedule=grow_on_plateau)
+    plateau_late  the same with the cap raised to T-1: where does the plateau rule itself fire?
     shrink    base for T/2 epochs, then no_dense for the rest      (conf/schedule/drop_dense.yaml, adapted to T)
     wide      the wide variant (+arch=wide) from scratch           (no schedule)
     widen     base for T/2 epochs, then wide for the rest          (inline schedule)
@@ -55,6 +56,8 @@ def strategies(epochs: int) -> dict[str, tuple[str, list[str]]]:
         "deep": ("(b) deep from scratch", ["+arch=deep"]),
         "grow": (f"(c) grow at epoch {half}", [switch("deep")]),
         "plateau": (f"(d) grow on plateau (cap {min(PLATEAU_CAP, half)})", plateau),
+        "plateau_late": (f"(d2) grow on plateau (cap {epochs - 1})",
+                         ["+schedule=grow_on_plateau", f"schedule.phases.0.until.max_epochs={epochs - 1}"]),
         "shrink": (f"(e) shrink at epoch {half}", [switch("no_dense")]),
         "wide": ("(b2) wide from scratch", ["+arch=wide"]),
         "widen": (f"(c2) widen at epoch {half}", [switch("wide")]),
@@ -65,7 +68,7 @@ def read_history(run_dir: Path) -> dict[str, list[float]]:
     import csv
     with open(run_dir / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    keys = ("loss", "accuracy", "val_loss", "val_accuracy")
+    keys = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s")
     return {k: [float(r[k]) for r in rows] for k in keys if rows and k in rows[0]}
 
 
@@ -90,7 +93,43 @@ def one_run(overrides: list[str], run_dir: Path) -> dict:
             "epochs": metrics["epochs"], "n_train": n_train, "data_sizes": metrics["data_sizes"],
             "data_source": metrics["data_source"], "final_params": metrics["params"],
             "boundaries": [p["start_epoch"] for p in out_phases[1:]], "phases": out_phases,
-            "train_flops": sum(p["train_flops"] for p in out_phases), "history": read_history(run_dir)}
+            "train_flops": sum(p["train_flops"] for p in out_phases), "history": read_history(run_dir),
+            "replica_correlation": replica_similarity(run_dir),
+            "steady_epoch_s": steady_epoch_time(read_history(run_dir), out_phases)}
+
+
+def steady_epoch_time(history: dict[str, list[float]], phases: list[dict]) -> float | None:
+    """Median epoch time without each phase's first epoch (which pays tracing and, after a boundary, the
+    build and migration): what an epoch of these architectures costs once running."""
+    firsts = {p["start_epoch"] for p in phases}
+    times = [t for i, t in enumerate(history.get("epoch_time_s", [])) if i not in firsts]
+    return round(statistics.median(times), 3) if times else None
+
+
+def replica_similarity(run_dir: Path) -> float | None:
+    """Median correlation, after training, between each unit that Net2WiderNet replicated at a boundary and
+    the unit it was copied from (1.0: the replicas never diverged, so the extra width is not used)."""
+    import numpy as np
+    from dynarch.checkpoint import load_checkpoint
+
+    corrs = []
+    for report in sorted(run_dir.glob("migration-phase-*.json")):
+        for entry in json.loads(report.read_text())["entries"]:
+            index_map = entry.get("index_map") or []
+            if entry["action"] != "adapted" or not entry["path"].endswith("kernel") or not index_map:
+                continue
+            axis, source = index_map[0]
+            if axis != -1 or len(source) <= len(set(source)):
+                continue
+            kernel = np.asarray(load_checkpoint(run_dir).tensors[entry["path"]])
+            kernel = kernel.reshape(-1, kernel.shape[-1])
+            first = {}
+            for unit, src in enumerate(source):  # the first unit mapped to a source is the original
+                if src in first:
+                    corrs.append(float(np.corrcoef(kernel[:, unit], kernel[:, first[src]])[0, 1]))
+                else:
+                    first[src] = unit
+    return float(np.median(corrs)) if corrs else None
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -98,7 +137,8 @@ def summarize(runs: list[dict]) -> dict:
         values = [r[key] for r in runs]
         return {"median": statistics.median(values), "min": min(values), "max": max(values)}
     return {"test_accuracy": spread("test_accuracy"), "train_flops": spread("train_flops"),
-            "train_time_s": spread("train_time_s"), "final_params": runs[0]["final_params"],
+            "train_time_s": spread("train_time_s"), "steady_epoch_s": spread("steady_epoch_s"),
+            "final_params": runs[0]["final_params"],
             "boundaries": [r["boundaries"] for r in runs],
             "epochs": "/".join(sorted({str(r["epochs"]) for r in runs}))}
 
@@ -106,8 +146,8 @@ def summarize(runs: list[dict]) -> dict:
 def table(results: dict, labels: dict[str, str]) -> str:
     base_flops = results["base"]["summary"]["train_flops"]["median"] if "base" in results else None
     lines = ["| strategy | test acc median | range (min–max) | train GFLOPs | × base | train s median (range) "
-             "| final params | epochs | boundary after epoch (per seed) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| steady epoch s | final params | epochs | boundary after epoch (per seed) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for key, res in results.items():
         s = res["summary"]
         acc, fl, t = s["test_accuracy"], s["train_flops"], s["train_time_s"]
@@ -116,7 +156,7 @@ def table(results: dict, labels: dict[str, str]) -> str:
         ratio = f"{fl['median'] / base_flops:.2f}" if base_flops else "—"
         bounds = ", ".join("/".join(str(b) for b in bs) for bs in s["boundaries"])
         lines.append(f"| {labels[key]} | {acc['median']:.4f} | {acc['min']:.4f}–{acc['max']:.4f} | {flops} | {ratio} "
-                     f"| {t['median']:.2f} ({t['min']:.2f}–{t['max']:.2f}) | {s['final_params']:,} | {s['epochs']} "
+                     f"| {t['median']:.2f} ({t['min']:.2f}–{t['max']:.2f}) | {s['steady_epoch_s']['median']:.3f} | {s['final_params']:,} | {s['epochs']} "
                      f"| {bounds if any(s['boundaries']) else '—'} |")
     return "\n".join(lines)
 
@@ -195,8 +235,9 @@ def main() -> None:
             if r["epochs"] != args.epochs:  # the comparison is at equal epochs: say so loudly if it is not
                 print(f"WARNING: {key} seed {seed} trained {r['epochs']} epochs, not {args.epochs}", flush=True)
             res["runs"].append(r)
-            print(f"{key:8s} seed {seed}: test acc {r['test_accuracy']:.4f}  boundaries {r['boundaries']}  "
-                  f"{r['train_flops'] / 1e9:.1f} GFLOPs  {r['train_time_s']:.2f} s", flush=True)
+            replicas = "" if r["replica_correlation"] is None else f"  replica corr {r['replica_correlation']:.4f}"
+            print(f"{key:12s} seed {seed}: test acc {r['test_accuracy']:.4f}  boundaries {r['boundaries']}  "
+                  f"{r['train_flops'] / 1e9:.1f} GFLOPs  {r['train_time_s']:.2f} s{replicas}", flush=True)
     for res in results.values():
         res["summary"] = summarize(res["runs"])
 
