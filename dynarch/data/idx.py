@@ -114,12 +114,15 @@ def _check_declared(path: Path, gz: bool, dims: tuple[int, ...], count: int, hea
     """The header's size against the file, before a byte is allocated."""
     size = path.stat().st_size
     limit = (size * MAX_DEFLATE_RATIO) if gz else size - header
-    if count > MAX_BYTES or count > limit or (not gz and count != limit) or 0 in dims[1:]:
-        raise _bad(path, "the header declares a size the file cannot hold" if count > limit or count > MAX_BYTES
-                   else "the file is truncated or has trailing bytes",
-                   f"dims whose product ({count:,} bytes) fits the file ({size:,} bytes"
-                   f"{', gzip' if gz else ''}) and at most {MAX_BYTES:,} bytes",
-                   f"dims {list(dims)}")
+    if count > MAX_BYTES or (gz and count > limit):
+        raise _bad(path, "the header declares a size the file cannot hold",
+                   f"dims whose product fits the file ({size:,} bytes{', gzip: at most 1032x that' if gz else ''}) "
+                   f"and at most {MAX_BYTES:,} bytes", f"dims {list(dims)} = {count:,} bytes")
+    if not gz and count != limit:
+        raise _bad(path, "the file is truncated or has trailing bytes", f"{count:,} data bytes for dims {list(dims)}",
+                   f"{limit:,} bytes after the header")
+    if 0 in dims[1:]:
+        raise _bad(path, "the header declares an empty image size", "dims > 0", f"dims {list(dims)}")
 
 
 def load_splits(cfg) -> Splits:

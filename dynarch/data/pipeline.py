@@ -51,6 +51,7 @@ def build_augment(configs: Sequence[dict]) -> list:
     import keras
     layers = []
     for config in configs:
+        config = dict(config)  # validated configs arrive as hashable ((key, value), ...) items
         kwargs = {k: v for k, v in config.items() if k != "_target_"}
         name = config["_target_"].rsplit(".", 1)[-1]
         if name in ("RandomContrast", "RandomBrightness"):

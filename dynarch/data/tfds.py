@@ -92,7 +92,7 @@ def _check_metadata(cfg, builder) -> tuple[str, str]:
                         fix=f"set data.input_shape={list(shape)} data.num_classes={classes} (or leave both null)"
                         if None not in shape else "a variable-size dataset: resize it into data=folder or data=npz")
     missing = [s for s in ("train", "test") if s not in info.splits]
-    if missing:
+    if missing and list(info.splits):  # empty: split metadata unknown here (e.g. mock data); reading will tell
         raise DataError("data.name", f"TFDS '{cfg.name}' has no {' or '.join(missing)} split",
                         expected="train and test splits", received=f"splits {list(info.splits)}",
                         fix="export the splits you want into data=npz (x_train, y_train, x_test, y_test)")
@@ -135,7 +135,12 @@ def load_splits(cfg) -> Splits:
     for split, limit in (("train", cfg.limit_train), ("test", cfg.limit_test)):
         # Read no more than needed: limits apply to the split spec, not after loading everything.
         name = split if limit is None else f"{split}[:{limit}]"
-        ds = builder.as_dataset(split=name, as_supervised=True)
+        try:
+            ds = builder.as_dataset(split=name, as_supervised=True)
+        except (ValueError, KeyError) as e:  # e.g. no such split
+            raise DataError("data.name", f"TFDS '{cfg.name}' cannot give the {split} split ({str(e)[:200]})",
+                            expected="train and test splits", received=f"splits {list(builder.info.splits)}",
+                            fix="export the splits you want into data=npz (x_train, y_train, x_test, y_test)") from None
         # Large batches, then concatenate: batch_size=-1 aborts inside TF under tfds.testing.mock_data.
         batches = list(_numpy(ds.batch(8192)))
         x = np.concatenate([b[0] for b in batches]).astype(np.uint8)
