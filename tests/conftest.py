@@ -7,8 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-import _shim_epoch_ds  # noqa: F401  TEMP until the data package lands
 from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,23 +20,19 @@ TINY = ["data=mnist_subset", "data.limit_train=600", "data.limit_test=300", "tra
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-
 def compose_cfg(overrides: list[str]):
     with initialize_config_dir(str(CONF), version_base="1.3"):
         return compose("config", overrides=overrides)
-
 
 def run_config(overrides: list[str]):
     """Compose + validate exactly as the CLI does; returns the RunConfig."""
     from dynarch.compose import compose_run
     return compose_run(overrides)
 
-
 def cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None):
     """Run `python -m dynarch ARGS` in a fresh process; returns the CompletedProcess."""
     return subprocess.run([sys.executable, "-m", "dynarch", *args], cwd=cwd or ROOT, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
-
 
 @pytest.fixture
 def tiny_run(tmp_path):

