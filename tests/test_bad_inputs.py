@@ -122,7 +122,7 @@ CASES = {  # name: (action, substrings of the message)
     "offline without fallback": (train_case("data=mnist", "data.limit_train=100", "data.probe_host=127.0.0.1",
                                             "data.probe_port=1", "data.offline_fallback=false",
                                             prepare=lambda tmp: [f"data.data_dir={tmp}/tfds"]),
-                                 ["not prepared", "download host is unreachable"]),
+                                 ["not prepared", "unreachable"]),
     "init_from missing": (train_case("init_from=/nonexistent/run"), ["/nonexistent/run", "does not exist"]),
     "init_from not a run": (train_case(prepare=lambda tmp: [f"init_from={ROOT / 'conf'}"]),
                             ["holds no dynarch checkpoint"]),
