@@ -48,7 +48,7 @@ def overflow(folder):     # 2^32-1 cubed: a Python int, never an allocation
 
 
 def overflow_gz(folder):
-    (folder / IMAGES).unlink()
+    (folder / f"{IMAGES}.gz").unlink()
     (folder / f"{IMAGES}.gz").write_bytes(gzip.compress(header((60_000, 4096, 4096)) + bytes(1000)))
 
 
@@ -73,9 +73,9 @@ def int_type(folder):     # 0x0C: 32-bit ints, not unsigned bytes
     (folder / IMAGES).write_bytes(bytes([0, 0, 0x0C, 3]) + header((120, 28, 28))[4:] + bytes(120 * 28 * 28 * 4))
 
 
-def npz(**kw):
+def npz(input_shape="[16,12,3]", **kw):
     def prepare(tmp):
-        return ["data=npz", f"data.path={make_npz(tmp / 'd.npz', **kw)}", "data.input_shape=[16,12,3]",
+        return ["data=npz", f"data.path={make_npz(tmp / 'd.npz', **kw)}", f"data.input_shape={input_shape}",
                 "data.num_classes=4"]
     return prepare
 
@@ -113,7 +113,7 @@ CASES = {  # name: (act, prepare, substrings of the message)
     "npz 5-D images": (train(), npz(x_train=np.zeros((60, 2, 16, 12, 3), np.uint8)), ["x_train", "N x H x W"]),
     "npz float images 0..255": (train(), npz(dtype=np.float32, x_train=np.full((60, 16, 12, 3), 7.0, np.float32)),
                                 ["within [0, 1]", "divide by 255"]),
-    "npz shape != input_shape": (train("data.input_shape=[12,16,3]"), npz(), ["16x12x3", "data.input_shape=[16, 12, 3]"]),
+    "npz shape != input_shape": (train(), npz("[12,16,3]"), ["16x12x3", "data.input_shape=[16, 12, 3]"]),
     "npz string labels": (train(), npz(y_train=np.array(["a"] * 60)), ["y_train", "integer class indices"]),
     "npz not a zip": (train(), lambda tmp: ["data=npz", f"data.path={(tmp / 'x.npz').write_text('no') and tmp / 'x.npz'}",
                                             "data.input_shape=[16,12,3]", "data.num_classes=4"], ["cannot read"]),
@@ -139,7 +139,7 @@ CASES = {  # name: (act, prepare, substrings of the message)
     "offline fashion_mnist": (train("data=mnist", "data.name=fashion_mnist", *OFFLINE),
                               lambda tmp: [f"data.data_dir={tmp}/tfds"],
                               ["fashion_mnist", "not prepared", "Only MNIST has an offline stand-in", "tfds build"]),
-    "offline cifar10 with the cnn": (train("model=cnn", "data.name=cifar10", *OFFLINE),
+    "offline cifar10 with the cnn": (train("model=cnn", "data=mnist", "data.name=cifar10", *OFFLINE),
                                      lambda tmp: [f"data.data_dir={tmp}/tfds"], ["cifar10", "not prepared"]),
 }
 
@@ -166,9 +166,11 @@ def test_gzip_bomb_fails_with_little_memory(tmp_path):
     """1 MB of gzip inflating to 1 GiB, header declaring 78 kB: refused after reading 78 kB (+1 byte)."""
     path = bomb(tmp_path / f"{IMAGES}.gz")
     assert path.stat().st_size < 2 << 20
-    code = ("import resource, sys; from pathlib import Path; from dynarch.data.idx import read_idx\n"
+    # VmHWM: this process's peak resident memory (ru_maxrss would carry pytest's own over fork + exec).
+    code = ("import sys; from pathlib import Path; from dynarch.data.idx import read_idx\n"
             "try:\n    read_idx(Path(sys.argv[1]), (3,))\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
-            "print('peak_mib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+            "print('peak_mib', int(hwm) // 1024)")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, cwd=ROOT,
                          timeout=120).stdout
     assert "DataError" in out and "trailing bytes" in out, out

@@ -54,7 +54,7 @@ def resolve(cfg):
 def _remedies(cfg, where: str, why: str) -> DataError:
     name = cfg.name
     stand_in = " (offline stand-in disabled: data.offline_fallback=false)" if name in catalog.OFFLINE_STAND_IN else ""
-    return DataError("data.name", f"TFDS '{name}' is not prepared in {where} and its download host is unreachable: "
+    return DataError("data.name", f"TFDS '{name}' is not prepared in {where} and the network is unreachable: "
                      f"{why}{stand_in}. Only MNIST has an offline stand-in; dynarch never trains on other data "
                      "than the one asked for", expected="a prepared dataset or network access", received="neither",
                      fix=f"data.data_dir=DIR of a prepared TFDS folder (`tfds build {name}` on a connected machine, "
