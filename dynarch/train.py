@@ -76,7 +76,8 @@ class PhaseLoop:
             history.setdefault("phase", []).append(self.position.phase)
         for key, value in logs.items():
             history.setdefault(key, [float("nan")] * n).append(float(value))
-        self.rates.append(logs.get("samples_per_s", 0.0))
+        if epoch > self.first_epoch_of_fit:  # the first epoch of a fit pays tracing: not a steady rate
+            self.rates.append(logs.get("samples_per_s", 0.0))
         self.position.epoch, self.position.batches_done = epoch + 1, 0
         if self.run.trainer.verbose == 2:
             print(self.epoch_line(epoch, logs), flush=True)
@@ -163,8 +164,8 @@ class PhaseLoop:
                              {**report.to_json(), "epoch": self.position.epoch,
                               "output_change": getattr(report, "output_change", None),
                               "optimizer": getattr(report, "optimizer", None)})
-        log.info("phase %d -> %d (%s -> %s) at epoch %d: %s", index - 1, index, prev.name, nxt.name,
-                 self.position.epoch, report.counts())
+        log.info("phase %d -> %d (%s -> %s) at epoch %d: %s; outputs moved by at most %.2e", index - 1, index,
+                 prev.name, nxt.name, self.position.epoch, report.counts(), getattr(report, "output_change", 0.0))
         self.model = new
         self.position.phase, self.position.phase_start, self.position.phase_done = index, self.position.epoch, False
 
@@ -311,7 +312,7 @@ def _finish(loop: PhaseLoop, arrays, runtime, migrated_from, resume, train_time,
 
     run, model, out_dir, history = loop.run, loop.model, loop.out_dir, loop.position.history
     test_loss, test_acc = model.evaluate(loop.data.test(), verbose=0)
-    steady = loop.rates[1:] if len(loop.rates) > 1 else loop.rates  # epoch 1 pays tracing
+    steady = loop.rates
     final = loop.phase
     metrics = {
         "test_accuracy": float(test_acc), "test_loss": float(test_loss),
