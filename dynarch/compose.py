@@ -280,10 +280,20 @@ def preflight(argv: Sequence[str]) -> None:
             known = sorted(str(p.relative_to(folder / group).with_suffix(""))
                            for folder in dirs for p in (folder / group).rglob("*.yaml"))
             hint = " for this model" if group == "arch" and "/" not in option else ""
-            raise ConfigError(f"+{group}={option}", f"no {group} named '{option}'{hint}.{did_you_mean(option, known)}",
+            raise ConfigError(f"+{group}={option}", f"no {group} named '{option}'{hint}.{_closest(option, known)}",
                               expected=f"one of {', '.join(known)}", received=option,
                               fix="pick one of those" + (" (variants live in conf/arch/<model>/NAME.yaml; with several "
                                                          "models in one sweep write +arch=MODEL/NAME)" if group == "arch" else ""))
+
+
+def _closest(name: str, known: Sequence[str]) -> str:
+    """' Did you mean ...?' comparing short names too (`wdie` -> mlp/wide, cnn/wide)."""
+    import difflib
+
+    short = name.rsplit("/", 1)[-1]
+    stems = difflib.get_close_matches(short, sorted({k.rsplit("/", 1)[-1] for k in known}), n=1, cutoff=0.6)
+    full = [k for k in known if stems and k.rsplit("/", 1)[-1] == stems[0]]
+    return f" Did you mean {' or '.join(repr(k) for k in full)}?" if full else did_you_mean(name, known)
 
 
 def _load_bounded(path: Path) -> Any:
