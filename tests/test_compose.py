@@ -82,7 +82,7 @@ def test_short_variant_names_resolve_per_model():
 
 
 def test_unknown_variant_is_refused_before_hydra_with_the_closest_name():
-    with pytest.raises(ConfigError, match=r"(?s)no arch named 'wdie' for this model. Did you mean 'mlp/wide'"):
+    with pytest.raises(ConfigError, match=r"(?s)no arch named 'wdie' for this model. Did you mean 'cnn/wide' or 'mlp/wide'"):
         preflight(["+arch=wdie"])
 
 
