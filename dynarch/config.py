@@ -46,6 +46,9 @@ class DataConfig:
         if not isinstance(raw, Mapping):
             return from_mapping(cls, raw, "data")  # the error for a non-mapping
         plain = {k: v for k, v in raw.items() if k != "augment"}  # a list of mappings: checked by the source
+        shape = plain.get("input_shape")
+        if isinstance(shape, (list, tuple)) and shape and all(d is None for d in shape):
+            plain["input_shape"] = None  # the table's [h, w, c] for a name it does not list: unknown
         data = dataclasses.replace(from_mapping(cls, plain, "data"), augment=raw.get("augment"))
         return check_config(data, list(raw))
 

@@ -65,16 +65,21 @@ def closest(name: str, options=None, n: int = 3) -> list[str]:
     return difflib.get_close_matches(str(name), list(options if options is not None else KNOWN), n=n, cutoff=0.5)
 
 
+_AXES = {"height": 0, "width": 1, "channels": 2}
+
+
 def lookup(field: str, name: str):
-    """OmegaConf resolver `${dynarch.dataset:FIELD,NAME}`: the table's value, or None when the name is not
-    listed (validation then explains; a resolver must not raise, OmegaConf would bury the message)."""
-    entry = KNOWN.get(str(name))
-    value = getattr(entry, field, None) if entry is not None else None
-    return list(value) if isinstance(value, tuple) else value
+    """OmegaConf resolver `${dynarch.dataset:FIELD,NAME}` (FIELD: height, width, channels or num_classes): the
+    table's value, or None when the name is not listed (validation then explains; a resolver must not raise,
+    OmegaConf would bury the message). Primitives only, so `OmegaConf.resolve` (`--cfg job --resolve`) works."""
+    entry = KNOWN.get(str(name).split(":", 1)[0])   # mnist:3.0.1 -> mnist
+    if entry is None:
+        return None
+    return entry.input_shape[_AXES[field]] if field in _AXES else getattr(entry, field, None)
 
 
 def register_resolver() -> None:
-    """Make `${dynarch.dataset:input_shape,${data.name}}` usable in conf/data/*.yaml (idempotent)."""
+    """Make `${dynarch.dataset:num_classes,${..name}}` usable in conf/data/*.yaml (idempotent)."""
     from omegaconf import OmegaConf
     if not OmegaConf.has_resolver("dynarch.dataset"):
         OmegaConf.register_new_resolver("dynarch.dataset", lookup)

@@ -5,7 +5,7 @@ TensorFlow is imported inside functions only: importing the data package stays c
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -159,7 +159,3 @@ class Pipelines:
         """Up to n scaled, unaugmented inputs (validation split, else training) for output-change checks."""
         x = self._val[0] if self._val is not None else self._train[0]
         return _scale(x[:n]).numpy()
-
-    def describe(self) -> dict[str, Any]:
-        return {"batch_size": self.batch_size, "steps_per_epoch": self.steps_per_epoch,
-                "augment": [type(layer).__name__ for layer in self._augment]}
