@@ -275,3 +275,19 @@ def test_augment_layers_are_checked_against_the_allowlist():
         run_config(["data.augment=[{_target_: keras.layers.Lambda}]"])
     with pytest.raises(ConfigError, match=r"data.augment\[0\].fill: keras.layers.RandomFlip does not take 'fill'"):
         run_config(["data.augment=[{_target_: keras.layers.RandomFlip, fill: 1}]"])
+
+
+def test_table_values_survive_in_place_resolution():
+    from omegaconf import OmegaConf
+    from conftest import compose_cfg
+    import dynarch.config  # noqa: F401  registers the resolver
+    cfg = compose_cfg(["model=cnn", "data.name=svhn_cropped"])
+    OmegaConf.resolve(cfg)  # what `--cfg job --resolve` does
+    assert list(cfg.model.input_shape) == [32, 32, 3] and cfg.data.num_classes == 10
+
+
+def test_name_outside_the_table_is_checked_against_tfds_at_load_time(tmp_path):
+    run = run_config(["data.name=cifar11", "data.input_shape=[32,32,3]", "data.num_classes=10",
+                      f"data.data_dir={tmp_path}"])
+    with pytest.raises(DataError, match=r"TFDS has no dataset 'cifar11'(.*\n)*.*fix: data.name=cifar10"):
+        load_arrays(run.data, seed=0)
