@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from conftest import ROOT, run_config
-from dynarch.compose import check_yaml_file, preflight, qualify_arch_overrides, shell_command
+from dynarch.compose import qualify_arch_overrides, shell_command
+from dynarch.preflight import check_yaml_file, preflight
 from dynarch.errors import ConfigError
 
 
