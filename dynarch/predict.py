@@ -154,6 +154,9 @@ def _run_cli(argv: Sequence[str] | None) -> int:
         if args.out.suffix.lower() not in (".csv", ".json"):
             raise ConfigError("--out", "the predictions file must end .csv or .json", expected="FILE.csv or FILE.json",
                               received=args.out.name, fix="name the file predictions.csv or predictions.json")
+        if args.out.is_dir():
+            raise ConfigError(str(args.out), "--out is a folder", expected="a file path ending .csv or .json",
+                              received="an existing folder", fix="pass a file name inside it")
         check_new_output(args.out, args.force, "predictions")  # before any work
     rows = predict(args.run, args.input, args.top_k, args.batch_size)
     text = (json.dumps(rows, indent=2) + "\n" if args.out is not None and args.out.suffix.lower() == ".json"
