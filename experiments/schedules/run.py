@@ -94,16 +94,7 @@ def one_run(overrides: list[str], run_dir: Path) -> dict:
             "data_source": metrics["data_source"], "final_params": metrics["params"],
             "boundaries": [p["start_epoch"] for p in out_phases[1:]], "phases": out_phases,
             "train_flops": sum(p["train_flops"] for p in out_phases), "history": read_history(run_dir),
-            "replica_correlation": replica_similarity(run_dir),
-            "steady_epoch_s": steady_epoch_time(read_history(run_dir), out_phases)}
-
-
-def steady_epoch_time(history: dict[str, list[float]], phases: list[dict]) -> float | None:
-    """Median epoch time without each phase's first epoch (which pays tracing and, after a boundary, the
-    build and migration): what an epoch of these architectures costs once running."""
-    firsts = {p["start_epoch"] for p in phases}
-    times = [t for i, t in enumerate(history.get("epoch_time_s", [])) if i not in firsts]
-    return round(statistics.median(times), 3) if times else None
+            "replica_correlation": replica_similarity(run_dir)}
 
 
 def replica_similarity(run_dir: Path) -> float | None:
@@ -137,8 +128,7 @@ def summarize(runs: list[dict]) -> dict:
         values = [r[key] for r in runs]
         return {"median": statistics.median(values), "min": min(values), "max": max(values)}
     return {"test_accuracy": spread("test_accuracy"), "train_flops": spread("train_flops"),
-            "train_time_s": spread("train_time_s"), "steady_epoch_s": spread("steady_epoch_s"),
-            "final_params": runs[0]["final_params"],
+            "train_time_s": spread("train_time_s"), "final_params": runs[0]["final_params"],
             "boundaries": [r["boundaries"] for r in runs],
             "epochs": "/".join(sorted({str(r["epochs"]) for r in runs}))}
 
@@ -146,8 +136,8 @@ def summarize(runs: list[dict]) -> dict:
 def table(results: dict, labels: dict[str, str]) -> str:
     base_flops = results["base"]["summary"]["train_flops"]["median"] if "base" in results else None
     lines = ["| strategy | test acc median | range (min–max) | train GFLOPs | × base | train s median (range) "
-             "| steady epoch s | final params | epochs | boundary after epoch (per seed) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| final params | epochs | boundary after epoch (per seed) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for key, res in results.items():
         s = res["summary"]
         acc, fl, t = s["test_accuracy"], s["train_flops"], s["train_time_s"]
@@ -156,47 +146,55 @@ def table(results: dict, labels: dict[str, str]) -> str:
         ratio = f"{fl['median'] / base_flops:.2f}" if base_flops else "—"
         bounds = ", ".join("/".join(str(b) for b in bs) for bs in s["boundaries"])
         lines.append(f"| {labels[key]} | {acc['median']:.4f} | {acc['min']:.4f}–{acc['max']:.4f} | {flops} | {ratio} "
-                     f"| {t['median']:.2f} ({t['min']:.2f}–{t['max']:.2f}) | {s['steady_epoch_s']['median']:.3f} | {s['final_params']:,} | {s['epochs']} "
+                     f"| {t['median']:.2f} ({t['min']:.2f}–{t['max']:.2f}) | {s['final_params']:,} | {s['epochs']} "
                      f"| {bounds if any(s['boundaries']) else '—'} |")
     return "\n".join(lines)
 
 
 def plot(results: dict, labels: dict[str, str], epochs: int, path: Path) -> None:
-    """Left: median validation accuracy per epoch over the seeds, boundaries dotted in the line's colour.
-    Right: test accuracy (median, min–max bar) against training FLOPs."""
+    """Left: median validation accuracy per epoch over the seeds; each boundary a dotted line labelled with
+    the strategies that switch there (as dynarch.artifacts.plot_curves marks them). Right: test accuracy
+    (median, min-max bar) against training FLOPs."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from dynarch.artifacts import save_figure
 
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
     xs = list(range(1, epochs + 1))
+    styles, markers = ("-", "--", "-.", ":"), "osD^vP*X"
+    at: dict[int, list[str]] = {}  # boundary (epochs trained before the next phase) -> strategies
     for i, (key, res) in enumerate(results.items()):
-        color = f"C{i}"
+        color, style, marker = f"C{i}", styles[i % len(styles)], markers[i % len(markers)]
         curves = [r["history"]["val_accuracy"] for r in res["runs"]]
         median = [statistics.median(c[e] for c in curves) for e in range(epochs)]
-        ax.plot(xs, median, "-o", color=color, label=labels[key], markersize=3)
-        seen = sorted({b for r in res["runs"] for b in r["boundaries"] if b is not None})
-        for b in seen:  # a boundary before epoch b+1 (0-based start of the next phase, as plot_curves)
+        ax.plot(xs, median, style, marker=marker, color=color, label=labels[key], markersize=4)
+        for b in sorted({b for r in res["runs"] for b in r["boundaries"] if b is not None}):
             n = sum(b in r["boundaries"] for r in res["runs"])
-            ax.axvline(b + 0.5 + 0.04 * i, color=color, linestyle=":", linewidth=1.2)
-            ax.text(b + 0.5 + 0.04 * i, 0.02 + 0.05 * i, f" {key}" + (f" ({n}/{len(curves)} seeds)" if n < len(curves) else ""),
-                    transform=ax.get_xaxis_transform(), fontsize=7, rotation=90, va="bottom", color=color)
-        s = res["summary"]
-        acc, fl = s["test_accuracy"], s["train_flops"]["median"] / 1e9
+            at.setdefault(b, []).append(key + (f" ({n}/{len(curves)})" if n < len(curves) else ""))
+        acc, fl = res["summary"]["test_accuracy"], res["summary"]["train_flops"]["median"] / 1e9
         ax2.errorbar([fl], [acc["median"]], yerr=[[acc["median"] - acc["min"]], [acc["max"] - acc["median"]]],
-                     fmt="o", color=color, capsize=3, label=labels[key])
-        ax2.annotate(key, (fl, acc["median"]), textcoords="offset points", xytext=(5, 3), fontsize=8, color=color)
+                     fmt=marker, color=color, capsize=3, label=labels[key], markersize=6, alpha=0.85)
+    for b, keys in at.items():  # the boundary sits between epoch b and b+1
+        ax.axvline(b + 0.5, color="gray", linestyle=":", linewidth=1)
+        ax.text(b + 0.5, 0.02, " boundary: " + ", ".join(keys), transform=ax.get_xaxis_transform(), fontsize=7,
+                rotation=90, va="bottom", ha="right", color="dimgray")
     ax.set(xlabel="epoch", ylabel="validation accuracy (median over seeds)",
            title=f"validation accuracy, {epochs} epochs in all")
     lo = min(min(r["history"]["val_accuracy"]) for res in results.values() for r in res["runs"])
     ax.set_ylim(max(0.0, lo - 0.02), 1.0)
     ax.set_xticks(xs)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", ncol=2)
     ax2.set(xlabel="training GFLOPs (3 x forward x samples x epochs)", ylabel="test accuracy (median, min-max)",
-            title="test accuracy vs training compute")
-    ax2.grid(alpha=0.3)
+            title="test accuracy vs training compute", xscale="log")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    flops = [res["summary"]["train_flops"]["median"] / 1e9 for res in results.values()]
+    ax2.set_xticks([t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500) if min(flops) / 2 <= t <= max(flops) * 2])
+    ax2.xaxis.set_major_formatter(ScalarFormatter())
+    ax2.xaxis.set_minor_formatter(NullFormatter())
+    ax2.grid(alpha=0.3, which="both")
+    ax2.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -208,7 +206,15 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", default=None, help="a subset of strategies (for quick checks)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the run dirs in this (new) folder")
     parser.add_argument("--out", type=Path, default=HERE, help="where results.json, table.md, curves.png go")
+    parser.add_argument("--plot-only", action="store_true", help="redraw table.md and curves.png from results.json")
     args = parser.parse_args()
+    if args.plot_only:
+        saved = json.loads((args.out / "results.json").read_text())
+        results = saved["strategies"]
+        labels = {k: v["label"] for k, v in results.items()}
+        (args.out / "table.md").write_text(f"{saved.get('description', '')}\n\n{table(results, labels)}\n")
+        plot(results, labels, saved["epochs"], args.out / "curves.png")
+        return
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (the schedules switch at T/2)")
 
@@ -251,7 +257,8 @@ def main() -> None:
         "epochs": args.epochs, "seeds": args.seeds, "flops_convention":
             "per phase: 3 x forward FLOPs per sample (2 x multiply-adds of dense/conv, from the spec) x training "
             "samples x epochs of the phase; validation/test passes not counted",
-        "study_wall_time_s": round(time.perf_counter() - t0, 1), "strategies": results}, indent=1))
+        "description": header, "study_wall_time_s": round(time.perf_counter() - t0, 1), "strategies": results},
+        indent=1))
     (args.out / "table.md").write_text(f"{header}\n\n{md}\n")
     plot(results, labels, args.epochs, args.out / "curves.png")
     print(f"\n{header}\n\n{md}\n\nstudy wall time {time.perf_counter() - t0:.1f} s; run dirs: "
