@@ -291,3 +291,17 @@ def test_name_outside_the_table_is_checked_against_tfds_at_load_time(tmp_path):
                       f"data.data_dir={tmp_path}"])
     with pytest.raises(DataError, match=r"TFDS has no dataset 'cifar11'(.*\n)*.*fix: data.name=cifar10"):
         load_arrays(run.data, seed=0)
+
+
+@pytest.mark.parametrize("source", ["idx", "npz", "folder"])
+def test_own_data_of_a_non_mnist_shape_trains_end_to_end(tmp_path, source):
+    from dynarch.train import train
+    made = {"idx": lambda: ["data=idx", f"data.path={make_idx_folder(tmp_path / 'i', size=20, channels=3, classes=5)}",
+                            "data.input_shape=[20,20,3]", "data.num_classes=5"],
+            "npz": lambda: ["data=npz", f"data.path={make_npz(tmp_path / 'd.npz')}", "data.input_shape=[16,12,3]",
+                            "data.num_classes=4"],
+            "folder": lambda: ["data=folder", f"data.path={make_image_folder(tmp_path / 'f')}",
+                               "data.input_shape=[16,16,3]", "data.num_classes=3"]}[source]()
+    run = run_config([*TINY, "model=cnn", *made, "trainer.epochs=1", "trainer.batch_size=8"])
+    metrics = train(run, tmp_path / "run")
+    assert metrics["data_source"].startswith(f"{source}:") and metrics["params"] > 0
