@@ -9,6 +9,7 @@ Every strategy trains T epochs in all (default 8) on the offline MNIST subset (m
     plateau   base until val_loss plateaus (<= 4 epochs), then deep (+schedule=grow_on_plateau)
     plateau_late  the same with the cap raised to T-1: where does the plateau rule itself fire?
     shrink    base for T/2 epochs, then no_dense for the rest      (conf/schedule/drop_dense.yaml, adapted to T)
+    no_dense  the shrunk variant (+arch=no_dense) from scratch: what the shrink is measured against
     wide      the wide variant (+arch=wide) from scratch           (no schedule)
     widen     base for T/2 epochs, then wide for the rest          (inline schedule)
 
@@ -59,6 +60,7 @@ def strategies(epochs: int) -> dict[str, tuple[str, list[str]]]:
         "plateau_late": (f"(d2) grow on plateau (cap {epochs - 1})",
                          ["+schedule=grow_on_plateau", f"schedule.phases.0.until.max_epochs={epochs - 1}"]),
         "shrink": (f"(e) shrink at epoch {half}", [switch("no_dense")]),
+        "no_dense": ("(e2) no_dense from scratch", ["+arch=no_dense"]),
         "wide": ("(b2) wide from scratch", ["+arch=wide"]),
         "widen": (f"(c2) widen at epoch {half}", [switch("wide")]),
     }
