@@ -32,7 +32,7 @@ class RunMetadata:
     variant: str = "base"
     num_classes: int = 0
     input_shape: tuple[int, ...] = ()
-    manifest: dict[str, Any] = field(default_factory=dict, repr=False)  # everything else: metrics, data_source, seed, versions, ...
+    manifest: dict[str, Any] = field(default_factory=dict, repr=False)  # metrics, data_source, seed, versions...
 
     @property
     def model_name(self) -> str:
@@ -55,7 +55,8 @@ def checkpoint_folder(path: str | Path) -> Path:
                                                                      "model.md"))
     if is_run and not (folder / RUN_SUBDIR / MANIFEST).is_file():
         raise CheckpointError(str(path), "this run dir has no final checkpoint (the run did not finish)",
-                              expected=f"{RUN_SUBDIR}/{MANIFEST} and {RUN_SUBDIR}/{WEIGHTS}, written when training ends",
+                              expected=f"{RUN_SUBDIR}/{MANIFEST} and {RUN_SUBDIR}/{WEIGHTS} (written when "
+                                       "training ends)",
                               received="no checkpoint/" + (" (train-state checkpoints in state/)"
                                                            if (folder / "state").is_dir() else ""),
                               fix="finish the run first (the same training command with "

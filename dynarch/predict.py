@@ -89,7 +89,8 @@ def read_inputs(path: Path, meta: RunMetadata) -> tuple[list[str], np.ndarray]:
         files = [path]
     else:
         raise DataError(str(path), f"unsupported input type '{path.suffix}'",
-                        expected=f"an .npz, {', '.join(IMAGE_SUFFIXES)}, or a folder", received=path.suffix or path.name,
+                        expected=f"an .npz, {', '.join(IMAGE_SUFFIXES)}, or a folder",
+                        received=path.suffix or path.name,
                         fix="convert the input to one of those")
     names: list[str] = []
     arrays: list[np.ndarray] = []

@@ -14,9 +14,20 @@ import dynarch.checkpoint as ck
 from dynarch import evaluate, export, predict
 from dynarch.errors import CheckpointError
 from dynarch.load import load_run
-from test_use import train_tiny
 
 MODULES = {"evaluate": evaluate, "predict": predict, "export": export}
+
+
+def train_tiny(out):
+    """Train like the CLI does (config.yaml written), in-process."""
+    from omegaconf import OmegaConf
+
+    from conftest import TINY
+    from dynarch.compose import compose_config, resolve_config
+    from dynarch.train import train
+    cfg, context = compose_config([*TINY, "trainer.epochs=1"])
+    run, container = resolve_config(cfg, **context)
+    return train(run, out, resolved_config=OmegaConf.to_yaml(container))
 
 
 def snapshot(root):
