@@ -103,6 +103,7 @@ def replica_similarity(run_dir: Path) -> float | None:
     """Median correlation, after training, between each unit that Net2WiderNet replicated at a boundary and
     the unit it was copied from (1.0: the replicas never diverged, so the extra width is not used)."""
     import numpy as np
+
     from dynarch.checkpoint import load_checkpoint
 
     corrs = []
@@ -137,8 +138,8 @@ def summarize(runs: list[dict]) -> dict:
 
 def table(results: dict, labels: dict[str, str]) -> str:
     base_flops = results["base"]["summary"]["train_flops"]["median"] if "base" in results else None
-    lines = ["| strategy | test acc median | range (min–max) | train GFLOPs | × base | train s median (range) "
-             "| final params | epochs | boundary after epoch (per seed) |",
+    lines = [("| strategy | test acc median | range (min–max) | train GFLOPs | × base | train s median (range) "
+              "| final params | epochs | boundary after epoch (per seed) |"),
              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for key, res in results.items():
         s = res["summary"]
@@ -160,6 +161,7 @@ def plot(results: dict, labels: dict[str, str], epochs: int, path: Path) -> None
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     from dynarch.artifacts import save_figure
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
