@@ -229,6 +229,15 @@ def main() -> None:
     chosen = {k: v for k, v in all_strategies.items() if args.only is None or k in args.only}
     labels = {k: v[0] for k, v in chosen.items()}
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="dynarch-schedules-"))
+    try:
+        study(args, chosen, labels, workdir)
+    finally:  # the temporary run dirs go, whether the study finished or not
+        if args.keep is None:
+            import shutil
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def study(args: argparse.Namespace, chosen: dict, labels: dict[str, str], workdir: Path) -> None:
     t0 = time.perf_counter()
 
     from dynarch.compose import compose_run
@@ -267,9 +276,6 @@ def main() -> None:
     plot(results, labels, args.epochs, args.out / "curves.png")
     print(f"\n{header}\n\n{md}\n\nstudy wall time {time.perf_counter() - t0:.1f} s; run dirs: "
           f"{workdir if args.keep else '(temporary, deleted)'}")
-    if args.keep is None:
-        import shutil
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
