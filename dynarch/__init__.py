@@ -6,6 +6,7 @@ Importing the package does not import TensorFlow: the public names below load th
     run = dynarch.compose_run(["+schedule=grow", "data=mnist_subset"])   # validated, no TensorFlow
     print(dynarch.render(run.arch, run.variant))                         # the block table
     metrics = dynarch.train(run, "outputs/notebook-run")                 # trains; writes the run dir
+    model, meta = dynarch.load_run("outputs/notebook-run")               # the trained Keras model back
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ _EXPORTS = {
     "train": "dynarch.train", "TrainingStopped": "dynarch.train",
     "migrate_model": "dynarch.migrate", "plan_migration": "dynarch.migrate",
     "load_checkpoint": "dynarch.checkpoint",
+    "load_run": "dynarch.load", "RunMetadata": "dynarch.load",
     "DynarchError": "dynarch.errors", "ConfigError": "dynarch.errors",
 }
 __all__ = sorted(_EXPORTS)

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 import numpy as np
 
-from .checkpoint import Checkpoint, model_tensors
+from .checkpoint import Checkpoint, model_manifest, model_tensors
 from .migrate import MigrationReport, plan_migration
 from .resume import model_state_variables
 
@@ -18,9 +18,8 @@ log = logging.getLogger(__name__)
 
 def source_of(model, phase) -> Checkpoint:
     """An in-memory 'checkpoint' of the model that trained `phase`, as the planner reads one."""
-    manifest = {"model": phase.arch.name, "variant": phase.name, "num_classes": phase.arch.num_classes,
-                "input_shape": list(phase.arch.input_shape)}
-    return Checkpoint(Path(f"phase {phase.index} ({phase.name})"), model_tensors(model), manifest)
+    return Checkpoint(Path(f"phase {phase.index} ({phase.name})"), model_tensors(model),
+                      model_manifest(phase.arch, phase.name))
 
 
 def migrate_weights(old_model, new_model, old_phase, new_phase, *, new_blocks: str, seed: int):

@@ -88,7 +88,7 @@ def render_block_types() -> str:
     return "\n".join(lines)
 
 
-def _main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException
 
     from .compose import compose_run
@@ -106,4 +106,4 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    sys.exit(main())

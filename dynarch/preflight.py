@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from .errors import ConfigError, did_you_mean
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # in the package, so the wheel carries it (conf/ links here)
 # What a variant patch (`+arch=NAME`, a `# @package _global_` file) may change. Anything else — above all
 # `hydra.*`, whose callbacks and logging handlers Hydra instantiates — is the user's command line's to set.
 VARIANT_KEYS = ("model", "data", "trainer", "optimizer")

@@ -308,7 +308,7 @@ class ReportCallback(Callback):
             raise SystemExit(1)
 
 
-def _main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """`python -m dynarch.report SWEEP_DIR`: exit 0, or 2 with one clear message (never a traceback)."""
     import argparse
     parser = argparse.ArgumentParser(prog="python -m dynarch.report", description="(Re)build a sweep's summary.")
@@ -332,4 +332,4 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    sys.exit(main())

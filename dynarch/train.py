@@ -178,13 +178,10 @@ def _finish(loop: PhaseLoop, arrays, runtime, migrated_from, resume, train_time,
     title = f"{final.arch.name} / {run.variant}" + (f" / {run.schedule}" if run.schedule else "")
     artifacts.write_history_csv(out_dir / "history.csv", history)
     artifacts.plot_curves(out_dir / "curves.png", history, f"{title}: test acc {test_acc:.4f}", boundaries=boundaries)
-    checkpoint.save_checkpoint(out_dir / checkpoint.RUN_SUBDIR, checkpoint.model_tensors(model), {
-        "arch": dict(final.arch.raw), "model": final.arch.name, "variant": run.variant,
-        "num_classes": final.arch.num_classes, "input_shape": list(final.arch.input_shape),
-        "data_source": arrays.source, "migrated_from": migrated_from,
-        "schedule": [p.fingerprint() for p in run.phases] if run.schedule else None,
-        "metrics": {k: metrics[k] for k in ("test_accuracy", "test_loss")},
-        "versions": metrics["versions"], "seed": run.seed})
+    checkpoint.save_checkpoint(out_dir / checkpoint.RUN_SUBDIR, checkpoint.model_tensors(model), checkpoint.model_manifest(
+        final.arch, run.variant, data_source=arrays.source, migrated_from=migrated_from,
+        schedule=[p.fingerprint() for p in run.phases] if run.schedule else None,
+        metrics={k: metrics[k] for k in ("test_accuracy", "test_loss")}, versions=metrics["versions"], seed=run.seed))
     if run.trainer.export_keras:
         checkpoint.export_keras(model, out_dir / "model.keras")
     metrics["wall_time_s"] = round(time.perf_counter() - t_start, 3)

@@ -7,7 +7,7 @@ import yaml
 
 from conftest import TINY, cli, run_config
 from dynarch.errors import ConfigError
-from dynarch.report import SUMMARY_FIELDS, _main as report_main, collect, write_summary
+from dynarch.report import SUMMARY_FIELDS, collect, main as report_main, write_summary
 
 SWEEP = [o for o in TINY if not o.startswith("trainer.epochs")] + ["trainer.epochs=1"]
 

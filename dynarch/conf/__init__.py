@@ -1,0 +1,1 @@
+"""Hydra reads the configs from here as `pkg://dynarch.conf` when dynarch is installed from a wheel."""
