@@ -160,6 +160,13 @@ def _attach_schedule(run: RunConfig, cfg: DictConfig, raw: Any, name: str, dirs:
         else:
             plateau, cap = parse_until(raw_phase["until"], f"{where}.until")
             phases.append(PhaseSpec(i, str(label), arch, optimizer, plateau=plateau, max_epochs=cap))
+    if phases[-1].rest:  # the phases before `rest` must leave it at least one epoch of trainer.epochs
+        budget = sum(p.epochs if p.epochs is not None else p.max_epochs for p in phases[:-1])
+        if budget >= run.trainer.epochs:
+            raise ConfigError("trainer.epochs", f"the phases before the last ('epochs: rest') can take {budget} "
+                              f"epochs, which leaves the last phase nothing of trainer.epochs={run.trainer.epochs}",
+                              expected=f"trainer.epochs > {budget}", received=run.trainer.epochs,
+                              fix=f"raise trainer.epochs above {budget}, or lower the earlier phases' epochs/max_epochs")
     return dataclasses.replace(run, schedule=name, phases=tuple(phases))
 
 

@@ -207,3 +207,10 @@ def test_inspect_shows_every_phase_without_tensorflow():
     assert "schedule grow: 2 phases, 5 epochs in all" in out
     assert "phase 1: deep, 3 epochs; at the boundary: +extra" in out
     assert "total params 101,770" in out and "total params 118,282" in out
+
+
+def test_a_rest_phase_must_be_left_some_epochs():
+    with pytest.raises(ConfigError, match=r"(?s)trainer.epochs: the phases before the last.*can take 4 epochs"
+                                          r".*expected: trainer.epochs > 4"):
+        run_config(["+schedule=grow_on_plateau", "trainer.epochs=2"])
+    assert run_config(["+schedule=grow_on_plateau", "trainer.epochs=5"]).total_epochs == 5
