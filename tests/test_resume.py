@@ -202,3 +202,14 @@ def test_sigterm_during_evaluation_then_resume_finishes_the_run(tmp_path, refere
     monkeypatch.setattr(dynarch.artifacts, "plot_curves", real)
     metrics = train(run_config([*RESUMABLE, "trainer.epochs=3", "resume=true"]), out, resume=True)
     assert metrics["epochs"] == 3 and weights_sha(out) == weights_sha(reference)
+
+
+def test_a_learning_rate_schedule_resumes_bitwise(tmp_path):
+    cosine = ["optimizer=adam_cosine", "optimizer.warmup_steps=50", "optimizer.decay_steps=300", "trainer.epochs=2"]
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    train(run_config([*RESUMABLE, *cosine]), ref)
+    with pytest.raises(TrainingStopped, match="stopped by signal 15"):
+        train(run_config([*RESUMABLE, *cosine]), out, callbacks=[SignalAtStep(150)])
+    assert load_latest_state(out).manifest["epoch"] == 1  # stopped inside the second epoch
+    train(run_config([*RESUMABLE, *cosine, "resume=true"]), out, resume=True)
+    assert weights_sha(out) == weights_sha(ref)
