@@ -49,6 +49,8 @@ LOGGER_KEYS = {
 # Run-dir files an MLflow run gets at the end (the train-state checkpoints and tensorboard/ stay out).
 ARTIFACT_SUFFIXES = (".md", ".json", ".csv", ".png", ".yaml", ".log")
 ARTIFACT_DIRS = ("checkpoint", "checkpoint-best", ".hydra")
+# metrics.json values logged once at the end (step = epochs trained); per-epoch values are logged as they come.
+FINAL_METRICS = ("test_accuracy", "test_loss", "params", "train_time_s", "samples_per_s", "wall_time_s")
 
 
 @dataclass(frozen=True)
@@ -234,30 +236,32 @@ class MlflowLogger:
                  experiment: str = "dynarch", run_name: str | None = None, log_artifacts: bool = True,
                  tags: Mapping[str, Any] | None = None):
         super().__init__()
-        self.out_dir, self.run, self.params = Path(out_dir), run, dict(params)
+        # not self.params: Keras sets that on every callback (verbose, epochs, steps)
+        self.out_dir, self.run, self.config_params = Path(out_dir), run, dict(params)
         self.tracking_uri = tracking_uri or f"sqlite:///{(self.out_dir / 'mlflow.db').resolve()}"
         self.experiment, self.run_name, self.log_artifacts = experiment, run_name, log_artifacts
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self.client = self.run_id = None
 
     def on_train_begin(self, logs=None):
-        try:
-            self._open()
-            for table in sorted(self.out_dir.glob("model*.md")):
-                self.client.log_artifact(self.run_id, str(table))
-        except Exception as e:  # noqa: BLE001 — a store that cannot be opened is a config problem, said clearly
-            raise ConfigError("logger.mlflow.tracking_uri", f"MLflow could not use the tracking store ({e})",
-                              expected="a store MLflow can open and write", received=self.tracking_uri,
-                              fix="drop tracking_uri (sqlite in the run dir) or point it at a writable store") from None
+        if self.client is None:
+            try:
+                logged = self._open()
+            except Exception as e:  # noqa: BLE001 — a store that cannot be opened is a config problem
+                raise ConfigError("logger.mlflow.tracking_uri", f"MLflow could not open the tracking store "
+                                  f"({type(e).__name__}: {str(e)[:300]})", expected="a store MLflow can open and "
+                                  "write", received=self.tracking_uri, fix="drop tracking_uri (sqlite in the run "
+                                  "dir) or point it at a writable store") from None
+            self._log_params(logged)
+        for table in sorted(self.out_dir.glob("model*.md")):
+            self.client.log_artifact(self.run_id, str(table))
 
-    def _open(self) -> None:
-        if self.client is not None:
-            return
+    def _open(self) -> set[str]:
+        """Connect, and create (or find again) the MLflow run; returns the params it already has."""
         # A run logs only to its own store: no usage report over the network, no ~/.mlflow file.
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         for name in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database tables..."
             logging.getLogger(name).setLevel(logging.WARNING)
-        from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
         from .artifacts import write_json
@@ -275,7 +279,11 @@ class MlflowLogger:
                                                  tags=tags).info.run_id
             logged = set()
             write_json(self.out_dir / MLFLOW_RUN_FILE, {"tracking_uri": self.tracking_uri, "run_id": self.run_id})
-        params = [Param(k, v[:6000]) for k, v in ((_mlflow_key(k), v) for k, v in self.params.items())
+        return logged
+
+    def _log_params(self, logged: set[str]) -> None:
+        from mlflow.entities import Param
+        params = [Param(k, v[:6000]) for k, v in ((_mlflow_key(k), v) for k, v in self.config_params.items())
                   if k not in logged]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[i:i + 100])
@@ -315,8 +323,8 @@ class MlflowLogger:
             return
         from mlflow.entities import Metric
         stamp, step = int(time.time() * 1000), int((metrics or {}).get("epochs") or 0)
-        final = [Metric(_mlflow_key(k), float(v), stamp, step) for k, v in (metrics or {}).items()
-                 if _number(v) and math.isfinite(float(v)) and k != "epochs"]
+        final = [Metric(k, float(v), stamp, step) for k, v in (metrics or {}).items()
+                 if k in FINAL_METRICS and _number(v) and math.isfinite(float(v))]
         if final:
             self.client.log_batch(self.run_id, metrics=final)
         if self.log_artifacts:
