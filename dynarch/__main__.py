@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out of the run log
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep TF's C++ start-up chatter out of the run log
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
@@ -34,9 +34,19 @@ def hydra_main(cfg: DictConfig) -> float:
         if run.init_from and not run.resume:
             from .migrate import check_source_before_build
             check_source_before_build(run)  # a bad or (strict) incompatible source fails before TensorFlow loads
-        from .train import train  # TensorFlow is imported from here on
-        metrics = train(run, out_dir, resume=run.resume, resume_command=resume_command(hc, out_dir),
-                        resolved_config=OmegaConf.to_yaml(resolved))
+        from .quiet import start_tensorflow_quietly
+        start_tensorflow_quietly(out_dir)  # TensorFlow is imported from here on, its start-up notices filtered
+        from .hooks import build_callbacks
+        from .loggers import build_loggers, close_loggers
+        from .train import train
+        hooks = build_callbacks(run.callbacks, out_dir, run) + build_loggers(run.loggers, out_dir, run, resolved)
+        try:
+            metrics = train(run, out_dir, resume=run.resume, resume_command=resume_command(hc, out_dir),
+                            resolved_config=OmegaConf.to_yaml(resolved), callbacks=hooks)
+        except BaseException as e:
+            close_loggers(hooks, error=e)
+            raise
+        close_loggers(hooks, metrics)
     except BaseException as e:  # noqa: BLE001 — every way out of a job is reported, none as a traceback
         if isinstance(e, SystemExit):
             raise

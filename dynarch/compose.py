@@ -101,6 +101,10 @@ def resolve_config(cfg: DictConfig, variant: str, schedule_name: str | None = No
     if schedule_raw is not None:
         run = _attach_schedule(run, cfg, schedule_raw, schedule_name or "custom", [CONF_DIR, *search_dirs])
         container["schedule"] = schedule_raw
+    from .hooks import check_callbacks
+    from .loggers import check_loggers
+    check_callbacks(run.callbacks, run)
+    check_loggers(run.loggers, run.callbacks)
     return run, container
 
 

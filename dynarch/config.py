@@ -135,6 +135,8 @@ class RunConfig:
     resume: bool = False
     variant: str = "base"
     schedule: str | None = None            # the `+schedule` name; None: one phase of trainer.epochs
+    callbacks: tuple = ()                  # hooks.CallbackSpec per `callbacks.<name>` (not in the resume fingerprint)
+    loggers: tuple = ()                    # loggers.LoggerSpec per `logger.<name>`
     phases: tuple[PhaseSpec, ...] = ()     # filled in by __post_init__ or schedule.attach_schedule
 
     def __post_init__(self):
@@ -247,7 +249,7 @@ def _check_primitive_leaves(node: Any, where: str) -> None:
 
 
 TOP_KEYS = ("model", "data", "trainer", "optimizer", "seed", "init_from", "migrate", "lineage", "optimized_metric",
-            "resume")
+            "resume", "callbacks", "logger")
 METRICS = ("val_accuracy", "test_accuracy")
 
 
@@ -261,6 +263,9 @@ def load_run_config(cfg: Mapping[str, Any], variant: str = "base") -> RunConfig:
     Returns:
         The RunConfig. Raises ConfigError naming the first bad key.
     """
+    from .hooks import parse_callbacks  # pure Python: no TensorFlow
+    from .loggers import parse_loggers
+
     _check_primitive_leaves(cfg, "")
     for key in cfg:
         if key not in TOP_KEYS:
@@ -297,7 +302,8 @@ def load_run_config(cfg: Mapping[str, Any], variant: str = "base") -> RunConfig:
                      optimizer=from_mapping(OptimizerConfig, cfg.get("optimizer"), "optimizer"),
                      seed=seed, init_from=init_from, variant=variant,
                      migrate=from_mapping(MigrateConfig, cfg.get("migrate"), "migrate"),
-                     optimized_metric=metric, resume=_resume_flag(cfg.get("resume", False)))
+                     optimized_metric=metric, resume=_resume_flag(cfg.get("resume", False)),
+                     callbacks=parse_callbacks(cfg.get("callbacks")), loggers=parse_loggers(cfg.get("logger")))
 
 
 def _resume_flag(value: Any) -> bool:

@@ -41,6 +41,7 @@ class PhaseLoop:
         self.model = None
         self.rates: list[float] = []
         self.first_epoch_of_fit = 0
+        self.restored_callback_states: dict | None = None  # from the state checkpoint a resume started at
 
     # -- state shared with the keeper ------------------------------------------------------------------
     @property
@@ -52,7 +53,9 @@ class PhaseLoop:
         return self.run.phases[self.position.phase]
 
     def save(self, model) -> Path:
-        return save_state(self.out_dir, model, self.position, self.run, self.run.trainer.keep_checkpoints)
+        from .hooks import callback_states
+        return save_state(self.out_dir, model, self.position, self.run, self.run.trainer.keep_checkpoints,
+                          callbacks=callback_states(self.user_callbacks))
 
     def record_epoch(self, epoch: int, logs: dict[str, Any]) -> None:
         history = self.position.history
@@ -95,6 +98,7 @@ class PhaseLoop:
         self.runtime.reseed(seed_for_phase(self.run.seed, phase.index))
         with self.runtime.scope():
             model = build_model(phase.arch)
+            model.dynarch_phase = phase.index  # callbacks that keep state across phases tell them apart
             model.compile(optimizer=make_optimizer(phase.optimizer), loss="sparse_categorical_crossentropy",
                           metrics=["accuracy"], jit_compile=self.run.trainer.jit_compile,
                           steps_per_execution=self.runtime.steps_per_execution(self.run.trainer.steps_per_execution))
@@ -111,6 +115,10 @@ class PhaseLoop:
         """Train the current phase to its end (or a stop) with one `fit` (two after a mid-epoch resume)."""
         phase, pos = self.phase, self.position
         end = phase.end_epoch(pos.phase_start, self.run.trainer.epochs)
+        states, self.restored_callback_states = self.restored_callback_states, None
+        if states:
+            from .hooks import restore_callback_states
+            restore_callback_states(self.user_callbacks, states, continues_phase=not (pos.phase_done or pos.epoch >= end))
         if pos.phase_done or pos.epoch >= end:
             return
         verbose = 1 if self.run.trainer.verbose == 1 else 0

@@ -98,14 +98,17 @@ def state_tensors(model) -> dict[str, np.ndarray]:
     return tensors
 
 
-def save_state(run_dir: Path, model, position: Position, run: RunConfig, keep: int = 2) -> Path:
-    """Write a train-state checkpoint, point `latest` at it, then drop all but the newest `keep`."""
+def save_state(run_dir: Path, model, position: Position, run: RunConfig, keep: int = 2,
+               callbacks: dict | None = None) -> Path:
+    """Write a train-state checkpoint, point `latest` at it, then drop all but the newest `keep`.
+    `callbacks`: the state of callbacks from config (EarlyStopping's wait and best, ...), restored on resume."""
     state = Path(run_dir) / STATE_DIR
     step = int(model.optimizer.iterations.numpy())
     folder = save_checkpoint(state / f"step-{step:09d}", state_tensors(model), {
         "kind": "train-state", "step": step, "epoch": position.epoch, "batches_done": position.batches_done,
         "phase": position.phase, "phase_start": position.phase_start, "phase_done": position.phase_done,
         "history": position.history, "fingerprint": fingerprint(run), "variant": run.variant,
+        "callbacks": callbacks or {},
         "migrated_from": run.init_from})
     write_text(state / LATEST, folder.name + "\n")
     for old in sorted(state.glob("step-*"))[:-keep]:

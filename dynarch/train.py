@@ -122,6 +122,7 @@ def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbac
     migrated_from = None
     if ckpt is not None:
         loop.position = position
+        loop.restored_callback_states = ckpt.manifest.get("callbacks")
         loop.model = loop.build(run.phases[position.phase])
         with runtime.scope():
             restore(loop.model, ckpt)

@@ -111,5 +111,9 @@ class TensorFlowRuntime:
             return 1
         return requested
 
+    def physical_devices(self) -> list[str]:
+        """Lists devices without initializing the runtime (where TensorFlow probes for CUDA)."""
+        return [d.name for d in tf.config.list_physical_devices()]
+
     def versions(self) -> dict[str, str]:
         return {"tensorflow": tf.__version__, "keras": keras.__version__}
