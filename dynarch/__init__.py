@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 _EXPORTS = {
     "compose_run": "dynarch.compose", "resolve_config": "dynarch.compose",
     "RunConfig": "dynarch.config", "load_run_config": "dynarch.config",
