@@ -9,6 +9,7 @@ package.
 from __future__ import annotations
 
 import re
+import stat
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -40,7 +41,12 @@ def _search_dirs(argv: Sequence[str]) -> list[Path]:
                     dirs.append(Path(item[len("file://"):]).expanduser())
                 elif item and "://" not in item:
                     dirs.append(Path(item).expanduser())
-    return [d for d in dirs if d.is_dir()]
+    for d in dirs[1:]:
+        if not d.is_dir():
+            raise ConfigError(str(d), "the config folder does not exist" if not d.exists() else "not a folder",
+                              expected="an existing folder of YAML configs (--config-dir / hydra.searchpath)",
+                              received=str(d), fix="check the path given to --config-dir or hydra.searchpath")
+    return dirs
 
 
 def _variant_choices(argv: Sequence[str]) -> list[tuple[str, str]]:
@@ -48,6 +54,7 @@ def _variant_choices(argv: Sequence[str]) -> list[tuple[str, str]]:
     out = []
     for arg in argv:
         key, sep, value = arg.lstrip("+~").partition("=")
+        key = key.split("@", 1)[0]  # +arch@PKG=NAME still reads arch/NAME.yaml
         if sep and key in VARIANT_GROUPS and not value.lstrip().startswith("{"):  # {..}: a value, not a file
             for option in value.strip("[]").split(","):
                 option = option.strip().strip("'\"")
@@ -64,10 +71,16 @@ def preflight(argv: Sequence[str]) -> None:
     model/data/trainer/optimizer.
     """
     dirs = _search_dirs(argv)
+    _check_cli_packages(argv)
+    from .cli_overrides import check_overrides
+    check_overrides(argv, dirs)  # Hydra's own errors for these carry no fix: line
+    user_files = []
     for folder in dirs:
-        files = sorted(folder.rglob("*.yaml"))[:2000]
+        files = sorted(p for p in folder.rglob("*.yaml") if not p.is_dir())[:2000]  # a folder named x.yaml: a group
         for path in files:
-            check_yaml_file(path)
+            data = check_yaml_file(path)
+            if folder != CONF_DIR:
+                user_files.append((path, data, folder))
     for group, option in _variant_choices(argv):
         paths = [folder / group / f"{option}.yaml" for folder in dirs if (folder / group / f"{option}.yaml").is_file()]
         for path in paths:
@@ -80,6 +93,8 @@ def preflight(argv: Sequence[str]) -> None:
                               expected=f"one of {', '.join(known)}", received=option,
                               fix="pick one of those" + (" (variants live in conf/arch/<model>/NAME.yaml; with several "
                                                          "models in one sweep write +arch=MODEL/NAME)" if group == "arch" else ""))
+    for path, data, folder in user_files:  # after the variant checks, whose messages are more specific
+        check_user_file(path, data, folder)
 
 
 def _closest(name: str, known: Sequence[str]) -> str:
@@ -97,15 +112,27 @@ def _load_bounded(path: Path) -> Any:
     import yaml
 
     try:
-        size = path.stat().st_size
+        info = path.stat()
+        size, mode = info.st_size, info.st_mode
     except OSError as e:
         raise ConfigError(str(path), f"cannot read the config file ({e.strerror})", expected="a readable file",
                           received=str(path), fix="check the path and its permissions") from None
     if size > MAX_FILE_BYTES:
         raise ConfigError(str(path), "config file too large", expected=f"at most {MAX_FILE_BYTES:,} bytes",
                           received=f"{size:,} bytes", fix="split it, or keep data out of config files")
+    if not stat.S_ISREG(mode):  # a FIFO or /dev/zero would block or never end
+        raise ConfigError(str(path), "not a regular file", expected="a YAML file",
+                          received="a FIFO, device or socket", fix=f"remove {path} from the config folder")
     try:
-        node = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+        with open(path, "rb") as f:  # bounded: the file may grow between stat and read
+            raw = f.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise ConfigError(str(path), "config file too large", expected=f"at most {MAX_FILE_BYTES:,} bytes",
+                              received=f"more than {MAX_FILE_BYTES:,} bytes", fix="split it")
+        node = yaml.compose(raw.decode("utf-8"), Loader=yaml.SafeLoader)
+    except OSError as e:
+        raise ConfigError(str(path), f"cannot read the config file ({e.strerror})", expected="a readable file",
+                          received=str(path), fix="check the path and its permissions") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(str(path), f"not valid YAML: {str(e).splitlines()[0]}", expected="a YAML mapping",
                           received=str(e).replace("\n", " ")[:300], fix="fix the syntax at the line shown") from None
@@ -186,3 +213,56 @@ def check_variant_file(path: Path, group: str = "arch") -> None:
                               f"{did_you_mean(key, VARIANT_KEYS)}",
                               expected=f"top-level keys among {', '.join(VARIANT_KEYS)}", received=key,
                               fix=f"remove '{key}' from {path}")
+
+
+def package_header(text: str) -> str | None:
+    """The `# @package X` header as Hydra reads it: the leading `# @key value` lines, blank lines skipped."""
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if not re.match(r"^\s*#\s*@", line):
+            return None
+        parts = line.lstrip("#").split()
+        if len(parts) == 2 and parts[0] == "@package":
+            return parts[1]
+    return None
+
+
+def _refuse_hydra(path: Path, what: str, received: Any) -> ConfigError:
+    return ConfigError(str(path), f"a config file from --config-dir/hydra.searchpath may not set hydra.* ({what})",
+                       expected="settings of model, data, trainer, optimizer, schedule, ... (hydra.* settings run code "
+                                "and open files)", received=received,
+                       fix="remove it from the file; set hydra.* on your own command line instead")
+
+
+def check_user_file(path: Path, data: Any, folder: Path) -> None:
+    """A YAML file from a folder the command line added: it may not reach Hydra's own node (`hydra.*`:
+    callbacks run code, logging handlers open files) by its package header, a top-level `hydra` key, or a
+    defaults entry that pulls a hydra config or re-packages one under hydra."""
+    header = package_header(Path(path).read_text(encoding="utf-8", errors="replace"))
+    if header and (header.split(".")[0] == "hydra" or header.startswith("_global_.hydra")):
+        raise _refuse_hydra(path, f"its header '# @package {header}'", header)
+    if isinstance(data, dict) and "hydra" in data:
+        raise _refuse_hydra(path, "a top-level 'hydra' key", "hydra: ...")
+    defaults = data.get("defaults") if isinstance(data, dict) else None
+    for entry in defaults if isinstance(defaults, list) else []:
+        items = entry.items() if isinstance(entry, dict) else [(entry, None)] if isinstance(entry, str) else []
+        for key, value in items:
+            key = str(key)
+            group, _, package = key.removeprefix("override ").strip().lstrip("/").partition("@")
+            if "hydra" in package.split(".") or (group.split("/")[0] == "hydra" and not (
+                    CONF_DIR / group / f"{value}.yaml").is_file()):
+                raise _refuse_hydra(path, f"the defaults entry '{key}'", entry)
+
+
+def _check_cli_packages(argv: Sequence[str]) -> None:
+    """`+GROUP@hydra=NAME` would put a config file's content under hydra.*: refused (hydra.* keys may be set
+    directly on the command line)."""
+    for arg in argv:
+        key, sep, _ = arg.lstrip("+~").partition("=")
+        package = key.partition("@")[2]
+        if sep and package and ("hydra" in package.split(".") or package.startswith("_global_.hydra")):
+            raise ConfigError(arg, "a config group cannot be placed under hydra.*",
+                              expected="GROUP=NAME or GROUP@PACKAGE=NAME with a package outside hydra",
+                              received=arg, fix="set the hydra.* keys you need directly on the command line")

@@ -4,8 +4,11 @@ Each case must raise a dynarch error (no raw TensorFlow/Python exception) whose 
 and carries a `fix:` line, and must leave every file outside the run dir exactly as it was.
 """
 import hashlib
+import os
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,3 +193,74 @@ def test_cli_errors_have_no_traceback(tmp_path, args, needle):
 
 def test_catalogue_is_big_enough():
     assert len(CASES) + 1 >= 25
+
+
+# Command lines refused before Hydra runs (pre-flight): config folders whose files would reach hydra.* (callbacks
+# run code, log handlers open files), non-regular YAML files that would hang the read, and the errors Hydra itself
+# reports without a fix: line (unparsable overrides, missing config options, a missing primary config or folder).
+CALLBACK = "hydra:\n  callbacks:\n    x:\n      _target_: numpy.savetxt\n      fname: {out}\n      X: [1]\n"
+
+
+def conf_file(rel, text):
+    def prepare(tmp):
+        path = tmp / "cd" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text.format(out=tmp / "PWNED"))
+    return prepare
+
+
+def special_file(rel, make):
+    def prepare(tmp):
+        (tmp / "cd" / "model").mkdir(parents=True)
+        make(tmp / "cd" / rel)
+    return prepare
+
+
+CD = ["--config-dir", "{tmp}/cd"]
+PREFLIGHT_CASES = {  # name: (argv, prepare, needles)
+    "model file sets hydra (global)": ([*CD, "model=evil"], conf_file("model/evil.yaml", "# @package _global_\n"
+                                       "model: {{name: mlp}}\n" + CALLBACK), ["model/evil.yaml", "hydra"]),
+    "trainer file sets hydra": ([*CD, "trainer=evil"], conf_file("trainer/evil.yaml", "# @package _global_\n"
+                                                                 + CALLBACK), ["trainer/evil.yaml", "hydra"]),
+    "defaults entry packaged under hydra": ([*CD, "optimizer=evil"], conf_file(
+        "optimizer/evil.yaml", "defaults:\n  - /model/cb@_global_.hydra\nname: adam\n"), ["defaults entry"]),
+    "primary config sets hydra": (["--config-name", "evil", *CD], conf_file(
+        "evil.yaml", "defaults:\n  - model: mlp\n  - data: mnist\n  - _self_\n" + CALLBACK), ["evil.yaml", "hydra"]),
+    "variant under @hydra on the command line": ([*CD, "+arch@hydra=mlp/evil"], conf_file(
+        "arch/mlp/evil.yaml", "callbacks: {{}}\n"), ["+arch@hydra", "hydra"]),
+    "variant under @_global_ still checked": ([*CD, "+arch@_global_=mlp/evil"], conf_file(
+        "arch/mlp/evil.yaml", "# @package _global_\n" + CALLBACK), ["arch/evil", "may only patch"]),
+    "yaml symlink to /dev/zero": (CD, special_file("model/z.yaml", lambda p: p.symlink_to("/dev/zero")),
+                                  ["z.yaml", "not a regular file"]),
+    "yaml FIFO": (CD, special_file("model/f.yaml", lambda p: os.mkfifo(p)), ["f.yaml", "not a regular file"]),
+    "folder named x.yaml is skipped, missing option": ([*CD, "model=x"], special_file("model/x.yaml", Path.mkdir),
+                                                       ["model=x", "no model config named 'x'"]),
+    "config dir missing": (["--config-dir", "{tmp}/nope"], None, ["nope", "does not exist"]),
+    "primary config missing": (["--config-name", "nope"], None, ["--config-name", "'nope'"]),
+    "data option typo": (["data=mnsit"], None, ["data=mnsit", "Did you mean 'mnist'"]),
+    "swept model typo": (["-m", "model=mlp,cnnn"], None, ["model=cnnn", "Did you mean 'cnn'"]),
+    "non-ASCII key": (["+model.blocks.dense.ünits=3"], None, ["cannot parse the override", "quote"]),
+}
+
+
+def regular_files(root):
+    """Like snapshot, but links and special files (FIFOs, /dev/zero) are recorded, never read."""
+    return {p: (hashlib.sha256(p.read_bytes()).hexdigest() if stat.S_ISREG(p.lstat().st_mode) else str(p.lstat().st_mode))
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("name", list(PREFLIGHT_CASES))
+def test_preflight_refuses_before_hydra_acts(name, tmp_path):
+    argv, prepare, needles = PREFLIGHT_CASES[name]
+    if prepare:
+        prepare(tmp_path)
+    before = regular_files(tmp_path)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    proc = subprocess.run([sys.executable, "-m", "dynarch", *args, f"hydra.run.dir={tmp_path}/run"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr
+    assert "fix:" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "run").exists()
+    assert regular_files(tmp_path) == before
