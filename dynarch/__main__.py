@@ -31,11 +31,14 @@ def hydra_main(cfg: DictConfig) -> float:
         sources = [Path(src.path) for src in hc.runtime.config_sources if src.schema == "file"]
         run, resolved = resolve_config(cfg, variant_name(hc.runtime.choices), hc.runtime.choices.get("schedule"),
                                        sources)
+        from .runtime.backend import use_backend
+        use_backend(run.backend)  # KERAS_BACKEND, before anything imports Keras
         if run.init_from and not run.resume:
             from .migrate import check_source_before_build
             check_source_before_build(run)  # a bad or (strict) incompatible source fails before TensorFlow loads
-        from .quiet import start_tensorflow_quietly
-        start_tensorflow_quietly(out_dir)  # TensorFlow is imported from here on, its start-up notices filtered
+        if run.backend == "tensorflow":
+            from .quiet import start_tensorflow_quietly
+            start_tensorflow_quietly(out_dir)  # TensorFlow is imported from here on, its start-up notices filtered
         from .hooks import build_callbacks
         from .loggers import build_loggers, close_loggers
         from .train import train
@@ -104,10 +107,16 @@ def record_failure(out_dir: Path, error: BaseException) -> None:
         log.error("could not record the failure in %s: %s", out_dir, e)
 
 
+def backend_override(argv: list[str]) -> list[str]:
+    """`backend=jax` -> `++backend=jax`: the key is optional in the config (unset: KERAS_BACKEND decides), and
+    `++` sets it whether or not a config file declares it."""
+    return [f"++{a}" if a.startswith("backend=") else a for a in argv]
+
+
 def main() -> None:
     """Pre-flight the config files named on the command line, then hand over to Hydra."""
     try:
-        sys.argv[1:] = qualify_arch_overrides(sys.argv[1:])  # +arch=deep -> +arch=mlp/deep (per-model folders)
+        sys.argv[1:] = qualify_arch_overrides(backend_override(sys.argv[1:]))  # +arch=deep -> +arch=mlp/deep
         preflight(sys.argv[1:])
         from .rundir import check_cli_run_dir
         check_cli_run_dir(sys.argv[1:])  # Hydra creates and writes the run dir before our code runs

@@ -67,6 +67,11 @@ class Keeper(keras.callbacks.Callback):
         self._epoch_start_step = 0
 
     def _step(self) -> int:
+        # Keras' JAX trainer keeps the live state outside the variables during `fit` (and purges them):
+        # put it back before reading the step or writing a checkpoint. No-op on other backends.
+        sync = getattr(self.model, "jax_state_sync", None)
+        if sync is not None:
+            sync()
         return int(self.model.optimizer.iterations.numpy())
 
     def on_epoch_begin(self, epoch, logs=None):

@@ -138,6 +138,7 @@ class RunConfig:
     callbacks: tuple = ()                  # hooks.CallbackSpec per `callbacks.<name>` (not in the resume fingerprint)
     loggers: tuple = ()                    # loggers.LoggerSpec per `logger.<name>`
     phases: tuple[PhaseSpec, ...] = ()     # filled in by __post_init__ or schedule.attach_schedule
+    backend: str = "tensorflow"            # Keras backend: the `backend` key, else KERAS_BACKEND (runtime.resolve_backend)
 
     def __post_init__(self):
         if not self.phases:  # a plain run is one phase with the run's own architecture
@@ -249,7 +250,7 @@ def _check_primitive_leaves(node: Any, where: str) -> None:
 
 
 TOP_KEYS = ("model", "data", "trainer", "optimizer", "seed", "init_from", "migrate", "lineage", "optimized_metric",
-            "resume", "callbacks", "logger")
+            "resume", "callbacks", "logger", "backend")
 METRICS = ("val_accuracy", "test_accuracy")
 
 
@@ -265,12 +266,14 @@ def load_run_config(cfg: Mapping[str, Any], variant: str = "base") -> RunConfig:
     """
     from .hooks import parse_callbacks  # pure Python: no TensorFlow
     from .loggers import parse_loggers
+    from .runtime.backend import resolve_backend  # pure Python: decides the backend before any framework import
 
     _check_primitive_leaves(cfg, "")
     for key in cfg:
         if key not in TOP_KEYS:
             raise unknown_key_error("", key, TOP_KEYS)
     data = DataConfig.from_raw(cfg.get("data"))   # per-source keys; shape and classes from the table
+    backend = resolve_backend(cfg.get("backend"), data)
     seed = cfg.get("seed", 42)
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= SEED_MAX:
         raise ConfigError("seed", "seed must be a non-negative integer that NumPy and Keras accept",
@@ -303,7 +306,8 @@ def load_run_config(cfg: Mapping[str, Any], variant: str = "base") -> RunConfig:
                      seed=seed, init_from=init_from, variant=variant,
                      migrate=from_mapping(MigrateConfig, cfg.get("migrate"), "migrate"),
                      optimized_metric=metric, resume=_resume_flag(cfg.get("resume", False)),
-                     callbacks=parse_callbacks(cfg.get("callbacks")), loggers=parse_loggers(cfg.get("logger")))
+                     callbacks=parse_callbacks(cfg.get("callbacks")), loggers=parse_loggers(cfg.get("logger")),
+                     backend=backend)
 
 
 def _resume_flag(value: Any) -> bool:

@@ -3,7 +3,8 @@
 A plain run is one phase; a schedule is several, with the architecture changing at each boundary while
 training goes on. Each phase is ONE Keras `fit` (stock callbacks keep their state across its epochs);
 train-state checkpoints land mid-epoch and at epoch ends, and a run resumes bitwise-exactly from any of
-them — inside a phase or at a boundary. TensorFlow is reached only through `dynarch.runtime`.
+them — inside a phase or at a boundary. The backend (TensorFlow or JAX, `run.backend`) is reached only
+through `dynarch.runtime`; under JAX the input pipeline is data/numpy_pipeline.py (no TensorFlow).
 """
 from __future__ import annotations
 
@@ -104,7 +105,7 @@ def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbac
     if run.init_from and not resume:
         from .migrate import check_source_before_build
         check_source_before_build(run)  # strict / incompatible source: fail before any TensorFlow work
-    runtime = get_runtime("tensorflow")
+    runtime = get_runtime(run.backend)
     flops = [p.arch.forward_flops for p in run.phases]
     runtime.configure(run.trainer, run.seed, None if None in flops else max(flops))
     log.info("devices: %s; strategy: %s; precision: %s", runtime.device_report(), runtime.strategy_text(),
@@ -115,7 +116,11 @@ def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbac
         position = check_compatible(ckpt, run)
     arrays = load_arrays(run.data, run.seed)
     log.info("data: %s %s", arrays.source, arrays.sizes())
-    data = Pipelines(arrays, run.trainer.batch_size, run.seed)
+    if run.backend == "tensorflow":
+        data = Pipelines(arrays, run.trainer.batch_size, run.seed)
+    else:  # same batches, same order, no TensorFlow (augmentation is refused for these backends at validation)
+        from .data.numpy_pipeline import NumpyPipelines
+        data = NumpyPipelines(arrays, run.trainer.batch_size, run.seed)
 
     loop = PhaseLoop(run, out_dir, runtime, data, callbacks)
     loop.stop = stop
@@ -170,7 +175,7 @@ def _finish(loop: PhaseLoop, arrays, runtime, migrated_from, resume, train_time,
         "wall_time_s": None, "data_source": arrays.source, "data_sizes": arrays.sizes(),
         "model": final.arch.name, "variant": run.variant, "enabled_blocks": final.arch.enabled_paths(),
         "migrated_from": migrated_from, "resumed": resume, "seed": run.seed, "devices": runtime.device_report(),
-        "versions": runtime.versions(), "strategy": runtime.strategy_text(),
+        "versions": runtime.versions(), "strategy": runtime.strategy_text(), "backend": runtime.name,
     }
     if run.schedule:
         metrics["schedule"] = run.schedule

@@ -1,14 +1,17 @@
 """The one seam to the backend: devices, threads, determinism, precision, strategy, device report, chief.
 
 Like Keras' own `backend/<name>/` layout, each backend is one module implementing the `Runtime` interface
-below; nothing outside `dynarch/runtime/` touches `tf.`/`jax.` directly. Only TensorFlow exists today;
-a second backend is a second module and one line in `get_runtime`.
+below; nothing outside `dynarch/runtime/` touches `tf.`/`jax.` directly: tensorflow.py and jax.py today;
+another backend is another module and one line in `get_runtime`.
 """
 from __future__ import annotations
 
-from typing import Any, ContextManager, Protocol
+from typing import TYPE_CHECKING, Any, ContextManager, Protocol
 
-from ..config import TrainerConfig
+from .backend import BACKENDS, resolve_backend, use_backend  # noqa: F401  (pure Python: no framework)
+
+if TYPE_CHECKING:
+    from ..config import TrainerConfig
 
 
 class Runtime(Protocol):
@@ -39,10 +42,12 @@ class Runtime(Protocol):
 
 
 def get_runtime(name: str = "tensorflow") -> Runtime:
-    """The runtime for a Keras backend name."""
+    """The runtime for a Keras backend name (`use_backend(name)` first, so Keras starts on that backend)."""
+    use_backend(name)
     if name == "tensorflow":
         from .tensorflow import TensorFlowRuntime
         return TensorFlowRuntime()
+    if name == "jax":
+        from .jax import JaxRuntime
+        return JaxRuntime()
     raise ValueError(f"no runtime for backend {name!r}")
-
-
