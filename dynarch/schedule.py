@@ -19,6 +19,7 @@ rest and parses the architectures into ArchSpecs.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -126,6 +127,16 @@ def check_phase_keys(raw: Any, where: str) -> Mapping[str, Any]:
     for key in raw:
         if key not in PHASE_KEYS:
             raise unknown_key_error(where, key, PHASE_KEYS)
+    name = raw.get("name")
+    if name is not None and (not isinstance(name, str) or not re.fullmatch(r"[\w.+-]{1,64}", name)):
+        raise ConfigError(f"{where}.name", "a phase's name is a short label", expected="1-64 letters, digits, _ . + -",
+                          received=name, fix=f"set {where}.name to e.g. grown, or remove it")
+    model = raw.get("model")
+    fixed = sorted({"name", "input_shape"} & set(model)) if isinstance(model, Mapping) else []
+    if fixed:  # a run has one input and one model name: every phase's variables live under them
+        raise ConfigError(f"{where}.model.{fixed[0]}", "a phase may change the model's blocks only",
+                          expected="model: {blocks: {...}}", received=fixed,
+                          fix=f"remove {where}.model.{fixed[0]}; set model.{fixed[0]} for the whole run instead")
     has_epochs, has_until = raw.get("epochs") is not None, raw.get("until") is not None
     if has_epochs == has_until:
         raise ConfigError(where, "a phase ends after a number of epochs or on a plateau (exactly one)",

@@ -130,6 +130,15 @@ CASES = {  # name: (action, substrings of the message)
                                              "+optimizer.decay_rate=0.1"), ["optimizer.boundaries", "increasing"]),
     "decay_steps beyond int32": (config("optimizer=adam_cosine", f"optimizer.decay_steps={BIG}"),
                                  ["optimizer.decay_steps", "2147483647"]),
+    # Schedules: a phase's label and model patch (a changed input shape was an internal error at the boundary).
+    "phase name not a string": (config("trainer.epochs=3", "+schedule={phases: [{epochs: 1, name: [1, 2]}]}"),
+                                ["schedule.phases[0].name", "short label"]),
+    "phase patch changes input_shape": (config("trainer.epochs=3", "+schedule={phases: [{epochs: 1}, "
+                                               "{epochs: 1, model: {input_shape: [10]}}]}"),
+                                        ["schedule.phases[1].model.input_shape", "blocks only"]),
+    "phase patch renames the model": (config("trainer.epochs=3", "+schedule={phases: [{epochs: 1}, "
+                                             "{epochs: 1, model: {name: other}}]}"),
+                                      ["schedule.phases[1].model.name", "blocks only"]),
 }
 
 
