@@ -161,6 +161,10 @@ def _plain(value: Any) -> bool:
     return False
 
 
+# String options Keras does not check itself: RandomFlip(mode="diagonal") builds and silently flips nothing.
+CHOICES = {("RandomFlip", "mode"): ("horizontal", "vertical", "horizontal_and_vertical")}
+
+
 def check_layer_config(where: str, class_name: str, kwargs: Mapping[str, Any]) -> None:
     """Refuse a layer class off the allowlist, keys it does not take, and values that are not plain data.
 
@@ -178,6 +182,10 @@ def check_layer_config(where: str, class_name: str, kwargs: Mapping[str, Any]) -
                           f"rename or remove {where}.{key}")
         if value is None:
             continue
+        choices = CHOICES.get((class_name, key))
+        if choices and value not in choices:
+            raise _refuse(f"{where}.{key}", f"keras.layers.{class_name} has no {key} {value!r}",
+                          f"one of {', '.join(choices)}", value, f"set {where}.{key} to one of those")
         family = next((names for suffix, names in _FAMILIES.items() if key.endswith(suffix)), None)
         if key == "activation" or key.endswith("_activation"):
             _named(where, key, value, ACTIVATION_NAMES, "activation")

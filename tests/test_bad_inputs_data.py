@@ -134,6 +134,8 @@ CASES = {  # name: (act, prepare, substrings of the message)
                            ["data.augment[0]._target_", "not an augmentation layer"]),
     "augment own seed": (config("data.augment=[{_target_: keras.layers.RandomFlip, seed: 3}]"), None,
                          ["data.augment[0].seed", "seeded by dynarch"]),
+    "augment flip mode Keras ignores": (config("data.augment=[{_target_: keras.layers.RandomFlip, mode: diagonal}]"),
+                                        None, ["data.augment[0].mode", "horizontal_and_vertical"]),
     "input_shape rank 2": (config("data=idx", "data.path=/x", "data.input_shape=[28,28]"), None, ["data.input_shape"]),
     "num_classes 1": (config("data.num_classes=1"), None, ["data.num_classes", "[2, 1000000]"]),
     "offline fashion_mnist": (train("data=mnist", "data.name=fashion_mnist", *OFFLINE),
