@@ -288,6 +288,10 @@ def load_run_config(cfg: Mapping[str, Any], variant: str = "base") -> RunConfig:
         raise ConfigError("lineage.parent", "both lineage.parent and init_from name a source",
                           expected="one warm-start source", received=f"lineage.parent={parent}, init_from={init_from}",
                           fix="drop one of them (lineage.parent is init_from for every job of a sweep)")
+    for key, value in (("init_from", init_from), ("lineage.parent", parent)):
+        if isinstance(value, str) and not value.strip():  # '' would silently train from scratch
+            raise ConfigError(key, f"{key} is an empty path", expected="a run dir or checkpoint, or null",
+                              received=repr(value), fix=f"set {key}=RUN_DIR, or {key}=null to train from scratch")
     init_from = init_from if init_from is not None else parent
     metric = cfg.get("optimized_metric", "val_accuracy")
     if metric not in METRICS:
