@@ -21,6 +21,7 @@ from .compose import preflight, qualify_arch_overrides, resolve_config, shell_co
 from .errors import DynarchError  # noqa: E402
 
 log = logging.getLogger("dynarch")
+REPORTED = False  # set once report_and_exit has printed its own message (with its fix line)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -68,6 +69,8 @@ def hydra_main(cfg: DictConfig) -> float:
 
 def report_and_exit(error: BaseException) -> None:
     """One clear message on stderr and an exit code; a traceback only for bugs, and only if asked."""
+    global REPORTED
+    REPORTED = True
     if isinstance(error, DynarchError):
         log.error("%s", error)
         sys.exit(getattr(error, "exit_code", 2))
@@ -125,7 +128,13 @@ def main() -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
-    hydra_main()
+    try:
+        hydra_main()
+    except SystemExit as e:
+        if e.code == 1 and not REPORTED:  # Hydra reported a config/override error itself, without a fix line
+            print("  fix: check the override or config file named above (python -m dynarch --help lists the "
+                  "keys; a new key needs a leading +)", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":

@@ -266,3 +266,12 @@ def test_preflight_refuses_before_hydra_acts(name, tmp_path):
     assert "fix:" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "PWNED").exists() and not (tmp_path / "run").exists()
     assert regular_files(tmp_path) == before
+
+
+def test_an_error_hydra_reports_itself_still_ends_with_a_fix_line(tmp_path):
+    """A type clash found while Hydra merges overrides: Hydra's message, then dynarch's fix line."""
+    proc = subprocess.run([sys.executable, "-m", "dynarch", "model.blocks=[]", f"hydra.run.dir={tmp_path}/run"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "model.blocks" in proc.stderr and "fix:" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
