@@ -309,25 +309,22 @@ class ReportCallback(Callback):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m dynarch.report SWEEP_DIR`: exit 0, or 2 with one clear message (never a traceback)."""
-    import argparse
-    parser = argparse.ArgumentParser(prog="python -m dynarch.report", description="(Re)build a sweep's summary.")
+    """`python -m dynarch.report SWEEP_DIR`: exit 0, or 2 with one clear message and a fix (never a traceback,
+    a usage error included)."""
+    from .clikit import run_main
+    return run_main(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    from .clikit import ArgParser
+    parser = ArgParser(prog="python -m dynarch.report", description="(Re)build a sweep's summary.",
+                       usage_line="python -m dynarch.report SWEEP_DIR [--metric test_accuracy|val_accuracy]")
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--metric", default="test_accuracy", choices=("test_accuracy", "val_accuracy"))
     args = parser.parse_args(argv)
-    try:
-        check_sweep_dir(args.sweep_dir)
-        write_summary(args.sweep_dir, args.metric)
-        print((args.sweep_dir / "summary.md").read_text())
-    except DynarchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # the folder vanished or became unreadable while we read it
-        print(f"error: {e.filename or args.sweep_dir}: {e.strerror or e}\n  fix: check the folder and its "
-              "permissions", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    check_sweep_dir(args.sweep_dir)
+    write_summary(args.sweep_dir, args.metric)
+    print((args.sweep_dir / "summary.md").read_text())
     return 0
 
 

@@ -151,3 +151,11 @@ def test_a_refused_fresh_run_leaves_the_finished_run_untouched(tmp_path):
     with pytest.raises(DynarchError):
         check_cli_run_dir([f"hydra.run.dir={tmp_path}/run"])
     assert snapshot(tmp_path) == before  # Hydra would have rewritten .hydra/ had the check come later
+
+
+@pytest.mark.parametrize("argv,needle", [([], "sweep_dir"), (["{tmp}", "--metric", "loss"], "--metric")])
+def test_report_usage_errors_are_clear(tmp_path, argv, needle, capsys):
+    from dynarch.report import main as report_main
+    assert report_main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "fix:" in err and "Traceback" not in err
