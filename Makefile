@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test test-slow bench clean
+.PHONY: install train test test-slow lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ train: $(STAMP)    ## train the default model (offline-capable); extra Hydra ove
 
 test: $(STAMP)     ## fast test suite
 	$(PY) -m pytest -q
+
+lint: $(STAMP)     ## ruff lint + format check (also a pre-commit hook: pre-commit install)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test-slow: $(STAMP)  ## multi-process and long tests
 	$(PY) -m pytest -q -m slow
