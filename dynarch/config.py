@@ -138,7 +138,7 @@ class RunConfig:
     callbacks: tuple = ()                  # hooks.CallbackSpec per `callbacks.<name>` (not in the resume fingerprint)
     loggers: tuple = ()                    # loggers.LoggerSpec per `logger.<name>`
     phases: tuple[PhaseSpec, ...] = ()     # filled in by __post_init__ or schedule.attach_schedule
-    backend: str = "tensorflow"            # Keras backend: the `backend` key, else KERAS_BACKEND (runtime.resolve_backend)
+    backend: str = "tensorflow"            # the `backend` key, else KERAS_BACKEND (runtime/backend.py)
 
     def __post_init__(self):
         if not self.phases:  # a plain run is one phase with the run's own architecture

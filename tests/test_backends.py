@@ -33,14 +33,16 @@ def jax_env() -> dict[str, str]:
 
 def jax_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """`python -m dynarch ARGS` on JAX with TensorFlow blocked."""
-    code = f"{NO_TF}; import runpy; sys.argv = ['dynarch', *sys.argv[1:]]; runpy.run_module('dynarch', run_name='__main__')"
+    code = (f"{NO_TF}; import runpy; sys.argv = ['dynarch', *sys.argv[1:]]; "
+            "runpy.run_module('dynarch', run_name='__main__')")
     return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=jax_env())
 
 
 def jax_driver(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """This file as a script, on JAX with TensorFlow blocked (see `main` at the bottom)."""
-    code = f"{NO_TF}; import runpy; sys.argv = [{str(Path(__file__))!r}, *sys.argv[1:]]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    code = (f"{NO_TF}; import runpy; sys.argv = [{str(Path(__file__))!r}, *sys.argv[1:]]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
     return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=jax_env())
 
