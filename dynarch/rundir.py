@@ -184,6 +184,10 @@ def check_cli_run_dir(argv: Sequence[str], create: bool = True) -> None:
     multirun = any(a in ("-m", "--multirun") for a in argv) or str(found.get("hydra.mode", "")).upper() == "MULTIRUN"
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     value = found.get(key)
+    if key in found and (value is None or isinstance(value, str) and not value.strip()):
+        # `hydra.run.dir=` is the working dir itself: .hydra/ and the log would land among the user's files
+        raise RunDirError(key, f"{key} is empty", expected="a folder for this run's outputs", received=repr(value),
+                          fix=f"pass {key}=DIR (a new folder), or leave {key} out for a timestamped one")
     if not isinstance(value, str) or not value:
         return  # the configured default pattern (timestamped, relative to the working dir)
     if "${" in value:

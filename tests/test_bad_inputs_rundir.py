@@ -82,6 +82,8 @@ CASES = {  # name: (case, substrings of the message)
                           ["hydra.run.dir", "exists and is not a folder"]),
     "run dir under a file": (with_prepare(cli("hydra.run.dir={run}/x/y"), file_at("run/x")),
                              ["hydra.run.dir", "a parent of the run dir is a file"]),
+    "run dir empty (the working dir)": (cli("hydra.run.dir="), ["hydra.run.dir", "is empty"]),
+    "run dir null": (cli("hydra.run.dir=null"), ["hydra.run.dir", "is empty"]),
     "run dir name too long": (cli("hydra.run.dir={run}/" + "n" * 256), ["hydra.run.dir", "too long", "255"]),
     "run dir path too long": (cli("hydra.run.dir={run}/" + "/".join(["p" * 250] * 17)),
                               ["hydra.run.dir", "path is too long"]),
