@@ -35,9 +35,10 @@ def _signal_handlers(stop: StopState, loop_running: list[bool]):
     """SIGTERM / Ctrl-C: inside the loop, ask for a checkpoint at the next step boundary; outside it,
     interrupt at once (nothing is half-written: every write is atomic)."""
     def handler(signum, frame):
-        if loop_running[0]:
-            stop.signal = signum
-        else:
+        # Recorded first, always: an exception raised inside a GC callback or __del__ (JAX registers one) is
+        # printed as "Exception ignored" and lost, and the run trained on; the loop still sees the flag.
+        stop.signal = signum
+        if not loop_running[0]:
             raise Interrupted(signum)
     previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):

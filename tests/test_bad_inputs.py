@@ -275,3 +275,21 @@ def test_an_error_hydra_reports_itself_still_ends_with_a_fix_line(tmp_path):
     assert proc.returncode == 1
     assert "model.blocks" in proc.stderr and "fix:" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_a_signal_outside_the_loop_is_recorded_even_if_its_exception_is_swallowed():
+    """Ctrl-C during start-up raises at once; if that raise lands in a GC callback Python drops it, so the
+    handler records the signal first and the training loop stops at its next step."""
+    import signal as sig
+
+    from dynarch.train import Interrupted, StopState, _signal_handlers
+    stop = StopState()
+    previous = _signal_handlers(stop, [False])
+    try:
+        handler = sig.getsignal(sig.SIGINT)
+        with pytest.raises(Interrupted):
+            handler(sig.SIGINT, None)
+        assert stop.signal == sig.SIGINT
+    finally:
+        for s, h in previous.items():
+            sig.signal(s, h)
