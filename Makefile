@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,sweep,mlflow,tensorboard]'
+	$(PY) -m pip install -q -e '.[dev,sweep,mlflow,tensorboard,jax]'
 	touch $(STAMP)
 
 install: $(STAMP)

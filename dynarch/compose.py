@@ -104,7 +104,7 @@ def resolve_config(cfg: DictConfig, variant: str, schedule_name: str | None = No
     from .hooks import check_callbacks
     from .loggers import check_loggers
     check_callbacks(run.callbacks, run)
-    check_loggers(run.loggers, run.callbacks)
+    check_loggers(run.loggers, run.callbacks, run.backend)
     return run, container
 
 

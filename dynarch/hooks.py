@@ -179,8 +179,12 @@ def tensorboard_installed() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
 
 
-def require_tensorboard(where: str) -> None:
-    """Fail before training (and before TensorFlow is imported) when TensorBoard is asked for but missing."""
+def require_tensorboard(where: str, backend: str = "tensorflow") -> None:
+    """Fail before training (and before TensorFlow is imported) when TensorBoard is asked for but missing,
+    or under a backend other than TensorFlow (Keras' TensorBoard callback writes through tf.summary)."""
+    if backend != "tensorflow":
+        raise _error(where, f"TensorBoard logging needs the TensorFlow backend (this run: backend={backend})",
+                     "backend=tensorflow", backend, "use logger=csv or logger=mlflow under this backend")
     if not tensorboard_installed():
         raise _error(where, "TensorBoard is asked for but the tensorboard package is not installed",
                      "the tensorboard extra installed", "no module named 'tensorboard'", TENSORBOARD_EXTRA)
@@ -193,7 +197,7 @@ def check_callbacks(specs: Iterable[CallbackSpec], run) -> None:
     for spec in specs:
         where, kwargs = f"callbacks.{spec.name}", spec.kwargs
         if spec.kind == "TensorBoard":
-            require_tensorboard(where)
+            require_tensorboard(where, getattr(run, "backend", "tensorflow"))
         monitor = kwargs.get("monitor", "val_loss")
         if spec.kind != "TensorBoard" and no_val and monitor.startswith("val_"):
             raise _error(f"{where}.monitor", f"{monitor} does not exist: data.val_fraction is 0 (no validation)",

@@ -86,12 +86,12 @@ def parse_loggers(raw: Any, where: str = "logger") -> tuple[LoggerSpec, ...]:
     return tuple(specs)
 
 
-def check_loggers(specs: Iterable[LoggerSpec], callbacks: Iterable[CallbackSpec] = ()) -> None:
+def check_loggers(specs: Iterable[LoggerSpec], callbacks: Iterable[CallbackSpec] = (), backend: str = "tensorflow") -> None:
     """What the installed packages and the callbacks allow (pure Python): call before training."""
     for spec in specs:
         where = f"logger.{spec.kind}"
         if spec.kind == "tensorboard":
-            require_tensorboard(where)
+            require_tensorboard(where, backend)
             clash = [c.name for c in callbacks if c.kind == "TensorBoard"]
             if clash:
                 raise ConfigError(where, "TensorBoard is configured twice (a logger and a callback): both would "

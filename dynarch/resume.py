@@ -49,7 +49,8 @@ def fingerprint(run: RunConfig) -> dict[str, Any]:
     fp = {"arch": dict(run.arch.raw), "optimizer": dataclasses.asdict(run.optimizer),
           "batch_size": run.trainer.batch_size, "seed": run.seed, "precision": run.trainer.precision,
           "data": {k: v for k, v in dataclasses.asdict(run.data).items() if not k.startswith("probe")},
-          "schedule": [p.fingerprint() for p in run.phases] if run.schedule else None}
+          "schedule": [p.fingerprint() for p in run.phases] if run.schedule else None,
+          "backend": run.backend}
     return json.loads(json.dumps(fp, default=str))  # as it reads back from a manifest (tuples become lists)
 
 
@@ -161,8 +162,13 @@ def read_position(ckpt: Checkpoint) -> Position:
         raise CheckpointError(str(ckpt.path), "the train-state manifest has a malformed history",
                               expected="a mapping of metric -> list of numbers", received=type(history).__name__,
                               fix="resume from another checkpoint")
-    return Position(_int(m, "epoch"), _int(m, "batches_done"), history, _int(m, "phase", 0),
-                    _int(m, "phase_start", 0), bool(m.get("phase_done", False)))
+    epoch, phase_start = _int(m, "epoch"), _int(m, "phase_start", 0)
+    if phase_start > epoch:  # a phase cannot have started after the epoch the checkpoint was taken at
+        raise CheckpointError(str(ckpt.path), "the train-state manifest has an invalid 'phase_start'",
+                              expected=f"phase_start <= epoch ({epoch})", received=phase_start,
+                              fix="resume from another checkpoint")
+    return Position(epoch, _int(m, "batches_done"), history, _int(m, "phase", 0),
+                    phase_start, bool(m.get("phase_done", False)))
 
 
 def check_compatible(ckpt: Checkpoint, run: RunConfig) -> Position:

@@ -136,6 +136,9 @@ def test_tfds_and_augmentation_are_refused_off_tensorflow_where_they_cannot_run(
         run_config(["data=mnist"])
     with pytest.raises(ConfigError, match=r"(?s)data.augment.*fix: drop data.augment"):
         run_config([*CFG, "++backend=jax", "+data.augment=[{_target_: keras.layers.RandomFlip}]"])
+    monkeypatch.setattr(backend, "_installed", lambda module: True)
+    with pytest.raises(ConfigError, match=r"(?s)logger.tensorboard: TensorBoard logging needs the TensorFlow backend"):
+        run_config([*CFG, "backend=jax", "logger=tensorboard"])
     monkeypatch.setattr(backend, "_installed", lambda module: module != "jax")
     with pytest.raises(ConfigError, match=r"(?s)the jax backend is not installed.*pip install 'dynarch\[jax\]'"):
         run_config([*CFG, "++backend=jax"])
