@@ -185,3 +185,15 @@ def test_migrate_cli_force_replaces_only_an_existing_checkpoint(tmp_path):
     assert set(ck.load_checkpoint(out).tensors) == {*GOOD, "extra/kernel", "extra/bias"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "sibling.txt", "src"]
     assert (tmp_path / "sibling.txt").read_text() == "keep me"
+
+
+def test_a_train_state_whose_phase_starts_after_its_epoch_is_refused(tmp_path):
+    """A re-sealed state manifest with phase_start > epoch resumed and trained a silently wrong phase."""
+    from types import SimpleNamespace
+
+    from dynarch.resume import read_position
+    ckpt = SimpleNamespace(path=tmp_path / "state" / "step-000000002",
+                           manifest={"epoch": 1, "batches_done": 0, "phase": 0, "phase_start": 50, "history": {}})
+    with pytest.raises(DynarchError) as err:
+        read_position(ckpt)
+    assert "phase_start" in str(err.value) and "fix:" in str(err.value)
