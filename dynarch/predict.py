@@ -85,6 +85,9 @@ def read_inputs(path: Path, meta: RunMetadata) -> tuple[list[str], np.ndarray]:
             raise DataError(str(path), "the folder holds no image or .npz file",
                             expected=f"files ending {', '.join(IMAGE_SUFFIXES)} or .npz", received="none",
                             fix="pass a folder of images, or one file")
+    elif not path.is_file():  # a FIFO or device would block the read or never end
+        raise DataError(str(path), "--input is not a regular file", expected="an .npz, an image file or a folder",
+                        received="a FIFO, device or socket", fix="pass a regular file or a folder")
     elif path.suffix.lower() in (*IMAGE_SUFFIXES, ".npz"):
         files = [path]
     else:

@@ -143,6 +143,8 @@ CASES = {
     # predict
     "predict: no --input": ("predict", ["{run}"], None, None, ["--input"]),
     "predict: input missing": ("predict", ["{run}", "--input", "{tmp}/x.npz"], None, None, ["does not exist"]),
+    "predict: input is a FIFO": ("predict", ["{run}", "--input", "{tmp}/f.npz"], None,
+                                 lambda tmp: __import__("os").mkfifo(tmp / "f.npz"), ["not a regular file"]),
     "predict: unsupported type": ("predict", ["{run}", "--input", "{tmp}/x.txt"], None, write_bytes("x.txt", b"1"),
                                   ["unsupported input type", ".txt"]),
     "predict: npz without x": ("predict", ["{run}", "--input", "{tmp}/a.npz"], None, write_npz("a.npz", images=IMG),
