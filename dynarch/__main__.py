@@ -135,6 +135,10 @@ def main() -> None:
             print("  fix: check the override or config file named above (python -m dynarch --help lists the "
                   "keys; a new key needs a leading +)", file=sys.stderr)
         raise
+    except KeyboardInterrupt:  # Ctrl-C while Hydra starts (scanning plugins, composing), before any job ran
+        print("error: interrupted during start-up; nothing was trained\n  fix: run the command again",
+              file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

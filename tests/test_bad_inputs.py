@@ -293,3 +293,17 @@ def test_a_signal_outside_the_loop_is_recorded_even_if_its_exception_is_swallowe
     finally:
         for s, h in previous.items():
             sig.signal(s, h)
+
+
+def test_ctrl_c_while_hydra_starts_is_one_line_and_exit_130(tmp_path):
+    """SIGINT once the pre-flight has made the run dir (Hydra is starting: plugins, composition)."""
+    import signal as sig
+    import time
+    proc = subprocess.Popen([sys.executable, "-m", "dynarch", *TINY, f"hydra.run.dir={tmp_path}/run"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None and not (tmp_path / "run").exists():
+        time.sleep(0.005)  # polling for the condition, not a timed wait
+    proc.send_signal(sig.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in out + err
