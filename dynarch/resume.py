@@ -174,6 +174,8 @@ def read_position(ckpt: Checkpoint) -> Position:
 def check_compatible(ckpt: Checkpoint, run: RunConfig) -> Position:
     """Refuse a checkpoint of another config, or one that already trained past this run's end."""
     saved, now = ckpt.manifest.get("fingerprint", {}), fingerprint(run)
+    if isinstance(saved, dict) and "backend" not in saved:  # written before the backend was recorded
+        saved = {**saved, "backend": "tensorflow"}
     diff = [k for k in now if not isinstance(saved, dict) or saved.get(k) != now[k]]
     if diff:
         saved = saved if isinstance(saved, dict) else {}

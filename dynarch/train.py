@@ -123,6 +123,12 @@ def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbac
         from .data.numpy_pipeline import NumpyPipelines
         data = NumpyPipelines(arrays, run.trainer.batch_size, run.seed)
 
+    if ckpt is not None and position.batches_done >= data.steps_per_epoch:
+        from .errors import CheckpointError
+        raise CheckpointError(str(ckpt.path), f"the train-state says {position.batches_done} batches of epoch "
+                              f"{position.epoch + 1} are done, but an epoch has {data.steps_per_epoch}",
+                              expected=f"batches_done < {data.steps_per_epoch}", received=position.batches_done,
+                              fix="resume from another checkpoint of this run, or start a new run")
     loop = PhaseLoop(run, out_dir, runtime, data, callbacks)
     loop.stop = stop
     migrated_from = None

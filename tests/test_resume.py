@@ -213,3 +213,17 @@ def test_a_learning_rate_schedule_resumes_bitwise(tmp_path):
     assert load_latest_state(out).manifest["epoch"] == 1  # stopped inside the second epoch
     train(run_config([*RESUMABLE, *cosine, "resume=true"]), out, resume=True)
     assert weights_sha(out) == weights_sha(ref)
+
+
+def test_a_resealed_state_with_impossible_batches_done_is_refused(tmp_path):
+    """A manifest edited and re-hashed (valid checksums) must still not resume into nonsense."""
+    import dynarch.checkpoint as ck
+    out = tmp_path / "run"
+    train(run_config([*RESUMABLE, "trainer.epochs=1", "data.limit_train=400"]), out)
+    latest = load_latest_state(out).path
+    manifest = json.loads((latest / "manifest.json").read_text())
+    manifest.update(epoch=0, batches_done=1_000_000_000)
+    manifest["manifest_sha256"] = ck.manifest_digest(manifest)
+    (latest / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=r"(?s)1000000000 batches of epoch 1 are done, but an epoch has 12.*fix:"):
+        train(run_config([*RESUMABLE, "trainer.epochs=2", "data.limit_train=400", "resume=true"]), out, resume=True)

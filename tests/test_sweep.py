@@ -190,7 +190,7 @@ def test_multirun_with_a_failing_job_keeps_the_others(tmp_path):
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2"]
     rows = {r.job: r for r in collect(sweep)}
     assert rows["0"].status == rows["2"].status == "ok" and rows["1"].status == "failed"
-    assert "does not exist in this model" in rows["1"].error
+    assert "made for model 'cnn', not 'mlp'" in rows["1"].error
     assert rows["2"].migrated_from == str(parent / "checkpoint")
     assert json.loads((sweep / "2" / "migration.json").read_text())["counts"]["reinitialized"] == 2
     md = (sweep / "summary.md").read_text()
