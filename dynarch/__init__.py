@@ -8,6 +8,7 @@ Importing the package does not import TensorFlow: the public names below load th
     metrics = dynarch.train(run, "outputs/notebook-run")                 # trains; writes the run dir
     model, meta = dynarch.load_run("outputs/notebook-run")               # the trained Keras model back
 """
+
 from __future__ import annotations
 
 import importlib
@@ -15,16 +16,23 @@ from typing import Any
 
 __version__ = "0.2.0"
 _EXPORTS = {
-    "compose_run": "dynarch.compose", "resolve_config": "dynarch.compose",
-    "RunConfig": "dynarch.config", "load_run_config": "dynarch.config",
-    "ArchSpec": "dynarch.spec", "parse_arch": "dynarch.spec",
+    "compose_run": "dynarch.compose",
+    "resolve_config": "dynarch.compose",
+    "RunConfig": "dynarch.config",
+    "load_run_config": "dynarch.config",
+    "ArchSpec": "dynarch.spec",
+    "parse_arch": "dynarch.spec",
     "render": "dynarch.inspect",
     "build_model": "dynarch.build",
-    "train": "dynarch.train", "TrainingStopped": "dynarch.train",
-    "migrate_model": "dynarch.migrate", "plan_migration": "dynarch.migrate",
+    "train": "dynarch.train",
+    "TrainingStopped": "dynarch.train",
+    "migrate_model": "dynarch.migrate",
+    "plan_migration": "dynarch.migrate",
     "load_checkpoint": "dynarch.checkpoint",
-    "load_run": "dynarch.load", "RunMetadata": "dynarch.load",
-    "DynarchError": "dynarch.errors", "ConfigError": "dynarch.errors",
+    "load_run": "dynarch.load",
+    "RunMetadata": "dynarch.load",
+    "DynarchError": "dynarch.errors",
+    "ConfigError": "dynarch.errors",
 }
 __all__ = sorted(_EXPORTS)
 

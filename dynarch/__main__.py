@@ -3,6 +3,7 @@
 Validation runs before TensorFlow is imported, so `--help`, `--cfg job` and any bad config answer fast.
 Config files are checked (size, tags, duplicate keys, what a variant may set) before Hydra reads them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,23 +31,34 @@ def hydra_main(cfg: DictConfig) -> float:
     out_dir = Path(hc.runtime.output_dir)
     try:
         sources = [Path(src.path) for src in hc.runtime.config_sources if src.schema == "file"]
-        run, resolved = resolve_config(cfg, variant_name(hc.runtime.choices), hc.runtime.choices.get("schedule"),
-                                       sources)
+        run, resolved = resolve_config(
+            cfg, variant_name(hc.runtime.choices), hc.runtime.choices.get("schedule"), sources
+        )
         from .runtime.backend import use_backend
+
         use_backend(run.backend)  # KERAS_BACKEND, before anything imports Keras
         if run.init_from and not run.resume:
             from .migrate import check_source_before_build
+
             check_source_before_build(run)  # a bad or (strict) incompatible source fails before TensorFlow loads
         if run.backend == "tensorflow":
             from .quiet import start_tensorflow_quietly
+
             start_tensorflow_quietly(out_dir)  # TensorFlow is imported from here on, its start-up notices filtered
         from .hooks import build_callbacks
         from .loggers import build_loggers, close_loggers
         from .train import train
+
         hooks = build_callbacks(run.callbacks, out_dir, run) + build_loggers(run.loggers, out_dir, run, resolved)
         try:
-            metrics = train(run, out_dir, resume=run.resume, resume_command=resume_command(hc, out_dir),
-                            resolved_config=OmegaConf.to_yaml(resolved), callbacks=hooks)
+            metrics = train(
+                run,
+                out_dir,
+                resume=run.resume,
+                resume_command=resume_command(hc, out_dir),
+                resolved_config=OmegaConf.to_yaml(resolved),
+                callbacks=hooks,
+            )
         except BaseException as e:
             close_loggers(hooks, error=e)
             raise
@@ -62,8 +74,10 @@ def hydra_main(cfg: DictConfig) -> float:
         record_failure(out_dir, e)
         log.error("job %s failed: %s", hc.job.num, e)
         return float("nan")
-    print(f"test accuracy {metrics['test_accuracy']:.4f}  test loss {metrics['test_loss']:.4f}  "
-          f"({metrics['data_source']})  run dir: {out_dir}")
+    print(
+        f"test accuracy {metrics['test_accuracy']:.4f}  test loss {metrics['test_loss']:.4f}  "
+        f"({metrics['data_source']})  run dir: {out_dir}"
+    )
     return float(metrics.get(run.optimized_metric) or metrics["test_accuracy"])
 
 
@@ -81,13 +95,20 @@ def report_and_exit(error: BaseException) -> None:
         log.error("out of memory: %s\n  fix: lower trainer.batch_size or data.limit_train", error)
         sys.exit(1)
     if isinstance(error, OSError):
-        log.error("%s: %s\n  fix: check the path, its permissions and free disk space",
-                  getattr(error, "filename", None) or "file system", error.strerror or error)
+        log.error(
+            "%s: %s\n  fix: check the path, its permissions and free disk space",
+            getattr(error, "filename", None) or "file system",
+            error.strerror or error,
+        )
         sys.exit(1)
     if os.environ.get("DYNARCH_DEBUG"):
         raise error
-    log.error("internal error (%s): %s\n  fix: this is a dynarch bug; rerun with DYNARCH_DEBUG=1 for the "
-              "traceback and report it", type(error).__name__, error)
+    log.error(
+        "internal error (%s): %s\n  fix: this is a dynarch bug; rerun with DYNARCH_DEBUG=1 for the "
+        "traceback and report it",
+        type(error).__name__,
+        error,
+    )
     sys.exit(70)
 
 
@@ -102,10 +123,16 @@ def record_failure(out_dir: Path, error: BaseException) -> None:
     import traceback
 
     from .artifacts import write_json
+
     try:
-        write_json(out_dir / "error.json", {
-            "type": type(error).__name__, "message": str(error),
-            "traceback": None if isinstance(error, DynarchError) else traceback.format_exc()[-4000:]})
+        write_json(
+            out_dir / "error.json",
+            {
+                "type": type(error).__name__,
+                "message": str(error),
+                "traceback": None if isinstance(error, DynarchError) else traceback.format_exc()[-4000:],
+            },
+        )
     except OSError as e:
         log.error("could not record the failure in %s: %s", out_dir, e)
 
@@ -122,6 +149,7 @@ def main() -> None:
         sys.argv[1:] = qualify_arch_overrides(backend_override(sys.argv[1:]))  # +arch=deep -> +arch=mlp/deep
         preflight(sys.argv[1:])
         from .rundir import check_cli_run_dir
+
         check_cli_run_dir(sys.argv[1:])  # Hydra creates and writes the run dir before our code runs
     except DynarchError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -132,12 +160,14 @@ def main() -> None:
         hydra_main()
     except SystemExit as e:
         if e.code == 1 and not REPORTED:  # Hydra reported a config/override error itself, without a fix line
-            print("  fix: check the override or config file named above (python -m dynarch --help lists the "
-                  "keys; a new key needs a leading +)", file=sys.stderr)
+            print(
+                "  fix: check the override or config file named above (python -m dynarch --help lists the "
+                "keys; a new key needs a leading +)",
+                file=sys.stderr,
+            )
         raise
     except KeyboardInterrupt:  # Ctrl-C while Hydra starts (scanning plugins, composing), before any job ran
-        print("error: interrupted during start-up; nothing was trained\n  fix: run the command again",
-              file=sys.stderr)
+        print("error: interrupted during start-up; nothing was trained\n  fix: run the command again", file=sys.stderr)
         sys.exit(130)
 
 

@@ -4,6 +4,7 @@ Every file is written to a unique temp in its own folder (`.NAME.tmp-XXXXXXXX`, 
 over NAME: a reader never sees half a file, two processes never share a temp, and a write that fails
 (full disk, permissions) raises ArtifactError naming the file, leaving NAME as it was and no temp behind.
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,9 +30,13 @@ class ArtifactError(DynarchError, OSError):
 
 def _artifact_error(path: Path, e: OSError) -> ArtifactError:
     kept = "the previous version is kept" if path.exists() else "nothing was written under that name"
-    return ArtifactError(str(path), f"could not write the file ({e.strerror or e})",
-                         expected="a writable folder with free space", received=f"errno {e.errno}",
-                         fix=f"free disk space or fix the folder's permissions, or choose another run dir; {kept}")
+    return ArtifactError(
+        str(path),
+        f"could not write the file ({e.strerror or e})",
+        expected="a writable folder with free space",
+        received=f"errno {e.errno}",
+        fix=f"free disk space or fix the folder's permissions, or choose another run dir; {kept}",
+    )
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
@@ -70,8 +75,13 @@ def write_json(path: Path, data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
-def write_history_csv(path: Path, history: Mapping[str, Sequence[Any]], *,
-                      epochs: Sequence[int] | None = None, phases: Sequence[Any] | None = None) -> Path:
+def write_history_csv(
+    path: Path,
+    history: Mapping[str, Sequence[Any]],
+    *,
+    epochs: Sequence[int] | None = None,
+    phases: Sequence[Any] | None = None,
+) -> Path:
     """One row per epoch: `epoch[,phase],metric...`.
 
     Args:
@@ -91,22 +101,33 @@ def write_history_csv(path: Path, history: Mapping[str, Sequence[Any]], *,
     writer = csv.writer(buf)
     writer.writerow(["epoch", *(["phase"] if phases is not None else []), *keys])
     for i in range(n):
-        writer.writerow([cell(epochs, i) if epochs else i + 1, *([cell(phases, i)] if phases is not None else []),
-                         *(cell(history[k], i) for k in keys)])
+        writer.writerow(
+            [
+                cell(epochs, i) if epochs else i + 1,
+                *([cell(phases, i)] if phases is not None else []),
+                *(cell(history[k], i) for k in keys),
+            ]
+        )
     return write_text(path, buf.getvalue())
 
 
 def save_figure(fig, path: Path, dpi: int = 100) -> Path:
     """Save a matplotlib figure as PNG atomically (unique temp, ArtifactError on failure) and close it."""
     import matplotlib.pyplot as plt
+
     try:
         return write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
     finally:
         plt.close(fig)
 
 
-def plot_curves(path: Path, history: Mapping[str, Sequence[float]], title: str,
-                boundaries: Sequence[tuple[int, str]] = (), epochs: Sequence[int] | None = None) -> Path:
+def plot_curves(
+    path: Path,
+    history: Mapping[str, Sequence[float]],
+    title: str,
+    boundaries: Sequence[tuple[int, str]] = (),
+    epochs: Sequence[int] | None = None,
+) -> Path:
     """Loss and accuracy per epoch (train and validation) as a PNG.
 
     Args:
@@ -116,6 +137,7 @@ def plot_curves(path: Path, history: Mapping[str, Sequence[float]], title: str,
         epochs: x values (global epoch numbers); default 1..n, or history["epoch"] when present.
     """
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -125,15 +147,24 @@ def plot_curves(path: Path, history: Mapping[str, Sequence[float]], title: str,
         for key, style in ((metric, "-o"), (f"val_{metric}", "--s")):
             if key in history:
                 ys = list(history[key])
-                xs = xs_all[:len(ys)] if len(xs_all) >= len(ys) else range(1, len(ys) + 1)
+                xs = xs_all[: len(ys)] if len(xs_all) >= len(ys) else range(1, len(ys) + 1)
                 ax.plot(xs, ys, style, label=key, markersize=4)
         for start, label in boundaries:
             if not isinstance(start, int):  # a phase that never ran has no start
                 continue
             x = xs_all[start] - 0.5 if start < len(xs_all) else start + 0.5
             ax.axvline(x, color="gray", linestyle=":", linewidth=1)
-            ax.text(x, 1.0, f" {label}", transform=ax.get_xaxis_transform(), fontsize=7,
-                    rotation=90, va="top", ha="left", color="dimgray")
+            ax.text(
+                x,
+                1.0,
+                f" {label}",
+                transform=ax.get_xaxis_transform(),
+                fontsize=7,
+                rotation=90,
+                va="top",
+                ha="left",
+                color="dimgray",
+            )
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.grid(alpha=0.3)

@@ -1,5 +1,6 @@
 """ArchSpec -> Keras 3 functional model. Layer names are block names, so variable paths are block paths
 (`stage1/conv/kernel`) and stay identical across variants; a disabled block is an Identity in its slot."""
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,11 @@ class BlockGroup(keras.layers.Layer):
         return x + y if self.residual else y
 
     def get_config(self):
-        return {**super().get_config(), "residual": self.residual,
-                "blocks": [keras.saving.serialize_keras_object(b) for b in self.blocks]}
+        return {
+            **super().get_config(),
+            "residual": self.residual,
+            "blocks": [keras.saving.serialize_keras_object(b) for b in self.blocks],
+        }
 
     @classmethod
     def from_config(cls, config):
@@ -47,9 +51,15 @@ def _pool(p: dict, name: str) -> keras.layers.Layer:
 
 LAYER_FACTORIES: dict[str, Callable[[dict, str], keras.layers.Layer]] = {
     "dense": lambda p, n: keras.layers.Dense(p["units"], activation=p["activation"], use_bias=p["use_bias"], name=n),
-    "conv2d": lambda p, n: keras.layers.Conv2D(p["filters"], p["kernel_size"], strides=p["strides"],
-                                               padding=p["padding"], activation=p["activation"],
-                                               use_bias=p["use_bias"], name=n),
+    "conv2d": lambda p, n: keras.layers.Conv2D(
+        p["filters"],
+        p["kernel_size"],
+        strides=p["strides"],
+        padding=p["padding"],
+        activation=p["activation"],
+        use_bias=p["use_bias"],
+        name=n,
+    ),
     "pool": _pool,
     "flatten": lambda p, n: keras.layers.Flatten(name=n),
     "dropout": lambda p, n: keras.layers.Dropout(p["rate"], name=n),
@@ -64,13 +74,23 @@ def _target_layer(block: BlockSpec) -> keras.layers.Layer:
     check_layer_config(where, class_name, block.params)  # again: a BlockSpec may be built by hand
     cls = getattr(keras.layers, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, keras.layers.Layer)):
-        raise ConfigError(f"{where}._target_", "not a Keras layer class", expected="a class in keras.layers",
-                          received=block.target, fix="check the class name's spelling in the Keras docs")
+        raise ConfigError(
+            f"{where}._target_",
+            "not a Keras layer class",
+            expected="a class in keras.layers",
+            received=block.target,
+            fix="check the class name's spelling in the Keras docs",
+        )
     try:
         return cls(name=block.name, **block.params)
     except (TypeError, ValueError) as e:
-        raise ConfigError(where, f"{block.target} refused its arguments: {e}", expected="keyword arguments of "
-                          "that class", received=dict(block.params), fix="fix or remove the offending key") from None
+        raise ConfigError(
+            where,
+            f"{block.target} refused its arguments: {e}",
+            expected="keyword arguments of that class",
+            received=dict(block.params),
+            fix="fix or remove the offending key",
+        ) from None
 
 
 def _check_size(block: BlockSpec, in_shape: tuple, total: int) -> int:
@@ -83,18 +103,26 @@ def _check_size(block: BlockSpec, in_shape: tuple, total: int) -> int:
         count = estimate_params(block.target.rsplit(".", 1)[1], block.params, in_shape)
     total += count or 0
     if total > MAX_PARAMS:
-        raise ConfigError(where, f"the model reaches {total:,} parameters at block '{block.path}'",
-                          expected=f"at most {MAX_PARAMS:,} parameters", received=dict(block.params),
-                          fix="use fewer units/filters or a smaller kernel")
+        raise ConfigError(
+            where,
+            f"the model reaches {total:,} parameters at block '{block.path}'",
+            expected=f"at most {MAX_PARAMS:,} parameters",
+            received=dict(block.params),
+            fix="use fewer units/filters or a smaller kernel",
+        )
     return total
 
 
 def _check_output(block: BlockSpec, out_shape: tuple) -> None:
     """A `_target_` layer's symbolic output (nothing allocated yet) must stay within MAX_ACTIVATION."""
     if None not in out_shape and math.prod(out_shape) > MAX_ACTIVATION:
-        raise ConfigError(f"model.blocks.{block.path.replace('/', '.blocks.')}", f"block '{block.path}' outputs "
-                          f"{math.prod(out_shape):,} values per sample", expected=f"at most {MAX_ACTIVATION:,}",
-                          received=out_shape, fix="use a smaller size/padding/repeat count")
+        raise ConfigError(
+            f"model.blocks.{block.path.replace('/', '.blocks.')}",
+            f"block '{block.path}' outputs {math.prod(out_shape):,} values per sample",
+            expected=f"at most {MAX_ACTIVATION:,}",
+            received=out_shape,
+            fix="use a smaller size/padding/repeat count",
+        )
 
 
 def make_layer(block: BlockSpec) -> keras.layers.Layer:
@@ -102,8 +130,7 @@ def make_layer(block: BlockSpec) -> keras.layers.Layer:
     if not block.enabled:
         return keras.layers.Identity(name=block.name)
     if block.is_group:
-        return BlockGroup([make_layer(c) for c in block.children],
-                          residual=block.type == "residual", name=block.name)
+        return BlockGroup([make_layer(c) for c in block.children], residual=block.type == "residual", name=block.name)
     if block.type == "target":
         return _target_layer(block)
     return LAYER_FACTORIES[block.type](dict(block.params), block.name)
@@ -125,13 +152,22 @@ def build_model(spec: ArchSpec) -> keras.Model:
         except ConfigError:
             raise
         except Exception as e:  # only reachable through `_target_` layers with undeclared shapes
-            raise ConfigError(f"model.blocks.{block.name}", f"Keras could not build block '{block.path}': {e}",
-                              expected="a shape this layer accepts", received=f"input shape {tuple(x.shape[1:])}",
-                              fix="declare output_shape on `_target_` blocks or reorder the blocks") from None
+            raise ConfigError(
+                f"model.blocks.{block.name}",
+                f"Keras could not build block '{block.path}': {e}",
+                expected="a shape this layer accepts",
+                received=f"input shape {tuple(x.shape[1:])}",
+                fix="declare output_shape on `_target_` blocks or reorder the blocks",
+            ) from None
     out = tuple(x.shape[1:])
     if out != (spec.num_classes,):
-        raise ConfigError("model.blocks", f"the built model outputs {out} but the data has {spec.num_classes} classes",
-                          expected=(spec.num_classes,), received=out, fix="end with a flatten and a dense head")
+        raise ConfigError(
+            "model.blocks",
+            f"the built model outputs {out} but the data has {spec.num_classes} classes",
+            expected=(spec.num_classes,),
+            received=out,
+            fix="end with a flatten and a dense head",
+        )
     return keras.Model(inputs, x, name=spec.name)
 
 
@@ -146,6 +182,7 @@ def find_layer(model: keras.Model, path: str) -> keras.layers.Layer:
 
 def model_table(spec: ArchSpec, model: keras.Model) -> str:
     """Markdown table: block, type, status, output shape, params (counted by Keras)."""
+
     def keras_count(depth: int, b: BlockSpec) -> int:
         layer = find_layer(model, b.path) if b.enabled or depth == 0 else None
         return layer.count_params() if layer is not None and layer.built else 0

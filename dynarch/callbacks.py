@@ -2,6 +2,7 @@
 train-state checkpoints (mid-epoch and at epoch ends), ends a phase on a plateau and stops on a signal or
 a NaN loss. Both live for one `fit` — one phase — so stock Keras callbacks beside them keep their state.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,10 +17,11 @@ import keras
 @dataclass
 class StopState:
     """Why the loop stopped, shared by the signal handler, the keeper and the loop (instead of a dict)."""
-    signal: int | None = None                 # SIGTERM / SIGINT received: save at the next step boundary
-    nan_at: tuple[int, int] | None = None     # (epoch, batch) where the loss became non-finite
-    saved: Path | None = None                 # the newest train-state checkpoint
-    mid_epoch: bool = False                   # the fit ended inside an epoch (signal or NaN)
+
+    signal: int | None = None  # SIGTERM / SIGINT received: save at the next step boundary
+    nan_at: tuple[int, int] | None = None  # (epoch, batch) where the loss became non-finite
+    saved: Path | None = None  # the newest train-state checkpoint
+    mid_epoch: bool = False  # the fit ended inside an epoch (signal or NaN)
 
 
 class Throughput(keras.callbacks.Callback):

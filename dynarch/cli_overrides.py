@@ -2,6 +2,7 @@
 option or a missing primary config itself, with its own wording, exit status 1 and no `fix:` line. These
 checks give the same cases one dynarch error (key, expected, received, fix) instead. Pure Python, no TF.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +11,23 @@ from typing import Any, Sequence
 from .errors import ConfigError, did_you_mean
 
 # Hydra's own flags that take a value (the value is not an override).
-VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c", "--package",
-               "-p", "--shell-completion", "-sc", "--experimental-rerun", "--info", "-i"}
+VALUE_FLAGS = {
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--shell-completion",
+    "-sc",
+    "--experimental-rerun",
+    "--info",
+    "-i",
+}
 HANDLED_GROUPS = ("arch", "schedule")  # preflight checks these itself (per-model names, file contents)
 
 
@@ -43,10 +59,14 @@ def _parse(overrides: list[str]) -> list[Any]:
             parsed.append(parser.parse_override(text))
         except HydraException as e:
             first = str(e).splitlines()[0] if str(e) else "cannot parse"
-            raise ConfigError(text.split("=", 1)[0] or text, f"Hydra cannot parse the override: {first}",
-                              expected="KEY=VALUE with an ASCII key; quote values holding spaces, unicode or "
-                                       "special characters, e.g. model.name='my model'",
-                              received=text, fix="fix or quote the override (see python -m dynarch --help)") from None
+            raise ConfigError(
+                text.split("=", 1)[0] or text,
+                f"Hydra cannot parse the override: {first}",
+                expected="KEY=VALUE with an ASCII key; quote values holding spaces, unicode or "
+                "special characters, e.g. model.name='my model'",
+                received=text,
+                fix="fix or quote the override (see python -m dynarch --help)",
+            ) from None
     return parsed
 
 
@@ -73,20 +93,33 @@ def check_overrides(argv: Sequence[str], dirs: Sequence[Path]) -> None:
     name = flags.get("--config-name") or flags.get("-cn")
     if name and not any((Path(d) / f"{name}.yaml").is_file() for d in dirs):
         known = sorted({p.stem for d in dirs for p in Path(d).glob("*.yaml")})
-        raise ConfigError("--config-name", f"no primary config named '{name}'.{did_you_mean(name, known)}",
-                          expected=f"one of {', '.join(known)}", received=name,
-                          fix="drop --config-name (the default is config), or name a file in the config folders")
+        raise ConfigError(
+            "--config-name",
+            f"no primary config named '{name}'.{did_you_mean(name, known)}",
+            expected=f"one of {', '.join(known)}",
+            received=name,
+            fix="drop --config-name (the default is config), or name a file in the config folders",
+        )
     for override in _parse(overrides):
         group = override.key_or_group
         if group in HANDLED_GROUPS or group.startswith("hydra") or override.is_add() and "." in group:
             continue
         if not any((Path(d) / group).is_dir() for d in dirs):
             continue  # a key, not a config group
-        known = sorted({str(p.relative_to(Path(d) / group).with_suffix("")) for d in dirs
-                        for p in (Path(d) / group).rglob("*.yaml") if (Path(d) / group).is_dir()})
+        known = sorted(
+            {
+                str(p.relative_to(Path(d) / group).with_suffix(""))
+                for d in dirs
+                for p in (Path(d) / group).rglob("*.yaml")
+                if (Path(d) / group).is_dir()
+            }
+        )
         for option in _options(override):
             if not any((Path(d) / group / f"{option}.yaml").is_file() for d in dirs):
-                raise ConfigError(f"{group}={option}", f"no {group} config named '{option}'."
-                                  f"{did_you_mean(option, known)}", expected=f"one of {', '.join(known)}",
-                                  received=option, fix=f"pick one of those, or add {group}/{option}.yaml to a "
-                                                       "folder given with --config-dir")
+                raise ConfigError(
+                    f"{group}={option}",
+                    f"no {group} config named '{option}'.{did_you_mean(option, known)}",
+                    expected=f"one of {', '.join(known)}",
+                    received=option,
+                    fix=f"pick one of those, or add {group}/{option}.yaml to a folder given with --config-dir",
+                )

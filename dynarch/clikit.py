@@ -3,6 +3,7 @@ wrapper that prints one `error:` message with its `fix:` line and exits 2 — ne
 user typed (Hydra/OmegaConf errors and bugs included) — and the output rules: never replace an existing
 output without --force, write to a temp sibling and rename it into place.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,7 @@ class ArgParser(argparse.ArgumentParser):
         self.usage_line = usage_line
 
     def error(self, message: str):
-        raise ConfigError(self.prog, message, expected=self.usage_line or None,
-                          fix=f"see {self.prog} --help")
+        raise ConfigError(self.prog, message, expected=self.usage_line or None, fix=f"see {self.prog} --help")
 
 
 def run_main(run: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
@@ -41,13 +41,19 @@ def run_main(run: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
         print("error: interrupted; nothing was written", file=sys.stderr)
         return 130
     except OSError as e:  # a path the command was given: unreadable, no space, no permission
-        print(f"error: {e.filename or 'file system'}: {e.strerror or e}\n"
-              "  fix: check the path, its permissions and free disk space", file=sys.stderr)
+        print(
+            f"error: {e.filename or 'file system'}: {e.strerror or e}\n"
+            "  fix: check the path, its permissions and free disk space",
+            file=sys.stderr,
+        )
         return 2
     except Exception as e:  # noqa: BLE001  Hydra/OmegaConf errors compose_run does not wrap, and bugs
         first = str(e).splitlines()[0][:300] if str(e) else ""
-        print(f"error: {type(e).__name__}: {first}\n"
-              "  fix: check the arguments; if they are right, report this as a dynarch bug", file=sys.stderr)
+        print(
+            f"error: {type(e).__name__}: {first}\n"
+            "  fix: check the arguments; if they are right, report this as a dynarch bug",
+            file=sys.stderr,
+        )
         return 2
 
 
@@ -56,15 +62,29 @@ def check_new_output(path: Path, force: bool, what: str, flag: str = "--out") ->
     atomically at the end), and a missing parent folder (nothing is created outside the output)."""
     path = Path(path)
     if path.is_symlink():
-        raise CheckpointError(str(path), f"{flag} is a symlink", expected=f"a new path for the {what}",
-                              received="a symlink", fix=f"pass {flag} a new path")
+        raise CheckpointError(
+            str(path),
+            f"{flag} is a symlink",
+            expected=f"a new path for the {what}",
+            received="a symlink",
+            fix=f"pass {flag} a new path",
+        )
     if path.exists() and not force:
-        raise CheckpointError(str(path), f"{flag} already exists", expected=f"a new path for the {what}",
-                              received="an existing " + ("folder" if path.is_dir() else "file"),
-                              fix="pass --force to replace it (atomically), or a new path; nothing was changed")
+        raise CheckpointError(
+            str(path),
+            f"{flag} already exists",
+            expected=f"a new path for the {what}",
+            received="an existing " + ("folder" if path.is_dir() else "file"),
+            fix="pass --force to replace it (atomically), or a new path; nothing was changed",
+        )
     if not path.parent.is_dir():
-        raise CheckpointError(str(path), f"the folder of {flag} does not exist", expected="an existing folder",
-                              received=str(path.parent), fix=f"create {path.parent} first, or pass another path")
+        raise CheckpointError(
+            str(path),
+            f"the folder of {flag} does not exist",
+            expected="an existing folder",
+            received=str(path.parent),
+            fix=f"create {path.parent} first, or pass another path",
+        )
 
 
 def temp_sibling(path: Path, suffix: str = "") -> Path:

@@ -2,6 +2,7 @@
 per-model variant names, and shell-quoted commands. The config files themselves are checked first, by
 preflight.py.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -15,9 +16,16 @@ from .config import RunConfig, load_run_config
 from .errors import ConfigError, did_you_mean
 from .preflight import CONF_DIR, check_variant_file, check_yaml_file, preflight
 
-__all__ = ["CONF_DIR", "compose_config", "compose_run", "preflight", "qualify_arch_overrides", "resolve_config",
-           "shell_command", "variant_name"]
-
+__all__ = [
+    "CONF_DIR",
+    "compose_config",
+    "compose_run",
+    "preflight",
+    "qualify_arch_overrides",
+    "resolve_config",
+    "shell_command",
+    "variant_name",
+]
 
 
 # Names the variants had before they moved into per-model folders (conf/arch/<model>/NAME.yaml).
@@ -35,9 +43,13 @@ def _check_variant_fits(choice: str, model: str) -> str:
     folder, _, short = choice.rpartition("/")
     if folder and folder != model and (CONF_DIR / "arch" / folder).is_dir():
         fitting = sorted(p.stem for p in (CONF_DIR / "arch" / model).glob("*.yaml"))
-        raise ConfigError(f"+arch={choice}", f"variant '{choice}' is made for model '{folder}', not '{model}'",
-                          expected=f"a variant of {model}: {', '.join(fitting) or 'none shipped'}", received=choice,
-                          fix=f"add model={folder}, or pick +arch={model}/NAME")
+        raise ConfigError(
+            f"+arch={choice}",
+            f"variant '{choice}' is made for model '{folder}', not '{model}'",
+            expected=f"a variant of {model}: {', '.join(fitting) or 'none shipped'}",
+            received=choice,
+            fix=f"add model={folder}, or pick +arch={model}/NAME",
+        )
     return short
 
 
@@ -80,13 +92,18 @@ def _to_plain(cfg: DictConfig) -> dict:
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", "") or "config"
-        raise ConfigError(key, f"cannot resolve the config: {getattr(e, 'msg', None) or e}",
-                          expected="every ??? value set and every ${...} resolvable", received=None,
-                          fix=f"set it on the command line, e.g. {key}=VALUE") from None
+        raise ConfigError(
+            key,
+            f"cannot resolve the config: {getattr(e, 'msg', None) or e}",
+            expected="every ??? value set and every ${...} resolvable",
+            received=None,
+            fix=f"set it on the command line, e.g. {key}=VALUE",
+        ) from None
 
 
-def resolve_config(cfg: DictConfig, variant: str, schedule_name: str | None = None,
-                   search_dirs: Sequence[Path] = ()) -> tuple[RunConfig, dict]:
+def resolve_config(
+    cfg: DictConfig, variant: str, schedule_name: str | None = None, search_dirs: Sequence[Path] = ()
+) -> tuple[RunConfig, dict]:
     """DictConfig -> (validated RunConfig, resolved plain dict). The only place that touches DictConfig.
 
     With a `schedule` node, every phase's architecture is composed (its variant files and inline patch
@@ -103,6 +120,7 @@ def resolve_config(cfg: DictConfig, variant: str, schedule_name: str | None = No
         container["schedule"] = schedule_raw
     from .hooks import check_callbacks
     from .loggers import check_loggers
+
     check_callbacks(run.callbacks, run)
     check_loggers(run.loggers, run.callbacks, run.backend)
     return run, container
@@ -111,23 +129,40 @@ def resolve_config(cfg: DictConfig, variant: str, schedule_name: str | None = No
 def _variant_patch(name: Any, where: str, dirs: Sequence[Path], model: str) -> dict:
     """The `model` patch of variant file arch/NAME.yaml (checked like a `+arch` file)."""
     if not isinstance(name, str) or not name:
-        raise ConfigError(where, "a variant is named by a string", expected="e.g. deep", received=name,
-                          fix=f"set {where} to a file name from conf/arch/")
-    candidates = [Path(folder) / "arch" / f"{n}.yaml" for folder in dirs
-                  for n in (f"{model}/{ARCH_ALIASES.get(name, name)}", name)]
+        raise ConfigError(
+            where,
+            "a variant is named by a string",
+            expected="e.g. deep",
+            received=name,
+            fix=f"set {where} to a file name from conf/arch/",
+        )
+    candidates = [
+        Path(folder) / "arch" / f"{n}.yaml"
+        for folder in dirs
+        for n in (f"{model}/{ARCH_ALIASES.get(name, name)}", name)
+    ]
     for path in candidates:
         if path.is_file():
             check_variant_file(path)
             data = check_yaml_file(path) or {}
             extra = [k for k in data if k != "model"]
             if extra:
-                raise ConfigError(where, f"variant '{name}' also sets {', '.join(extra)}: a phase changes the model only",
-                                  expected="a variant that patches model only", received=extra,
-                                  fix="use a model-only variant, or set the phase's optimizer under optimizer:")
+                raise ConfigError(
+                    where,
+                    f"variant '{name}' also sets {', '.join(extra)}: a phase changes the model only",
+                    expected="a variant that patches model only",
+                    received=extra,
+                    fix="use a model-only variant, or set the phase's optimizer under optimizer:",
+                )
             return data.get("model") or {}
     known = sorted({p.stem for folder in dirs for p in (Path(folder) / "arch" / model).glob("*.yaml")})
-    raise ConfigError(where, f"no variant named '{name}'.{did_you_mean(name, known)}",
-                      expected=f"one of {', '.join(known)}", received=name, fix=f"set {where} to an existing variant")
+    raise ConfigError(
+        where,
+        f"no variant named '{name}'.{did_you_mean(name, known)}",
+        expected=f"one of {', '.join(known)}",
+        received=name,
+        fix=f"set {where} to an existing variant",
+    )
 
 
 def _attach_schedule(run: RunConfig, cfg: DictConfig, raw: Any, name: str, dirs: Sequence[Path]) -> RunConfig:
@@ -146,31 +181,45 @@ def _attach_schedule(run: RunConfig, cfg: DictConfig, raw: Any, name: str, dirs:
         patches = [_variant_patch(a, f"{where}.arch", dirs, run.arch.name) for a in arch_names]
         inline = raw_phase.get("model")
         if inline is not None and not isinstance(inline, dict):
-            raise ConfigError(f"{where}.model", "an inline patch is a mapping", expected="{blocks: {extra: {enabled: true}}}",
-                              received=inline, fix=f"write {where}.model as a mapping")
+            raise ConfigError(
+                f"{where}.model",
+                "an inline patch is a mapping",
+                expected="{blocks: {extra: {enabled: true}}}",
+                received=inline,
+                fix=f"write {where}.model as a mapping",
+            )
         merged = OmegaConf.merge(base, *({"model": p} for p in [*patches, inline or {}]))
         arch = parse_arch(_to_plain(merged)["model"], run.data.num_classes, where=f"{where}.model")
         optimizer = _phase_optimizer(run, raw_phase.get("optimizer"), f"{where}.optimizer")
         label = raw_phase.get("name") or "+".join(arch_names) or ("inline" if inline else run.variant)
         if raw_phase.get("epochs") == "rest":
             if i != len(raw["phases"]) - 1:
-                raise ConfigError(f"{where}.epochs", "only the last phase can run for the rest of the run",
-                                  expected="a number of epochs", received="rest",
-                                  fix=f"set {where}.epochs to a number, or move this phase last")
+                raise ConfigError(
+                    f"{where}.epochs",
+                    "only the last phase can run for the rest of the run",
+                    expected="a number of epochs",
+                    received="rest",
+                    fix=f"set {where}.epochs to a number, or move this phase last",
+                )
             phases.append(PhaseSpec(i, str(label), arch, optimizer, rest=True))
         elif raw_phase.get("epochs") is not None:
-            phases.append(PhaseSpec(i, str(label), arch, optimizer,
-                                    epochs=_epochs(raw_phase["epochs"], f"{where}.epochs")))
+            phases.append(
+                PhaseSpec(i, str(label), arch, optimizer, epochs=_epochs(raw_phase["epochs"], f"{where}.epochs"))
+            )
         else:
             plateau, cap = parse_until(raw_phase["until"], f"{where}.until")
             phases.append(PhaseSpec(i, str(label), arch, optimizer, plateau=plateau, max_epochs=cap))
     if phases[-1].rest:  # the phases before `rest` must leave it at least one epoch of trainer.epochs
         budget = sum(p.epochs if p.epochs is not None else p.max_epochs for p in phases[:-1])
         if budget >= run.trainer.epochs:
-            raise ConfigError("trainer.epochs", f"the phases before the last ('epochs: rest') can take {budget} "
-                              f"epochs, which leaves the last phase nothing of trainer.epochs={run.trainer.epochs}",
-                              expected=f"trainer.epochs > {budget}", received=run.trainer.epochs,
-                              fix=f"raise trainer.epochs above {budget}, or lower the earlier phases' epochs/max_epochs")
+            raise ConfigError(
+                "trainer.epochs",
+                f"the phases before the last ('epochs: rest') can take {budget} "
+                f"epochs, which leaves the last phase nothing of trainer.epochs={run.trainer.epochs}",
+                expected=f"trainer.epochs > {budget}",
+                received=run.trainer.epochs,
+                fix=f"raise trainer.epochs above {budget}, or lower the earlier phases' epochs/max_epochs",
+            )
     return dataclasses.replace(run, schedule=name, phases=tuple(phases))
 
 
@@ -181,21 +230,31 @@ def _phase_optimizer(run: RunConfig, patch: Any, where: str):
     from .config import OptimizerConfig, from_mapping
 
     if patch is not None and not isinstance(patch, dict):
-        raise ConfigError(where, "a phase's optimizer settings are a mapping", expected="{lr: 3.0e-4}",
-                          received=patch, fix=f"write {where} as a mapping")
+        raise ConfigError(
+            where,
+            "a phase's optimizer settings are a mapping",
+            expected="{lr: 3.0e-4}",
+            received=patch,
+            fix=f"write {where} as a mapping",
+        )
     try:
         return from_mapping(OptimizerConfig, {**dataclasses.asdict(run.optimizer), **(patch or {})}, "optimizer")
     except ConfigError as e:  # same rules, but the message names the phase's key
         rename = lambda text: None if text is None else str(text).replace("optimizer", where, 1)  # noqa: E731
-        raise ConfigError(rename(e.where), e.problem, expected=e.expected, received=e.received,
-                          fix=rename(e.fix)) from None
+        raise ConfigError(
+            rename(e.where), e.problem, expected=e.expected, received=e.received, fix=rename(e.fix)
+        ) from None
 
 
 def _epochs(value: Any, where: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 100_000:
-        raise ConfigError(where, "must be a whole number of epochs", expected="an integer in [1, 100000], or 'rest' "
-                          "(last phase: until trainer.epochs in all)",
-                          received=value, fix=f"set {where} to e.g. 2")
+        raise ConfigError(
+            where,
+            "must be a whole number of epochs",
+            expected="an integer in [1, 100000], or 'rest' (last phase: until trainer.epochs in all)",
+            received=value,
+            fix=f"set {where} to e.g. 2",
+        )
     return value
 
 
@@ -213,9 +272,13 @@ def compose_config(overrides: Sequence[str]) -> tuple[DictConfig, dict[str, Any]
             choices = dict(cfg.hydra.runtime.choices)
             sources = [Path(s.path) for s in cfg.hydra.runtime.config_sources if s.schema == "file"]
     except HydraException as e:
-        raise ConfigError("overrides", f"Hydra cannot compose the config: {str(e).splitlines()[0]}",
-                          expected="overrides naming existing keys and config options",
-                          received=" ".join(overrides), fix="check the spelling; new keys need a leading +") from None
+        raise ConfigError(
+            "overrides",
+            f"Hydra cannot compose the config: {str(e).splitlines()[0]}",
+            expected="overrides naming existing keys and config options",
+            received=" ".join(overrides),
+            fix="check the spelling; new keys need a leading +",
+        ) from None
     context = {"variant": variant_name(choices), "schedule_name": choices.get("schedule"), "search_dirs": sources}
     return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), context
 

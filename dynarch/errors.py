@@ -1,4 +1,5 @@
 """Errors users see: each names the config key or file, what was expected, what was received, and the fix."""
+
 from __future__ import annotations
 
 import difflib
@@ -8,10 +9,8 @@ from typing import Any, Iterable
 class DynarchError(Exception):
     """Base of every error dynarch raises on purpose; the CLI prints these without a traceback."""
 
-    def __init__(self, where: str, problem: str, *, expected: Any = None, received: Any = None,
-                 fix: str | None = None):
-        self.where, self.problem, self.expected, self.received, self.fix = (
-            where, problem, expected, received, fix)
+    def __init__(self, where: str, problem: str, *, expected: Any = None, received: Any = None, fix: str | None = None):
+        self.where, self.problem, self.expected, self.received, self.fix = (where, problem, expected, received, fix)
         lines = [f"{where}: {problem}"]
         if expected is not None:
             lines.append(f"  expected: {expected}")
@@ -40,9 +39,14 @@ def did_you_mean(name: str, options: Iterable[str]) -> str:
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
-def unknown_key_error(where: str, key: str, allowed: Iterable[str], kind: type[DynarchError] = ConfigError) -> DynarchError:
+def unknown_key_error(
+    where: str, key: str, allowed: Iterable[str], kind: type[DynarchError] = ConfigError
+) -> DynarchError:
     allowed = sorted(allowed)
-    return kind(f"{where}.{key}" if where else key, f"unknown key '{key}'.{did_you_mean(key, allowed)}",
-                expected=f"one of {', '.join(allowed)}", received=key,
-                fix=f"rename or remove '{key}'")
-
+    return kind(
+        f"{where}.{key}" if where else key,
+        f"unknown key '{key}'.{did_you_mean(key, allowed)}",
+        expected=f"one of {', '.join(allowed)}",
+        received=key,
+        fix=f"rename or remove '{key}'",
+    )

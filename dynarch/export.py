@@ -7,6 +7,7 @@ goes to a temp sibling and is renamed into place when complete; an existing outp
 --force. Default output: RUN/export/model.keras, RUN/export/saved_model/, RUN/export/model.tflite,
 RUN/export/model.onnx.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,8 +24,12 @@ from .errors import ConfigError
 PROG = "python -m dynarch.export"
 USAGE = "RUN --format keras|saved_model|litert|onnx [--out PATH] [--force]"
 # format -> (default name under RUN/export/, required suffix ("" = a folder), Keras export format or None = save)
-FORMATS = {"keras": ("model.keras", ".keras", None), "saved_model": ("saved_model", "", "tf_saved_model"),
-           "litert": ("model.tflite", ".tflite", "litert"), "onnx": ("model.onnx", ".onnx", "onnx")}
+FORMATS = {
+    "keras": ("model.keras", ".keras", None),
+    "saved_model": ("saved_model", "", "tf_saved_model"),
+    "litert": ("model.tflite", ".tflite", "litert"),
+    "onnx": ("model.onnx", ".onnx", "onnx"),
+}
 EXTRAS = {"onnx": ("onnx", ("tf2onnx", "onnx"))}  # format -> (pip extra, modules it needs)
 
 
@@ -35,9 +40,13 @@ def check_extra(fmt: str) -> None:
     extra, modules = EXTRAS[fmt]
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        raise ConfigError("--format", f"the {fmt} export needs the '{extra}' extra, which is not installed",
-                          expected=f"the modules {', '.join(modules)}", received=f"missing {', '.join(missing)}",
-                          fix=f"pip install -e '.[{extra}]' (or pip install {' '.join(modules)}), then run again")
+        raise ConfigError(
+            "--format",
+            f"the {fmt} export needs the '{extra}' extra, which is not installed",
+            expected=f"the modules {', '.join(modules)}",
+            received=f"missing {', '.join(missing)}",
+            fix=f"pip install -e '.[{extra}]' (or pip install {' '.join(modules)}), then run again",
+        )
 
 
 def output_path(out: Path | None, fmt: str, run_dir: Path | None, checkpoint: Path) -> Path:
@@ -45,16 +54,31 @@ def output_path(out: Path | None, fmt: str, run_dir: Path | None, checkpoint: Pa
     name, suffix, _ = FORMATS[fmt]
     if out is None:
         if run_dir is None:
-            raise ConfigError("--out", "this checkpoint is not in a run dir: say where the export goes",
-                              expected=f"--out PATH{suffix or '/'}", received=str(checkpoint), fix="pass --out")
+            raise ConfigError(
+                "--out",
+                "this checkpoint is not in a run dir: say where the export goes",
+                expected=f"--out PATH{suffix or '/'}",
+                received=str(checkpoint),
+                fix="pass --out",
+            )
         return run_dir / "export" / name
     out = Path(out)
     if suffix and out.suffix.lower() != suffix:
-        raise ConfigError("--out", f"a {fmt} export must end {suffix}", expected=f"PATH{suffix}",
-                          received=out.name, fix=f"name it e.g. model{suffix}")
+        raise ConfigError(
+            "--out",
+            f"a {fmt} export must end {suffix}",
+            expected=f"PATH{suffix}",
+            received=out.name,
+            fix=f"name it e.g. model{suffix}",
+        )
     if not suffix and out.suffix:
-        raise ConfigError("--out", f"a {fmt} export is a folder, not a {out.suffix} file", expected="a folder name",
-                          received=out.name, fix="name it e.g. saved_model")
+        raise ConfigError(
+            "--out",
+            f"a {fmt} export is a folder, not a {out.suffix} file",
+            expected="a folder name",
+            received=out.name,
+            fix="name it e.g. saved_model",
+        )
     return out
 
 
@@ -75,10 +99,16 @@ def write_export(model, fmt: str, tmp: Path) -> None:
 def export(run: str | Path, fmt: str, out: Path | None = None, force: bool = False) -> Path:
     """Export a trained run's model; returns the path written."""
     if fmt not in FORMATS:
-        raise ConfigError("--format", f"unknown export format '{fmt}'", expected=", ".join(FORMATS), received=fmt,
-                          fix="pick one of those")
+        raise ConfigError(
+            "--format",
+            f"unknown export format '{fmt}'",
+            expected=", ".join(FORMATS),
+            received=fmt,
+            fix="pick one of those",
+        )
     check_extra(fmt)
     from .load import RUN_CHECKPOINTS, checkpoint_folder
+
     folder = checkpoint_folder(run)  # a bad run is refused before the output is checked
     path = output_path(out, fmt, folder.parent if folder.name in RUN_CHECKPOINTS else None, folder)
     default = out is None
@@ -87,6 +117,7 @@ def export(run: str | Path, fmt: str, out: Path | None = None, force: bool = Fal
     elif path.exists() and not force:
         check_new_output(path, force, f"{fmt} export", flag="the default output")
     from .load import load_run
+
     model, _ = load_run(run, compile=False)
     if default:
         path.parent.mkdir(exist_ok=True)  # RUN/export/: inside the run dir
@@ -97,10 +128,14 @@ def export(run: str | Path, fmt: str, out: Path | None = None, force: bool = Fal
             check_new_output(path, force, f"{fmt} export")
         return move_into_place(tmp, path)
     except (ValueError, TypeError, NotImplementedError, ImportError) as e:  # a Keras writer refused the model
-        raise ConfigError("--format", f"Keras could not export this model as {fmt}: "
-                          f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}",
-                          expected="a format this model and backend support", received=fmt,
-                          fix="try --format keras or saved_model") from None
+        raise ConfigError(
+            "--format",
+            f"Keras could not export this model as {fmt}: "
+            f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}",
+            expected="a format this model and backend support",
+            received=fmt,
+            fix="try --format keras or saved_model",
+        ) from None
     finally:
         remove_temp(tmp)
 

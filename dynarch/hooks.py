@@ -10,6 +10,7 @@ Keras' `on_train_begin` has reset it (`restore_callback_states`). Every callback
 and is passed to each phase's `fit`: Keras resets EarlyStopping / ReduceLROnPlateau at each `fit`, so with
 a schedule they act within a phase (early stopping ends the phase, not the run); BestCheckpoint spans the run.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,7 +25,7 @@ from typing import Any, Callable, Iterable, Mapping
 from .errors import CheckpointError, ConfigError, did_you_mean
 
 log = logging.getLogger(__name__)
-METRICS = ("val_loss", "val_accuracy", "loss", "accuracy")   # what every epoch's logs hold
+METRICS = ("val_loss", "val_accuracy", "loss", "accuracy")  # what every epoch's logs hold
 BEST_SUBDIR = "checkpoint-best"
 TENSORBOARD_SUBDIR = "tensorboard"
 TENSORBOARD_EXTRA = "pip install -e '.[tensorboard]'  (TensorFlow 2.21 no longer installs TensorBoard)"
@@ -32,14 +33,19 @@ Check = tuple[Callable[[Any], bool], str]
 
 
 def _int(low: int = 0) -> Check:
-    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= 2**31 - 1,
-            f"an integer >= {low}")
+    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= 2**31 - 1, f"an integer >= {low}")
 
 
 def _num(low: float = 0.0, high: float = math.inf, open_high: bool = False) -> Check:
     def ok(v):
-        return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and low <= v
-                and (v < high if open_high else v <= high))
+        return (
+            isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+            and low <= v
+            and (v < high if open_high else v <= high)
+        )
+
     return ok, f"a number in [{low}, {high}{')' if open_high else ']'}"
 
 
@@ -49,36 +55,57 @@ _MODE: Check = (lambda v: v in ("auto", "min", "max"), "auto, min or max")
 _VERBOSE: Check = (lambda v: v in (0, 1), "0 or 1")
 _BASELINE: Check = (lambda v: v is None or _num(-math.inf)[0](v), "null or a finite number")
 _TENSORBOARD: dict[str, Check] = {
-    "histogram_freq": _int(0), "write_graph": _BOOL, "write_images": _BOOL, "write_steps_per_second": _BOOL,
+    "histogram_freq": _int(0),
+    "write_graph": _BOOL,
+    "write_images": _BOOL,
+    "write_steps_per_second": _BOOL,
     "update_freq": (lambda v: v == "epoch", "epoch"),
 }
 # The allowlist: class -> the keys a config may set, each with its check. No key takes code or a path.
 CALLBACK_KEYS: dict[str, dict[str, Check]] = {
-    "EarlyStopping": {"monitor": _MONITOR, "min_delta": _num(0), "patience": _int(0), "verbose": _VERBOSE,
-                      "mode": _MODE, "baseline": _BASELINE, "restore_best_weights": _BOOL,
-                      "start_from_epoch": _int(0)},
-    "ReduceLROnPlateau": {"monitor": _MONITOR, "factor": _num(0, 1, open_high=True), "patience": _int(0),
-                          "verbose": _VERBOSE, "mode": _MODE, "min_delta": _num(0), "cooldown": _int(0),
-                          "min_lr": _num(0)},
+    "EarlyStopping": {
+        "monitor": _MONITOR,
+        "min_delta": _num(0),
+        "patience": _int(0),
+        "verbose": _VERBOSE,
+        "mode": _MODE,
+        "baseline": _BASELINE,
+        "restore_best_weights": _BOOL,
+        "start_from_epoch": _int(0),
+    },
+    "ReduceLROnPlateau": {
+        "monitor": _MONITOR,
+        "factor": _num(0, 1, open_high=True),
+        "patience": _int(0),
+        "verbose": _VERBOSE,
+        "mode": _MODE,
+        "min_delta": _num(0),
+        "cooldown": _int(0),
+        "min_lr": _num(0),
+    },
     "TensorBoard": _TENSORBOARD,
     "BestCheckpoint": {"monitor": _MONITOR, "mode": _MODE, "min_delta": _num(0), "verbose": _VERBOSE},
 }
 ALLOWED_CALLBACKS = frozenset(CALLBACK_KEYS)
 # What each class keeps between epochs (restored on resume); RUN_SCOPED: kept across phases too.
-STATE_KEYS = {"EarlyStopping": ("wait", "stopped_epoch", "best", "best_epoch"),
-              "ReduceLROnPlateau": ("wait", "best", "cooldown_counter"),
-              "BestCheckpoint": ("best", "best_epoch"), "TensorBoard": ()}
+STATE_KEYS = {
+    "EarlyStopping": ("wait", "stopped_epoch", "best", "best_epoch"),
+    "ReduceLROnPlateau": ("wait", "best", "cooldown_counter"),
+    "BestCheckpoint": ("best", "best_epoch"),
+    "TensorBoard": (),
+}
 RUN_SCOPED = frozenset({"BestCheckpoint"})
 REFUSED = {
     "TerminateOnNaN": "is built in: dynarch stops on a NaN loss and keeps the last good checkpoint",
     "ModelCheckpoint": "writes files of its own format and names: use BestCheckpoint (RUN/checkpoint-best/, the "
-                       "safe format of checkpoint/); train-state checkpoints are built in",
+    "safe format of checkpoint/); train-state checkpoints are built in",
     "BackupAndRestore": "is built in: resume=true continues a run bitwise-exactly, even mid-epoch",
     "CSVLogger": "is a logger here: use logger=csv (it keeps one file across phases and resumes)",
     "LambdaCallback": "runs Python code, which a config may not name",
     "LearningRateScheduler": "takes a Python function: use optimizer.schedule (cosine, exponential, piecewise)",
     "RemoteMonitor": "sends every epoch's logs over the network",
-    "ProgbarLogger": "is built in: set trainer.verbose", "History": "is built in: RUN/history.csv",
+    "ProgbarLogger": "is built in: set trainer.verbose",
+    "History": "is built in: RUN/history.csv",
 }
 _PREFIXES = ("keras.callbacks.", "tf.keras.callbacks.", "tensorflow.keras.callbacks.", "dynarch.hooks.", "dynarch.")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -87,6 +114,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 @dataclass(frozen=True)
 class CallbackSpec:
     """One configured callback: its key under `callbacks`, its class, and its checked keyword arguments."""
+
     name: str
     kind: str
     options: tuple[tuple[str, Any], ...] = ()
@@ -104,16 +132,25 @@ def class_name(where: str, target: Any) -> str:
     """`keras.callbacks.EarlyStopping` / `EarlyStopping` / `dynarch.hooks.BestCheckpoint` -> the class name."""
     allowed = ", ".join(sorted(ALLOWED_CALLBACKS))
     if not isinstance(target, str):
-        raise _error(f"{where}._target_", "each callback names its class in _target_", f"one of {allowed}",
-                     target, f"set {where}._target_: EarlyStopping")
-    name = next((target[len(p):] for p in _PREFIXES if target.startswith(p)), target)
+        raise _error(
+            f"{where}._target_",
+            "each callback names its class in _target_",
+            f"one of {allowed}",
+            target,
+            f"set {where}._target_: EarlyStopping",
+        )
+    name = next((target[len(p) :] for p in _PREFIXES if target.startswith(p)), target)
     if name in ALLOWED_CALLBACKS:
         return name
     reason = f" (it {REFUSED[name]})" if name in REFUSED else ""
-    raise _error(f"{where}._target_", f"{target} is not on the allowlist of callbacks{reason}."
-                 f"{'' if reason else did_you_mean(name, ALLOWED_CALLBACKS)}",
-                 f"one of {allowed} (keras.callbacks.<Name> or dynarch's BestCheckpoint)", target,
-                 f"remove {where}" if reason else f"set {where}._target_ to one of {allowed}")
+    raise _error(
+        f"{where}._target_",
+        f"{target} is not on the allowlist of callbacks{reason}."
+        f"{'' if reason else did_you_mean(name, ALLOWED_CALLBACKS)}",
+        f"one of {allowed} (keras.callbacks.<Name> or dynarch's BestCheckpoint)",
+        target,
+        f"remove {where}" if reason else f"set {where}._target_ to one of {allowed}",
+    )
 
 
 def check_options(where: str, kind: str, raw: Mapping[str, Any], keys: Mapping[str, Check]) -> tuple:
@@ -121,24 +158,45 @@ def check_options(where: str, kind: str, raw: Mapping[str, Any], keys: Mapping[s
     out = []
     for key, value in raw.items():
         if key == "log_dir" and "histogram_freq" in keys:
-            raise _error(f"{where}.log_dir", "TensorBoard writes into the run dir's tensorboard/ folder",
-                         "no log_dir (RUN/tensorboard is used)", value, f"remove {where}.log_dir")
+            raise _error(
+                f"{where}.log_dir",
+                "TensorBoard writes into the run dir's tensorboard/ folder",
+                "no log_dir (RUN/tensorboard is used)",
+                value,
+                f"remove {where}.log_dir",
+            )
         if key not in keys:
-            raise _error(f"{where}.{key}", f"{kind} does not take '{key}' from a config.{did_you_mean(key, keys)}",
-                         f"one of {', '.join(sorted(keys))}", key, f"rename or remove {where}.{key}")
+            raise _error(
+                f"{where}.{key}",
+                f"{kind} does not take '{key}' from a config.{did_you_mean(key, keys)}",
+                f"one of {', '.join(sorted(keys))}",
+                key,
+                f"rename or remove {where}.{key}",
+            )
         check, expected = keys[key]
         if key == "update_freq" and value != "epoch":
-            raise _error(f"{where}.update_freq", "only per-epoch summaries: Keras restarts its batch counter at every "
-                         "fit (each phase, each resume), so per-batch steps would overwrite each other",
-                         expected, value, f"set {where}.update_freq: epoch or remove it")
+            raise _error(
+                f"{where}.update_freq",
+                "only per-epoch summaries: Keras restarts its batch counter at every "
+                "fit (each phase, each resume), so per-batch steps would overwrite each other",
+                expected,
+                value,
+                f"set {where}.update_freq: epoch or remove it",
+            )
         if key == "restore_best_weights" and value is True:
-            raise _error(f"{where}.restore_best_weights", "restore_best_weights would keep a second copy of the "
-                         "weights outside the train-state checkpoint, so a resumed run could not be exact",
-                         "false", value, "keep the best weights with a BestCheckpoint callback "
-                         "(callbacks=[early_stopping,best_checkpoint]) and load RUN/checkpoint-best/")
+            raise _error(
+                f"{where}.restore_best_weights",
+                "restore_best_weights would keep a second copy of the "
+                "weights outside the train-state checkpoint, so a resumed run could not be exact",
+                "false",
+                value,
+                "keep the best weights with a BestCheckpoint callback "
+                "(callbacks=[early_stopping,best_checkpoint]) and load RUN/checkpoint-best/",
+            )
         if not check(value):
-            raise _error(f"{where}.{key}", f"invalid value for '{key}'", expected, value,
-                         f"set {where}.{key} to {expected}")
+            raise _error(
+                f"{where}.{key}", f"invalid value for '{key}'", expected, value, f"set {where}.{key} to {expected}"
+            )
         out.append((key, value))
     return tuple(out)
 
@@ -151,27 +209,47 @@ def parse_callbacks(raw: Any, where: str = "callbacks") -> tuple[CallbackSpec, .
     if raw is None:
         return ()
     if not isinstance(raw, Mapping):
-        raise _error(where, "callbacks are a mapping of name -> settings", "{early_stopping: {_target_: "
-                     "EarlyStopping, patience: 3}}", raw, "use callbacks=early_stopping (conf/callbacks/)")
+        raise _error(
+            where,
+            "callbacks are a mapping of name -> settings",
+            "{early_stopping: {_target_: EarlyStopping, patience: 3}}",
+            raw,
+            "use callbacks=early_stopping (conf/callbacks/)",
+        )
     specs = []
     for name, body in raw.items():
         here = f"{where}.{name}"
         if not isinstance(name, str) or not _NAME.match(name):
-            raise _error(here, "a callback's name is a short word", "letters, digits, _ . - (at most 64)", name,
-                         "rename it, e.g. early_stopping")
+            raise _error(
+                here,
+                "a callback's name is a short word",
+                "letters, digits, _ . - (at most 64)",
+                name,
+                "rename it, e.g. early_stopping",
+            )
         if body is None:
             continue
         if not isinstance(body, Mapping):
-            raise _error(here, "a callback's settings are a mapping", "{_target_: EarlyStopping, patience: 3}",
-                         body, f"write {here} as a mapping")
+            raise _error(
+                here,
+                "a callback's settings are a mapping",
+                "{_target_: EarlyStopping, patience: 3}",
+                body,
+                f"write {here} as a mapping",
+            )
         kind = class_name(here, body.get("_target_"))
         options = check_options(here, kind, {k: v for k, v in body.items() if k != "_target_"}, CALLBACK_KEYS[kind])
         specs.append(CallbackSpec(name, kind, options))
     for kind in ("TensorBoard", "BestCheckpoint"):  # both write a fixed folder of the run dir
         names = [s.name for s in specs if s.kind == kind]
         if len(names) > 1:
-            raise _error(f"{where}.{names[1]}", f"two {kind} callbacks would write the same folder",
-                         f"at most one {kind}", names, f"keep one of {', '.join(names)}")
+            raise _error(
+                f"{where}.{names[1]}",
+                f"two {kind} callbacks would write the same folder",
+                f"at most one {kind}",
+                names,
+                f"keep one of {', '.join(names)}",
+            )
     return tuple(specs)
 
 
@@ -183,11 +261,21 @@ def require_tensorboard(where: str, backend: str = "tensorflow") -> None:
     """Fail before training (and before TensorFlow is imported) when TensorBoard is asked for but missing,
     or under a backend other than TensorFlow (Keras' TensorBoard callback writes through tf.summary)."""
     if backend != "tensorflow":
-        raise _error(where, f"TensorBoard logging needs the TensorFlow backend (this run: backend={backend})",
-                     "backend=tensorflow", backend, "use logger=csv or logger=mlflow under this backend")
+        raise _error(
+            where,
+            f"TensorBoard logging needs the TensorFlow backend (this run: backend={backend})",
+            "backend=tensorflow",
+            backend,
+            "use logger=csv or logger=mlflow under this backend",
+        )
     if not tensorboard_installed():
-        raise _error(where, "TensorBoard is asked for but the tensorboard package is not installed",
-                     "the tensorboard extra installed", "no module named 'tensorboard'", TENSORBOARD_EXTRA)
+        raise _error(
+            where,
+            "TensorBoard is asked for but the tensorboard package is not installed",
+            "the tensorboard extra installed",
+            "no module named 'tensorboard'",
+            TENSORBOARD_EXTRA,
+        )
 
 
 def check_callbacks(specs: Iterable[CallbackSpec], run) -> None:
@@ -200,22 +288,32 @@ def check_callbacks(specs: Iterable[CallbackSpec], run) -> None:
             require_tensorboard(where, getattr(run, "backend", "tensorflow"))
         monitor = kwargs.get("monitor", "val_loss")
         if spec.kind != "TensorBoard" and no_val and monitor.startswith("val_"):
-            raise _error(f"{where}.monitor", f"{monitor} does not exist: data.val_fraction is 0 (no validation)",
-                         "loss or accuracy, or data.val_fraction > 0", monitor,
-                         f"set {where}.monitor=loss or data.val_fraction=0.1")
+            raise _error(
+                f"{where}.monitor",
+                f"{monitor} does not exist: data.val_fraction is 0 (no validation)",
+                "loss or accuracy, or data.val_fraction > 0",
+                monitor,
+                f"set {where}.monitor=loss or data.val_fraction=0.1",
+            )
         scheduled = [p for p in phases if getattr(p.optimizer, "schedule", None)]
         if spec.kind == "ReduceLROnPlateau" and scheduled:
-            raise _error(where, "ReduceLROnPlateau sets the learning rate, but a learning-rate schedule "
-                         f"(optimizer.schedule={scheduled[0].optimizer.schedule}) drives it",
-                         "a constant learning rate (optimizer.schedule: null)", spec.kind,
-                         f"remove {where} or set optimizer.schedule=null")
+            raise _error(
+                where,
+                "ReduceLROnPlateau sets the learning rate, but a learning-rate schedule "
+                f"(optimizer.schedule={scheduled[0].optimizer.schedule}) drives it",
+                "a constant learning rate (optimizer.schedule: null)",
+                spec.kind,
+                f"remove {where} or set optimizer.schedule=null",
+            )
 
 
 # ------------------------------------------------------------------------------------------ runtime side
 
+
 class Restorable:
     """Mixin for the configured callbacks: a name, a JSON-able state, and a restored state applied after
     Keras' `on_train_begin` (which resets stock callbacks) or at once for run-scoped callbacks."""
+
     dynarch_name = ""
     dynarch_kind = ""
     _pending: dict[str, Any] | None = None
@@ -251,8 +349,15 @@ class BestCheckpointLogic:
     manifest), rewritten atomically whenever `monitor` improves; the manifest adds best: {monitor, value,
     mode, epoch (1-based, as printed)}. Its state spans the whole run, schedules included."""
 
-    def __init__(self, out_dir: Path, run, monitor: str = "val_loss", mode: str = "auto", min_delta: float = 0.0,
-                 verbose: int = 0):
+    def __init__(
+        self,
+        out_dir: Path,
+        run,
+        monitor: str = "val_loss",
+        mode: str = "auto",
+        min_delta: float = 0.0,
+        verbose: int = 0,
+    ):
         super().__init__()
         self.folder, self.run = Path(out_dir) / BEST_SUBDIR, run
         self.monitor, self.min_delta, self.verbose = monitor, float(min_delta), verbose
@@ -271,15 +376,21 @@ class BestCheckpointLogic:
             return
         phase = phase_of(self.model, self.run)
         if phase is None:
-            log.warning("best checkpoint skipped at epoch %d: cannot tell which phase's architecture the model "
-                        "has (set model.dynarch_phase in the phase loop)", epoch + 1)
+            log.warning(
+                "best checkpoint skipped at epoch %d: cannot tell which phase's architecture the model "
+                "has (set model.dynarch_phase in the phase loop)",
+                epoch + 1,
+            )
             return
         from .checkpoint import model_manifest, model_tensors, save_checkpoint
+
         best = {"monitor": self.monitor, "value": float(value), "mode": self.mode, "epoch": epoch + 1}
         extra = {"phase": phase.index, "schedule": self.run.schedule} if self.run.schedule else {}
-        save_checkpoint(self.folder, model_tensors(self.model),
-                        model_manifest(phase.arch, self.run.variant, kind="best", best=best, seed=self.run.seed,
-                                       **extra))
+        save_checkpoint(
+            self.folder,
+            model_tensors(self.model),
+            model_manifest(phase.arch, self.run.variant, kind="best", best=best, seed=self.run.seed, **extra),
+        )
         self.best, self.best_epoch = float(value), epoch
         if self.verbose:
             print(f"epoch {epoch + 1}: {self.monitor} improved to {value:.4f}; saved {self.folder}", flush=True)
@@ -295,6 +406,7 @@ def phase_of(model, run):
     if len(phases) == 1:
         return phases[0]
     from .migrate import spec_variable_shapes
+
     shapes = {v.path: tuple(v.shape) for v in model.weights}
     matches = [p for p in phases if spec_variable_shapes(p.arch) == shapes]
     return matches[0] if len(matches) == 1 else None
@@ -305,8 +417,11 @@ def keras_class(kind: str) -> type:
     """The class built for `kind`: Restorable + the stock Keras callback (or dynarch's BestCheckpoint)."""
     import keras
 
-    bases = (BestCheckpointLogic, keras.callbacks.Callback) if kind == "BestCheckpoint" else \
-        (getattr(keras.callbacks, kind),)
+    bases = (
+        (BestCheckpointLogic, keras.callbacks.Callback)
+        if kind == "BestCheckpoint"
+        else (getattr(keras.callbacks, kind),)
+    )
     return type(kind, (Restorable, *bases), {"dynarch_kind": kind, "__module__": __name__})
 
 
@@ -360,23 +475,37 @@ def restore_callback_states(callbacks: Iterable, states: Any, continues_phase: b
     if not states:
         return
     if not isinstance(states, Mapping):
-        raise CheckpointError("callbacks", "the train-state manifest has malformed callback states",
-                              expected="a mapping name -> {class, state}", received=type(states).__name__,
-                              fix="resume from another checkpoint")
+        raise CheckpointError(
+            "callbacks",
+            "the train-state manifest has malformed callback states",
+            expected="a mapping name -> {class, state}",
+            received=type(states).__name__,
+            fix="resume from another checkpoint",
+        )
     for name, callback in _named(callbacks).items():
         entry = states.get(name)
         if not isinstance(entry, Mapping) or entry.get("class") != callback.dynarch_kind:
             if entry is not None:
-                log.warning("callback %s: the checkpoint holds the state of a %s; it starts afresh", name,
-                            entry.get("class") if isinstance(entry, Mapping) else type(entry).__name__)
+                log.warning(
+                    "callback %s: the checkpoint holds the state of a %s; it starts afresh",
+                    name,
+                    entry.get("class") if isinstance(entry, Mapping) else type(entry).__name__,
+                )
             continue
         state = entry.get("state")
         keys = STATE_KEYS[callback.dynarch_kind]
-        if not isinstance(state, Mapping) or set(state) - set(keys) or not all(
-                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in state.values()):
-            raise CheckpointError(f"callbacks.{name}", "the train-state manifest has a malformed callback state",
-                                  expected=f"numbers or null for {', '.join(keys)}", received=repr(state)[:120],
-                                  fix="resume from another checkpoint")
+        if (
+            not isinstance(state, Mapping)
+            or set(state) - set(keys)
+            or not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in state.values())
+        ):
+            raise CheckpointError(
+                f"callbacks.{name}",
+                "the train-state manifest has a malformed callback state",
+                expected=f"numbers or null for {', '.join(keys)}",
+                received=repr(state)[:120],
+                fix="resume from another checkpoint",
+            )
         if callback.dynarch_kind in RUN_SCOPED:
             callback._pending = dict(state)
             callback._apply_pending()

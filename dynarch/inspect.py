@@ -1,10 +1,11 @@
 """A variant's blocks, shapes, parameters and FLOPs from the config alone — TensorFlow is not imported.
 
-    python -m dynarch.inspect +arch=no_dense
-    python -m dynarch.inspect model=cnn +arch=cnn_wide
-    python -m dynarch.inspect +schedule=grow    # every phase's table and what changes at each boundary
-    python -m dynarch.inspect --blocks          # the block types, their keys and the allowed Keras layers
+python -m dynarch.inspect +arch=no_dense
+python -m dynarch.inspect model=cnn +arch=cnn_wide
+python -m dynarch.inspect +schedule=grow    # every phase's table and what changes at each boundary
+python -m dynarch.inspect --blocks          # the block types, their keys and the allowed Keras layers
 """
+
 from __future__ import annotations
 
 import sys
@@ -31,7 +32,10 @@ def _phase_end(phase) -> str:
     if phase.epochs is not None:
         return f"{phase.epochs} epochs"
     p = phase.plateau
-    return f"until {p.monitor} plateaus (patience {p.patience}, min_delta {p.min_delta:g}), at most {phase.max_epochs} epochs"
+    return (
+        f"until {p.monitor} plateaus (patience {p.patience}, min_delta {p.min_delta:g}), "
+        f"at most {phase.max_epochs} epochs"
+    )
 
 
 def _changes(before: ArchSpec, after: ArchSpec) -> str:
@@ -55,8 +59,10 @@ def render_run(run) -> str:
     """The run's table, or for a schedule each phase's table and the block changes at each boundary."""
     if not run.schedule:
         return render(run.arch, run.variant)
-    parts = [f"schedule {run.schedule}: {len(run.phases)} phases"
-             + (f", {run.total_epochs} epochs in all" if run.total_epochs else "")]
+    parts = [
+        f"schedule {run.schedule}: {len(run.phases)} phases"
+        + (f", {run.total_epochs} epochs in all" if run.total_epochs else "")
+    ]
     for phase in run.phases:
         header = f"phase {phase.index}: {phase.name}, {_phase_end(phase)}"
         if phase.index:
@@ -80,10 +86,13 @@ def render_block_types() -> str:
         for key, param in btype.params.items():
             default = "required" if param.default is REQUIRED else f"default {_yaml(param.default)}"
             lines.append(f"    {key}: {param.expected} ({default})")
-    lines.append(f"every block also takes: {', '.join(k for k in COMMON_KEYS if k != 'type')} "
-                 "(optional: false, enabled: true)")
-    lines.append("_target_: keras.layers.<Name> with that layer's keyword arguments, and output_shape: "
-                 "same|[dims] to let the shape check continue; <Name> one of:")
+    lines.append(
+        f"every block also takes: {', '.join(k for k in COMMON_KEYS if k != 'type')} (optional: false, enabled: true)"
+    )
+    lines.append(
+        "_target_: keras.layers.<Name> with that layer's keyword arguments, and output_shape: "
+        "same|[dims] to let the shape check continue; <Name> one of:"
+    )
     lines.append("    " + ", ".join(sorted(ALLOWED_LAYERS)))
     return "\n".join(lines)
 
@@ -92,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException
 
     from .compose import compose_run
+
     overrides = sys.argv[1:] if argv is None else argv
     if overrides == ["--blocks"]:
         print(render_block_types())

@@ -10,6 +10,7 @@ importable from here too.
     python -m dynarch.migrate RUN_DIR --to +arch=deep --dry-run
     python -m dynarch.migrate RUN_DIR --to +arch=deep --out NEW_CKPT [--force]
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,14 +19,35 @@ import numpy as np
 
 from .checkpoint import WEIGHTS, Checkpoint, check_finite, load_checkpoint
 from .errors import CheckpointError
-from .migrate_plan import (ACTIONS, VECTOR_LEAVES, Entry, IndexMap, MigrationReport, Planner, apply_index_map,
-                           leaf_blocks)
+from .migrate_plan import (
+    ACTIONS,
+    VECTOR_LEAVES,
+    Entry,
+    IndexMap,
+    MigrationReport,
+    Planner,
+    apply_index_map,
+    leaf_blocks,
+)
 from .optstate import OptimizerReport, OptimizerState, migrate_optimizer, optimizer_state
 from .spec import ArchSpec
 
-__all__ = ["ACTIONS", "Entry", "IndexMap", "MigrationReport", "OptimizerReport", "OptimizerState", "apply_index_map",
-           "check_source_before_build", "migrate_model", "migrate_optimizer", "optimizer_state", "plan_migration",
-           "spec_variable_shapes", "write_report"]
+__all__ = [
+    "ACTIONS",
+    "Entry",
+    "IndexMap",
+    "MigrationReport",
+    "OptimizerReport",
+    "OptimizerState",
+    "apply_index_map",
+    "check_source_before_build",
+    "migrate_model",
+    "migrate_optimizer",
+    "optimizer_state",
+    "plan_migration",
+    "spec_variable_shapes",
+    "write_report",
+]
 
 
 def _check_source_tensors(source: Checkpoint, target_shapes: dict[str, tuple[int, ...]]) -> None:
@@ -39,15 +61,24 @@ def _check_source_tensors(source: Checkpoint, target_shapes: dict[str, tuple[int
         rank_ok = value.ndim == 1 if leaf in VECTOR_LEAVES else value.ndim in (2, 4) if leaf == "kernel" else True
         if value.dtype.kind != "f" or not rank_ok:
             want = "rank 1" if leaf in VECTOR_LEAVES else "rank 2 or 4" if leaf == "kernel" else "any rank"
-            raise CheckpointError(where, f"tensor '{path}' cannot initialize a model variable",
-                                  expected=f"a floating-point tensor of {want}",
-                                  received=f"{value.dtype} of shape {tuple(value.shape)}",
-                                  fix="use a checkpoint written by dynarch (this one was altered or is foreign)")
+            raise CheckpointError(
+                where,
+                f"tensor '{path}' cannot initialize a model variable",
+                expected=f"a floating-point tensor of {want}",
+                received=f"{value.dtype} of shape {tuple(value.shape)}",
+                fix="use a checkpoint written by dynarch (this one was altered or is foreign)",
+            )
 
 
-def plan_migration(source: Checkpoint, target: ArchSpec, target_shapes: dict[str, tuple[int, ...]], *,
-                   new_blocks: str = "identity", seed: int = 0, target_variant: str = "target"
-                   ) -> tuple[MigrationReport, dict[str, np.ndarray]]:
+def plan_migration(
+    source: Checkpoint,
+    target: ArchSpec,
+    target_shapes: dict[str, tuple[int, ...]],
+    *,
+    new_blocks: str = "identity",
+    seed: int = 0,
+    target_variant: str = "target",
+) -> tuple[MigrationReport, dict[str, np.ndarray]]:
     """Decide, for every target variable, where its value comes from.
 
     Args:
@@ -64,15 +95,20 @@ def plan_migration(source: Checkpoint, target: ArchSpec, target_shapes: dict[str
     """
     _check_source_tensors(source, target_shapes)
     src, man = source.tensors, source.manifest
-    report = MigrationReport(str(source.path), f"{man.get('model', '?')}/{man.get('variant', '?')}",
-                             f"{target.name}/{target_variant}")
+    report = MigrationReport(
+        str(source.path), f"{man.get('model', '?')}/{man.get('variant', '?')}", f"{target.name}/{target_variant}"
+    )
     report.notes.append("optimizer state is not migrated: the target starts with a fresh optimizer")
     if man.get("num_classes") not in (None, target.num_classes):
-        report.notes.append(f"class count differs: source {man['num_classes']}, target {target.num_classes}; "
-                            "the head cannot carry over and is re-initialized")
+        report.notes.append(
+            f"class count differs: source {man['num_classes']}, target {target.num_classes}; "
+            "the head cannot carry over and is re-initialized"
+        )
     if man.get("input_shape") and tuple(man["input_shape"]) != tuple(target.input_shape):
-        report.notes.append(f"input shape differs: source {tuple(man['input_shape'])}, target "
-                            f"{tuple(target.input_shape)}; layers reading the input are re-initialized")
+        report.notes.append(
+            f"input shape differs: source {tuple(man['input_shape'])}, target "
+            f"{tuple(target.input_shape)}; layers reading the input are re-initialized"
+        )
     leaves = leaf_blocks(target.blocks)
     planner = Planner(src, target_shapes, new_blocks, np.random.default_rng(seed), leaves[-1] if leaves else None)
     planner.walk(target.blocks)
@@ -84,8 +120,9 @@ def plan_migration(source: Checkpoint, target: ArchSpec, target_shapes: dict[str
                 planner.put(p, "reinitialized", "new variable" if p not in src else "shape changed")
     for p in src:
         if p not in target_shapes:
-            planner.entries[p] = Entry(p, "dropped", "not in the target (block removed or disabled)",
-                                       list(src[p].shape))
+            planner.entries[p] = Entry(
+                p, "dropped", "not in the target (block removed or disabled)", list(src[p].shape)
+            )
     report.entries = sorted(planner.entries.values(), key=lambda e: (ACTIONS.index(e.action), e.path))
     return report, planner.values
 
@@ -123,10 +160,13 @@ def _refuse_if_not_carried(report: MigrationReport) -> None:
     """Strict mode: everything must be copied, adapted, or re-initialized in a function-preserving way."""
     if report.not_carried():
         lines = "\n".join(f"    {e.path}: {e.action} ({e.detail})" for e in report.not_carried())
-        raise CheckpointError("migrate.strict", "not everything carries over from the source",
-                              expected="every source variable copied or adapted, every new one function-preserving",
-                              received=f"\n{lines}",
-                              fix="drop migrate.strict=true to accept re-initialization, or pick a closer source")
+        raise CheckpointError(
+            "migrate.strict",
+            "not everything carries over from the source",
+            expected="every source variable copied or adapted, every new one function-preserving",
+            received=f"\n{lines}",
+            fix="drop migrate.strict=true to accept re-initialization, or pick a closer source",
+        )
 
 
 def check_source_before_build(run) -> MigrationReport | None:
@@ -150,8 +190,9 @@ def check_source_before_build(run) -> MigrationReport | None:
     shapes = spec_variable_shapes(arch)
     if shapes is None:
         return None
-    report, _ = plan_migration(ckpt, arch, shapes, new_blocks=run.migrate.new_blocks, seed=run.seed,
-                               target_variant=run.variant)
+    report, _ = plan_migration(
+        ckpt, arch, shapes, new_blocks=run.migrate.new_blocks, seed=run.seed, target_variant=run.variant
+    )
     if run.migrate.strict:
         _refuse_if_not_carried(report)
     return report
@@ -160,15 +201,22 @@ def check_source_before_build(run) -> MigrationReport | None:
 check_strict_before_build = check_source_before_build  # the name the issue uses
 
 
-def migrate_model(model, spec: ArchSpec, source: str | Path | Checkpoint, *, new_blocks: str = "identity",
-                  strict: bool = False, seed: int = 0, target_variant: str = "target") -> MigrationReport:
+def migrate_model(
+    model,
+    spec: ArchSpec,
+    source: str | Path | Checkpoint,
+    *,
+    new_blocks: str = "identity",
+    strict: bool = False,
+    seed: int = 0,
+    target_variant: str = "target",
+) -> MigrationReport:
     """Load `source` (unless already loaded), refuse non-finite weights, plan, check strictness, then
     assign the values to `model`."""
     ckpt = source if isinstance(source, Checkpoint) else load_checkpoint(source)
     check_finite(ckpt)
     shapes = {v.path: tuple(v.shape) for v in model.weights}
-    report, values = plan_migration(ckpt, spec, shapes, new_blocks=new_blocks, seed=seed,
-                                    target_variant=target_variant)
+    report, values = plan_migration(ckpt, spec, shapes, new_blocks=new_blocks, seed=seed, target_variant=target_variant)
     if strict:
         _refuse_if_not_carried(report)
     by_path = {v.path: v for v in model.weights}
@@ -179,6 +227,7 @@ def migrate_model(model, spec: ArchSpec, source: str | Path | Checkpoint, *, new
 
 def write_report(report: MigrationReport, out_dir: Path) -> None:
     from .artifacts import write_json, write_text
+
     write_text(Path(out_dir) / "migration.md", report.to_markdown())
     write_json(Path(out_dir) / "migration.json", report.to_json())
 
@@ -187,4 +236,5 @@ if __name__ == "__main__":
     # `python -m dynarch.migrate`: the CLI lives in dynarch.migrate_cli, which imports this module (as
     # dynarch.migrate, not as __main__); run by name so that importing dynarch.migrate never loads the CLI.
     import runpy
+
     runpy.run_module("dynarch.migrate_cli", run_name="__main__", alter_sys=True)

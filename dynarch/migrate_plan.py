@@ -10,6 +10,7 @@ widened/truncated units, along axis -2 for fan-in rows), so the optimizer slots 
 `identity_init` marks re-initializations that are exactly function-preserving; strict mode accepts only
 those. Numpy only: nothing here imports TensorFlow. The entry points are in `dynarch.migrate`.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -20,10 +21,23 @@ import numpy as np
 from .spec import BlockSpec
 
 ACTIONS = ("copied", "adapted", "reinitialized", "dropped")
-CHANNEL_KEEPING = ("dropout", "identity", "pool")      # pass a feature mapping through unchanged
+CHANNEL_KEEPING = ("dropout", "identity", "pool")  # pass a feature mapping through unchanged
 NONNEG_ACTIVATIONS = ("relu", "relu6", "sigmoid", "softmax", "hard_sigmoid", "softplus", "exponential")
-ZERO_AT_ZERO = (None, "linear", "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "mish",
-                "tanh", "softsign")                     # act(0) == 0: a zeroed layer outputs exactly 0
+ZERO_AT_ZERO = (
+    None,
+    "linear",
+    "relu",
+    "relu6",
+    "leaky_relu",
+    "elu",
+    "selu",
+    "gelu",
+    "silu",
+    "swish",
+    "mish",
+    "tanh",
+    "softsign",
+)  # act(0) == 0: a zeroed layer outputs exactly 0
 KEEPS_ZERO = ("dropout", "identity", "pool", "batchnorm")  # 0 in, 0 out (a fresh batchnorm: beta = mean = 0)
 VECTOR_LEAVES = ("bias", "gamma", "beta", "moving_mean", "moving_variance")
 IndexMap = list  # [[axis, [source index per target position]], ...] applied in order
@@ -32,11 +46,11 @@ IndexMap = list  # [[axis, [source index per target position]], ...] applied in 
 @dataclass
 class Entry:
     path: str
-    action: str                      # one of ACTIONS
+    action: str  # one of ACTIONS
     detail: str
     source_shape: list[int] | None = None
     target_shape: list[int] | None = None
-    identity_init: bool = False      # re-initialized, but exactly function-preserving: nothing was lost
+    identity_init: bool = False  # re-initialized, but exactly function-preserving: nothing was lost
     index_map: IndexMap | None = None  # adapted: how the value was taken from the source (see apply_index_map)
 
 
@@ -61,15 +75,21 @@ class MigrationReport:
 
     def not_carried(self) -> list[Entry]:
         """What strict mode refuses: dropped source variables and randomly re-initialized target ones."""
-        return [e for e in self.entries if e.action == "dropped"
-                or (e.action == "reinitialized" and not e.identity_init)]
+        return [
+            e for e in self.entries if e.action == "dropped" or (e.action == "reinitialized" and not e.identity_init)
+        ]
 
     def to_markdown(self) -> str:
         c = self.counts()
-        lines = [f"# Migration {self.source_variant} -> {self.target_variant}", "",
-                 f"source: `{self.source}`", "",
-                 f"copied {c['copied']}, adapted {c['adapted']}, re-initialized {c['reinitialized']}, "
-                 f"dropped {c['dropped']}", ""]
+        lines = [
+            f"# Migration {self.source_variant} -> {self.target_variant}",
+            "",
+            f"source: `{self.source}`",
+            "",
+            f"copied {c['copied']}, adapted {c['adapted']}, re-initialized {c['reinitialized']}, "
+            f"dropped {c['dropped']}",
+            "",
+        ]
         lines += [f"- {n}" for n in self.notes] + ([""] if self.notes else [])
         lines += ["| variable | action | detail | source shape | target shape |", "|---|---|---|---|---|"]
         for e in self.entries:
@@ -84,8 +104,9 @@ class MigrationReport:
 @dataclass
 class _Mapping:
     """Target features -> source features for the activations flowing between blocks."""
-    index: np.ndarray                # index[j] = source feature feeding target feature j
-    divisor: np.ndarray              # how many target features share that source feature
+
+    index: np.ndarray  # index[j] = source feature feeding target feature j
+    divisor: np.ndarray  # how many target features share that source feature
 
     def flatten(self, spatial: int, source_channels: int) -> "_Mapping":
         pos = np.repeat(np.arange(spatial), len(self.index))
@@ -140,8 +161,15 @@ class Planner:
 
     def put(self, path, action, detail, value=None, identity_init=False, index_map=None):
         src = self.src
-        self.entries[path] = Entry(path, action, detail, list(src[path].shape) if path in src else None,
-                                   list(self.shapes[path]), identity_init, index_map)
+        self.entries[path] = Entry(
+            path,
+            action,
+            detail,
+            list(src[path].shape) if path in src else None,
+            list(self.shapes[path]),
+            identity_init,
+            index_map,
+        )
         if value is not None:
             self.values[path] = np.asarray(value, dtype=src[path].dtype if path in src else np.float32)
 
@@ -177,23 +205,34 @@ class Planner:
         paths = sorted(p for p in self.shapes if p.startswith(group.path + "/"))
         if not weighted:
             for p in paths:
-                self.put(p, "reinitialized", "new block: fresh initialization (a new residual branch with no "
-                                             "dense/conv layer to zero)")
+                self.put(
+                    p,
+                    "reinitialized",
+                    "new block: fresh initialization (a new residual branch with no dense/conv layer to zero)",
+                )
             return False
         last = weighted[-1]
         act = last.params.get("activation")
         problems = [f"{act}(0) != 0"] if act not in ZERO_AT_ZERO else []
-        problems += [f"{b.path} after it may not map 0 to 0" for b in leaves[leaves.index(last) + 1:]
-                     if b.type not in KEEPS_ZERO]
+        problems += [
+            f"{b.path} after it may not map 0 to 0"
+            for b in leaves[leaves.index(last) + 1 :]
+            if b.type not in KEEPS_ZERO
+        ]
         exact = not problems
         for p in paths:
             if p.rsplit("/", 1)[0] == last.path:
                 detail = "new residual branch: last layer zeroed (f(x) = 0)" + (
-                    "" if exact else f", approximate: {'; '.join(problems)}")
+                    "" if exact else f", approximate: {'; '.join(problems)}"
+                )
                 self.put(p, "reinitialized", detail, np.zeros(self.shapes[p], np.float32), identity_init=exact)
             else:
-                self.put(p, "reinitialized", "new residual branch: fresh initialization (the branch's last "
-                                             "layer is zeroed)", identity_init=exact)
+                self.put(
+                    p,
+                    "reinitialized",
+                    "new residual branch: fresh initialization (the branch's last layer is zeroed)",
+                    identity_init=exact,
+                )
         return exact
 
     def leaf(self, block: BlockSpec) -> None:
@@ -219,10 +258,21 @@ class Planner:
     def per_channel(self, block: BlockSpec, p: str) -> None:
         """batchnorm, `_target_` layers: per-channel vectors follow the widened input, or exact copies."""
         src, m = self.src, self.mapping
-        if p in src and m is not None and block.type == "batchnorm" and src[p].ndim == 1 \
-                and len(m.index) == self.shapes[p][0] and src[p].shape[0] == self.src_channels:
-            self.put(p, "adapted", "per-channel values follow the widened input (Net2WiderNet)", src[p][m.index],
-                     index_map=[[-1, m.index.tolist()]])
+        if (
+            p in src
+            and m is not None
+            and block.type == "batchnorm"
+            and src[p].ndim == 1
+            and len(m.index) == self.shapes[p][0]
+            and src[p].shape[0] == self.src_channels
+        ):
+            self.put(
+                p,
+                "adapted",
+                "per-channel values follow the widened input (Net2WiderNet)",
+                src[p][m.index],
+                index_map=[[-1, m.index.tolist()]],
+            )
         elif p in src and tuple(src[p].shape) == tuple(self.shapes[p]):
             self.put(p, "copied", "same path and shape", src[p])
         elif p in src:
@@ -246,8 +296,11 @@ class Planner:
             shape[-2] = -1
             kernel = kernel.take(m.index, axis=-2) / m.divisor.reshape(shape)
             index_map.append([-2, m.index.tolist()])
-            how.append("fan-in follows the widened input (rows divided by replication)"
-                       if (m.divisor > 1).any() else "fan-in follows the input's kept units")
+            how.append(
+                "fan-in follows the widened input (rows divided by replication)"
+                if (m.divisor > 1).any()
+                else "fan-in follows the input's kept units"
+            )
         out_mapping = out_channels = None
         self.mapping, self.src_channels, self.nonneg = None, None, out_nonneg
         if block is self.head and kernel.shape[-1] != tk[-1]:
@@ -260,8 +313,11 @@ class Planner:
             out_mapping, out_channels = _widen_mapping(kernel.shape[-1], tk[-1], self.rng), kernel.shape[-1]
             kernel = kernel.take(out_mapping.index, axis=-1)
             index_map.append([-1, out_mapping.index.tolist()])
-            how.append(f"Net2WiderNet: {kernel.shape[-1] - out_channels} units replicated" if tk[-1] > out_channels
-                       else f"kept the first {tk[-1]} of {out_channels} units")
+            how.append(
+                f"Net2WiderNet: {kernel.shape[-1] - out_channels} units replicated"
+                if tk[-1] > out_channels
+                else f"kept the first {tk[-1]} of {out_channels} units"
+            )
         if kernel.shape != tk:
             self.put(kpath, "reinitialized", f"shape changed {tuple(src[kpath].shape)} -> {tk}")
             if bpath in self.shapes:
@@ -270,14 +326,24 @@ class Planner:
                 else:
                     self.put(bpath, "reinitialized", "its kernel was re-initialized")
             return
-        self.put(kpath, "adapted" if how else "copied", "; ".join(how) or "same path and shape", kernel,
-                 index_map=index_map or None)
+        self.put(
+            kpath,
+            "adapted" if how else "copied",
+            "; ".join(how) or "same path and shape",
+            kernel,
+            index_map=index_map or None,
+        )
         if bpath in self.shapes and bpath in src:
             if out_mapping is None:
                 self.put(bpath, "copied", "same path and shape", src[bpath])
             else:
-                self.put(bpath, "adapted", "follows the kernel's units", src[bpath][out_mapping.index],
-                         index_map=[[-1, out_mapping.index.tolist()]])
+                self.put(
+                    bpath,
+                    "adapted",
+                    "follows the kernel's units",
+                    src[bpath][out_mapping.index],
+                    index_map=[[-1, out_mapping.index.tolist()]],
+                )
         elif bpath in self.shapes:
             self.put(bpath, "reinitialized", "the source block had no bias")
         self.mapping, self.src_channels = out_mapping, out_channels
@@ -287,8 +353,9 @@ class Planner:
         It is function-preserving only if act(x) = x on its input: linear, or ReLU on inputs >= 0."""
         eye = _identity_kernel(block, tk) if self.new_blocks == "identity" else None
         if eye is None:
-            why = "new block: fresh initialization" + (" (widths differ, no identity map)"
-                                                        if self.new_blocks == "identity" else "")
+            why = "new block: fresh initialization" + (
+                " (widths differ, no identity map)" if self.new_blocks == "identity" else ""
+            )
             for p in (kpath, bpath):
                 if p in self.shapes:
                     self.put(p, "reinitialized", why)
@@ -298,8 +365,12 @@ class Planner:
         detail = "new block: identity map (Net2DeeperNet)" + ("" if exact else f", approximate through {act}")
         self.put(kpath, "reinitialized", detail, eye, identity_init=exact)
         if bpath in self.shapes:
-            self.put(bpath, "reinitialized", "new block: zero bias (Net2DeeperNet)", np.zeros(self.shapes[bpath]),
-                     identity_init=exact)
+            self.put(
+                bpath,
+                "reinitialized",
+                "new block: zero bias (Net2DeeperNet)",
+                np.zeros(self.shapes[bpath]),
+                identity_init=exact,
+            )
         # the mapping passes through an identity map unchanged
         self.nonneg = act in NONNEG_ACTIVATIONS or (exact and self.nonneg)
-

@@ -6,6 +6,7 @@ and that every key set is one the chosen optimizer or schedule takes (nothing is
 `make_optimizer` turns the config into `{"class_name": ..., "config": {...}}` and lets Keras build it, so
 whatever the config says is what Keras gets. Tables checked against Keras by tests/test_optim.py.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,14 +20,24 @@ if TYPE_CHECKING:  # config.py imports this module; the type is only needed for 
 # Keras optimizer class -> the OptimizerConfig keys it takes besides the common ones (COMMON_KEYS).
 # LossScaleOptimizer and MultiOptimizer wrap other optimizers: not nameable from a config. Lamb is in
 # keras.optimizers but keras.optimizers.get cannot resolve it in Keras 3.15, so it is left out.
-OPTIMIZERS: dict[str, frozenset[str]] = {name: frozenset(keys) for name, keys in {
-    "Adadelta": ("rho", "epsilon"), "Adafactor": (), "Adagrad": ("epsilon",),
-    "Adam": ("beta_1", "beta_2", "epsilon", "amsgrad"), "AdamW": ("beta_1", "beta_2", "epsilon", "amsgrad"),
-    "Adamax": ("beta_1", "beta_2", "epsilon"), "Ftrl": (),
-    "Lion": ("beta_1", "beta_2"), "Muon": ("epsilon", "momentum", "nesterov"),
-    "Nadam": ("beta_1", "beta_2", "epsilon"), "RMSprop": ("rho", "momentum", "epsilon", "centered"),
-    "SGD": ("momentum", "nesterov"), "ScheduleFreeAdamW": ("beta_1", "beta_2", "epsilon"),
-}.items()}
+OPTIMIZERS: dict[str, frozenset[str]] = {
+    name: frozenset(keys)
+    for name, keys in {
+        "Adadelta": ("rho", "epsilon"),
+        "Adafactor": (),
+        "Adagrad": ("epsilon",),
+        "Adam": ("beta_1", "beta_2", "epsilon", "amsgrad"),
+        "AdamW": ("beta_1", "beta_2", "epsilon", "amsgrad"),
+        "Adamax": ("beta_1", "beta_2", "epsilon"),
+        "Ftrl": (),
+        "Lion": ("beta_1", "beta_2"),
+        "Muon": ("epsilon", "momentum", "nesterov"),
+        "Nadam": ("beta_1", "beta_2", "epsilon"),
+        "RMSprop": ("rho", "momentum", "epsilon", "centered"),
+        "SGD": ("momentum", "nesterov"),
+        "ScheduleFreeAdamW": ("beta_1", "beta_2", "epsilon"),
+    }.items()
+}
 COMMON_KEYS = ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm")
 # Short names: lower-case class names (adam, adamw, sgd, rmsprop, lion, ...), as Keras itself accepts.
 SHORT_NAMES = {name.lower(): name for name in OPTIMIZERS}
@@ -40,7 +51,7 @@ SCHEDULES: dict[str, tuple[str, frozenset[str]]] = {
 SCHEDULE_NAMES = {**{k: k for k in SCHEDULES}, **{cls: k for k, (cls, _) in SCHEDULES.items()}, "constant": None}
 SCHEDULE_KEYS = frozenset().union(*(keys for _, keys in SCHEDULES.values()))
 
-MAX_STEPS = 2**31 - 1      # schedules compare the int step counter with these: keep them within int32
+MAX_STEPS = 2**31 - 1  # schedules compare the int step counter with these: keep them within int32
 
 
 def _number(v: Any) -> bool:
@@ -67,8 +78,10 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "warmup_steps": (lambda v: _steps(v) or v == 0, f"an integer in [0, {MAX_STEPS}]"),
     "alpha": (lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1] (the final fraction of lr)"),
     "decay_rate": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
-    "boundaries": (lambda v: bool(v) and all(_steps(b) for b in v) and list(v) == sorted(set(v)),
-                   "a non-empty, strictly increasing list of step numbers > 0"),
+    "boundaries": (
+        lambda v: bool(v) and all(_steps(b) for b in v) and list(v) == sorted(set(v)),
+        "a non-empty, strictly increasing list of step numbers > 0",
+    ),
 }
 
 
@@ -84,23 +97,31 @@ def optimizer_class(name: Any, where: str = "optimizer") -> str:
         if name.lower() in SHORT_NAMES:
             return SHORT_NAMES[name.lower()]
     options = sorted({*SHORT_NAMES, *OPTIMIZERS})
-    raise ConfigError(_where(where, "name"), f"unknown optimizer '{name}'.{did_you_mean(name, options)}",
-                      expected=f"one of {', '.join(sorted(SHORT_NAMES))} (or the Keras class name)",
-                      received=name, fix=f"set {where}.name=adam")
+    raise ConfigError(
+        _where(where, "name"),
+        f"unknown optimizer '{name}'.{did_you_mean(name, options)}",
+        expected=f"one of {', '.join(sorted(SHORT_NAMES))} (or the Keras class name)",
+        received=name,
+        fix=f"set {where}.name=adam",
+    )
 
 
 def schedule_kind(name: Any, where: str = "optimizer") -> str | None:
     """'cosine', 'exponential', 'piecewise', or None (a constant learning rate)."""
     if name is None or (isinstance(name, str) and name in SCHEDULE_NAMES):
         return None if name is None else SCHEDULE_NAMES[name]
-    raise ConfigError(_where(where, "schedule"), f"unknown learning-rate schedule '{name}'."
-                      f"{did_you_mean(name, SCHEDULE_NAMES)}",
-                      expected="null (constant), cosine, exponential or piecewise (or the Keras class name)",
-                      received=name, fix=f"set {where}.schedule=cosine or null")
+    raise ConfigError(
+        _where(where, "schedule"),
+        f"unknown learning-rate schedule '{name}'.{did_you_mean(name, SCHEDULE_NAMES)}",
+        expected="null (constant), cosine, exponential or piecewise (or the Keras class name)",
+        received=name,
+        fix=f"set {where}.schedule=cosine or null",
+    )
 
 
 def _set_keys(cfg: OptimizerConfig) -> dict[str, Any]:
     from dataclasses import asdict
+
     return {k: v for k, v in asdict(cfg).items() if v is not None and k not in ("name", "schedule")}
 
 
@@ -115,55 +136,98 @@ def check_optimizer(cfg: OptimizerConfig, where: str = "optimizer") -> None:
     for key, value in values.items():
         check, expected = RANGES.get(key, (lambda v: True, ""))
         if not check(value):
-            raise ConfigError(_where(where, key), f"invalid value for '{key}'", expected=expected, received=value,
-                              fix=f"set {where}.{key} to {expected}")
+            raise ConfigError(
+                _where(where, key),
+                f"invalid value for '{key}'",
+                expected=expected,
+                received=value,
+                fix=f"set {where}.{key} to {expected}",
+            )
     for key in values:
         if key in SCHEDULE_KEYS:
             takes = SCHEDULES[kind][1] if kind else frozenset()
             if key not in takes:
                 users = ", ".join(k for k, (_, keys) in SCHEDULES.items() if key in keys)
                 used = f"schedule '{cfg.schedule}'" if kind else "a constant learning rate (schedule: null)"
-                raise ConfigError(_where(where, key), f"'{key}' is not used by {used}",
-                                  expected=f"'{key}' only with schedule {users}", received=values[key],
-                                  fix=f"remove {where}.{key}, or set {where}.schedule to {users}")
+                raise ConfigError(
+                    _where(where, key),
+                    f"'{key}' is not used by {used}",
+                    expected=f"'{key}' only with schedule {users}",
+                    received=values[key],
+                    fix=f"remove {where}.{key}, or set {where}.schedule to {users}",
+                )
         elif key not in ("lr", *COMMON_KEYS) and key not in OPTIMIZERS[cls]:
             takes = ", ".join(sorted(OPTIMIZERS[cls])) or "none"
-            raise ConfigError(_where(where, key), f"optimizer {cls} does not take '{key}'",
-                              expected=f"{cls}'s own keys: {takes} (and lr, {', '.join(COMMON_KEYS)})",
-                              received=values[key], fix=f"remove {where}.{key} (set it to null)")
+            raise ConfigError(
+                _where(where, key),
+                f"optimizer {cls} does not take '{key}'",
+                expected=f"{cls}'s own keys: {takes} (and lr, {', '.join(COMMON_KEYS)})",
+                received=values[key],
+                fix=f"remove {where}.{key} (set it to null)",
+            )
     clips = [k for k in ("clipnorm", "clipvalue", "global_clipnorm") if k in values]
     if len(clips) > 1:
-        raise ConfigError(_where(where, clips[1]), "Keras takes only one of clipnorm, clipvalue, global_clipnorm",
-                          expected="one clipping setting", received=", ".join(clips),
-                          fix="keep one of them, set the others to null")
+        raise ConfigError(
+            _where(where, clips[1]),
+            "Keras takes only one of clipnorm, clipvalue, global_clipnorm",
+            expected="one clipping setting",
+            received=", ".join(clips),
+            fix="keep one of them, set the others to null",
+        )
     if cls == "AdamW" and cfg.weight_decay is None:
-        raise ConfigError(_where(where, "weight_decay"), "AdamW needs an explicit weight_decay",
-                          expected="a number >= 0 (Keras' own default is 0.004)", received=None,
-                          fix=f"set {where}.weight_decay=0.004")
+        raise ConfigError(
+            _where(where, "weight_decay"),
+            "AdamW needs an explicit weight_decay",
+            expected="a number >= 0 (Keras' own default is 0.004)",
+            received=None,
+            fix=f"set {where}.weight_decay=0.004",
+        )
     if kind is not None:
-        required = {"cosine": ("decay_steps",), "exponential": ("decay_steps", "decay_rate"),
-                    "piecewise": ("boundaries", "decay_rate")}[kind]
+        required = {
+            "cosine": ("decay_steps",),
+            "exponential": ("decay_steps", "decay_rate"),
+            "piecewise": ("boundaries", "decay_rate"),
+        }[kind]
         for key in required:
             if key not in values:
-                raise ConfigError(_where(where, key), f"schedule '{cfg.schedule}' needs '{key}'",
-                                  expected=RANGES[key][1], received=None, fix=f"set {where}.{key}")
+                raise ConfigError(
+                    _where(where, key),
+                    f"schedule '{cfg.schedule}' needs '{key}'",
+                    expected=RANGES[key][1],
+                    received=None,
+                    fix=f"set {where}.{key}",
+                )
 
 
 def _schedule(cfg: OptimizerConfig, kind: str) -> dict[str, Any]:
     """The Keras serialization of the learning-rate schedule (module path as Keras writes it)."""
     if kind == "cosine":
         warmup = cfg.warmup_steps or 0
-        config = {"initial_learning_rate": 0.0 if warmup else cfg.lr, "decay_steps": cfg.decay_steps,
-                  "alpha": 0.0 if cfg.alpha is None else cfg.alpha,
-                  "warmup_target": cfg.lr if warmup else None, "warmup_steps": warmup}
+        config = {
+            "initial_learning_rate": 0.0 if warmup else cfg.lr,
+            "decay_steps": cfg.decay_steps,
+            "alpha": 0.0 if cfg.alpha is None else cfg.alpha,
+            "warmup_target": cfg.lr if warmup else None,
+            "warmup_steps": warmup,
+        }
     elif kind == "exponential":
-        config = {"initial_learning_rate": cfg.lr, "decay_steps": cfg.decay_steps, "decay_rate": cfg.decay_rate,
-                  "staircase": bool(cfg.staircase)}
+        config = {
+            "initial_learning_rate": cfg.lr,
+            "decay_steps": cfg.decay_steps,
+            "decay_rate": cfg.decay_rate,
+            "staircase": bool(cfg.staircase),
+        }
     else:  # piecewise: lr until the first boundary, then times decay_rate at each boundary
-        config = {"boundaries": list(cfg.boundaries),
-                  "values": [cfg.lr * cfg.decay_rate ** i for i in range(len(cfg.boundaries) + 1)]}
-    return {"module": "keras.optimizers.schedules", "class_name": SCHEDULES[kind][0], "config": config,
-            "registered_name": None}
+        config = {
+            "boundaries": list(cfg.boundaries),
+            "values": [cfg.lr * cfg.decay_rate**i for i in range(len(cfg.boundaries) + 1)],
+        }
+    return {
+        "module": "keras.optimizers.schedules",
+        "class_name": SCHEDULES[kind][0],
+        "config": config,
+        "registered_name": None,
+    }
 
 
 def optimizer_identifier(cfg: OptimizerConfig) -> dict[str, Any]:
@@ -191,4 +255,5 @@ def make_optimizer(cfg: OptimizerConfig):
         A `keras.optimizers.Optimizer`.
     """
     import keras
+
     return keras.optimizers.get(optimizer_identifier(cfg))

@@ -15,6 +15,7 @@ the difference fades with the moment decay rates.)
 
 Keras is imported inside the functions only, so importing this module stays TensorFlow-free.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -29,16 +30,18 @@ from .migrate_plan import Entry, MigrationReport, apply_index_map
 @dataclass
 class OptimizerState:
     """A Keras optimizer's state as plain arrays, keyed by the model variable each slot belongs to."""
-    kind: str                                  # class name, e.g. "Adam" (the inner one under loss scaling)
-    iterations: int                            # optimizer steps taken: the learning-rate schedule position
-    learning_rate: float | None                # None: a schedule or callable (its position is `iterations`)
-    slots: dict[str, dict[str, np.ndarray]]    # trainable variable path -> slot name ("momentum") -> value
+
+    kind: str  # class name, e.g. "Adam" (the inner one under loss scaling)
+    iterations: int  # optimizer steps taken: the learning-rate schedule position
+    learning_rate: float | None  # None: a schedule or callable (its position is `iterations`)
+    slots: dict[str, dict[str, np.ndarray]]  # trainable variable path -> slot name ("momentum") -> value
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. loss-scale state, by variable name
 
 
 @dataclass
 class OptimizerReport:
     """What `migrate_optimizer` did, per target trainable variable."""
+
     optimizer: str
     iterations: int
     learning_rate: str
@@ -55,10 +58,14 @@ class OptimizerReport:
 
 
 def _unsupported(opt, why: str) -> ConfigError:
-    return ConfigError("optimizer", f"cannot carry the state of a {type(opt).__name__} optimizer: {why}",
-                       expected="an optimizer whose slots have their variable's shape (Adam, AdamW, SGD, "
-                                "RMSprop, Adagrad, Nadam, Adamax, Lion, ...)",
-                       received=type(opt).__name__, fix="use one of those optimizers for a schedule of phases")
+    return ConfigError(
+        "optimizer",
+        f"cannot carry the state of a {type(opt).__name__} optimizer: {why}",
+        expected="an optimizer whose slots have their variable's shape (Adam, AdamW, SGD, "
+        "RMSprop, Adagrad, Nadam, Adamax, Lion, ...)",
+        received=type(opt).__name__,
+        fix="use one of those optimizers for a schedule of phases",
+    )
 
 
 def _core(opt):
@@ -84,14 +91,18 @@ def _slot_lists(opt) -> dict[str, list]:
     for attr, value in vars(opt).items():
         if attr in ("_variables", "_trainable_variables") or not isinstance(value, list) or len(value) != len(tvars):
             continue
-        if not value or not all(v is None or isinstance(v, keras.Variable) for v in value) \
-                or all(v is None for v in value) or any(v is t for v, t in zip(value, tvars)):
+        if (
+            not value
+            or not all(v is None or isinstance(v, keras.Variable) for v in value)
+            or all(v is None for v in value)
+            or any(v is t for v, t in zip(value, tvars))
+        ):
             continue
         if any(v is not None and tuple(v.shape) != tuple(t.shape) for v, t in zip(value, tvars)):
             raise _unsupported(opt, f"its '{attr}' slots are shaped differently from their variables (factored)")
         first, ref = next((v, t) for v, t in zip(value, tvars) if v is not None)
         prefix = ref.path.replace("/", "_") + "_"
-        lists[first.name[len(prefix):] if first.name.startswith(prefix) else attr.lstrip("_")] = value
+        lists[first.name[len(prefix) :] if first.name.startswith(prefix) else attr.lstrip("_")] = value
     known = {id(v) for vs in lists.values() for v in vs if v is not None}
     known |= {id(opt._iterations), id(getattr(opt, "_learning_rate", None))}
     stray = [v.name for v in opt._variables if id(v) not in known]
@@ -109,9 +120,13 @@ def optimizer_state(model) -> OptimizerState:
 
     opt = getattr(model, "optimizer", None)
     if opt is None or not opt.built:
-        raise ConfigError("optimizer", "the model's optimizer is not built", expected="a compiled model whose "
-                          "optimizer.build(model.trainable_variables) ran", received=repr(opt),
-                          fix="compile the model and build its optimizer before reading its state")
+        raise ConfigError(
+            "optimizer",
+            "the model's optimizer is not built",
+            expected="a compiled model whose optimizer.build(model.trainable_variables) ran",
+            received=repr(opt),
+            fix="compile the model and build its optimizer before reading its state",
+        )
     core, own = _core(opt)
     slots: dict[str, dict[str, np.ndarray]] = {}
     for name, values in _slot_lists(core).items():
@@ -119,13 +134,18 @@ def optimizer_state(model) -> OptimizerState:
             if slot is not None:
                 slots.setdefault(var.path, {})[name] = np.array(slot.numpy())
     lr = core._learning_rate if isinstance(getattr(core, "_learning_rate", None), keras.Variable) else None
-    return OptimizerState(type(core).__name__, int(np.asarray(core._iterations.numpy())),
-                          None if lr is None else float(np.asarray(lr.numpy())), slots,
-                          {v.name: np.array(v.numpy()) for v in own})
+    return OptimizerState(
+        type(core).__name__,
+        int(np.asarray(core._iterations.numpy())),
+        None if lr is None else float(np.asarray(lr.numpy())),
+        slots,
+        {v.name: np.array(v.numpy()) for v in own},
+    )
 
 
-def _carry_slots(var_path: str, entry: Entry | None, new_slots: dict[str, Any], old: dict[str, np.ndarray]
-                 ) -> dict[str, Any]:
+def _carry_slots(
+    var_path: str, entry: Entry | None, new_slots: dict[str, Any], old: dict[str, np.ndarray]
+) -> dict[str, Any]:
     """Assign one variable's slots from the old state by the plan's action; returns its report entry."""
     action = entry.action if entry is not None else "reinitialized"
     if action not in ("copied", "adapted") or not new_slots:
@@ -144,12 +164,12 @@ def _carry_slots(var_path: str, entry: Entry | None, new_slots: dict[str, Any], 
     if not carried:
         return {"action": "fresh", "slots": [], "detail": f"no matching old slot ({', '.join(fresh)}): fresh"}
     detail = "slots copied exactly" if action == "copied" else "slots taken with the variable's index map"
-    return {"action": action, "slots": carried,
-            "detail": detail + (f"; fresh: {', '.join(fresh)}" if fresh else "")}
+    return {"action": action, "slots": carried, "detail": detail + (f"; fresh: {', '.join(fresh)}" if fresh else "")}
 
 
-def migrate_optimizer(new_model, old_state: OptimizerState, plan: MigrationReport, *, keep_new_lr: bool = False
-                      ) -> OptimizerReport:
+def migrate_optimizer(
+    new_model, old_state: OptimizerState, plan: MigrationReport, *, keep_new_lr: bool = False
+) -> OptimizerReport:
     """Fill the new model's (compiled, built) optimizer from `old_state` following the weight plan.
 
     Copied variables get their slots bit for bit; adapted ones get slots taken with the same index map
@@ -171,8 +191,13 @@ def migrate_optimizer(new_model, old_state: OptimizerState, plan: MigrationRepor
 
     opt = new_model.optimizer
     if opt is None:
-        raise ConfigError("optimizer", "the new model is not compiled", expected="model.compile(optimizer=...)",
-                          received=None, fix="compile the new model before migrating the optimizer state")
+        raise ConfigError(
+            "optimizer",
+            "the new model is not compiled",
+            expected="model.compile(optimizer=...)",
+            received=None,
+            fix="compile the new model before migrating the optimizer state",
+        )
     if not opt.built:
         opt.build(new_model.trainable_variables)
     core, own = _core(opt)
@@ -181,8 +206,9 @@ def migrate_optimizer(new_model, old_state: OptimizerState, plan: MigrationRepor
     report = OptimizerReport(type(core).__name__, old_state.iterations, "")
     for i, var in enumerate(core._trainable_variables):
         new_slots = {n: vs[i] for n, vs in lists.items() if vs[i] is not None}
-        report.entries[var.path] = _carry_slots(var.path, by_path.get(var.path), new_slots,
-                                                old_state.slots.get(var.path, {}))
+        report.entries[var.path] = _carry_slots(
+            var.path, by_path.get(var.path), new_slots, old_state.slots.get(var.path, {})
+        )
     core._iterations.assign(old_state.iterations)
     lr = getattr(core, "_learning_rate", None)
     if not isinstance(lr, keras.Variable):

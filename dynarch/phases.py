@@ -1,6 +1,7 @@
 """The phase loop: one phase = one Keras `fit` over the phase's epochs, with the keeper's train-state
 checkpoints; at a boundary the next phase's model is built and receives weights, RNG and optimizer state
 by path (boundary.py). train.py drives it: prepare -> phases -> finish."""
+
 from __future__ import annotations
 
 import logging
@@ -54,8 +55,15 @@ class PhaseLoop:
 
     def save(self, model) -> Path:
         from .hooks import callback_states
-        return save_state(self.out_dir, model, self.position, self.run, self.run.trainer.keep_checkpoints,
-                          callbacks=callback_states(self.user_callbacks))
+
+        return save_state(
+            self.out_dir,
+            model,
+            self.position,
+            self.run,
+            self.run.trainer.keep_checkpoints,
+            callbacks=callback_states(self.user_callbacks),
+        )
 
     def record_epoch(self, epoch: int, logs: dict[str, Any]) -> None:
         history = self.position.history
@@ -70,6 +78,7 @@ class PhaseLoop:
         if self.run.trainer.verbose == 2:
             print(self.epoch_line(epoch, logs), flush=True)
         from . import artifacts
+
         artifacts.write_history_csv(self.out_dir / "history.csv", history)
 
     def phase_should_end(self) -> bool:
@@ -78,16 +87,21 @@ class PhaseLoop:
             return False  # fit ends by itself at the phase's last epoch
         if phase.plateau is None:
             return False
-        values = self.position.history.get(phase.plateau.monitor, [])[self.position.phase_start:]
+        values = self.position.history.get(phase.plateau.monitor, [])[self.position.phase_start :]
         return phase.plateau.reached(values)
 
     def epoch_line(self, epoch: int, logs: dict) -> str:
         keys = ("loss", "accuracy", "val_loss", "val_accuracy")
         parts = [f"{k} {logs[k]:.4f}" for k in keys if k in logs]
         total = self.run.total_epochs or "?"
-        tag = f" [phase {self.position.phase + 1}/{len(self.run.phases)} {self.phase.name}]" if self.run.schedule else ""
-        return (f"epoch {epoch + 1}/{total}{tag}: " + "  ".join(parts) +
-                f"  ({logs.get('epoch_time_s', 0):.2f}s, {logs.get('samples_per_s', 0):,.0f} samples/s)")
+        tag = (
+            f" [phase {self.position.phase + 1}/{len(self.run.phases)} {self.phase.name}]" if self.run.schedule else ""
+        )
+        return (
+            f"epoch {epoch + 1}/{total}{tag}: "
+            + "  ".join(parts)
+            + f"  ({logs.get('epoch_time_s', 0):.2f}s, {logs.get('samples_per_s', 0):,.0f} samples/s)"
+        )
 
     # -- the phase ------------------------------------------------------------------------------------
     def build(self, phase: PhaseSpec):
@@ -99,14 +113,21 @@ class PhaseLoop:
         with self.runtime.scope():
             model = build_model(phase.arch)
             model.dynarch_phase = phase.index  # callbacks that keep state across phases tell them apart
-            model.compile(optimizer=make_optimizer(phase.optimizer), loss="sparse_categorical_crossentropy",
-                          metrics=["accuracy"], jit_compile=self.run.trainer.jit_compile,
-                          steps_per_execution=self.runtime.steps_per_execution(self.run.trainer.steps_per_execution))
+            model.compile(
+                optimizer=make_optimizer(phase.optimizer),
+                loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"],
+                jit_compile=self.run.trainer.jit_compile,
+                steps_per_execution=self.runtime.steps_per_execution(self.run.trainer.steps_per_execution),
+            )
             model.optimizer.build(model.trainable_variables)
         table = model_table(phase.arch, model)
         from . import artifacts
+
         name = "model.md" if phase.index == 0 else f"model-phase-{phase.index}.md"
-        title = f"{phase.arch.name} ({self.run.variant})" + (f", phase {phase.index}: {phase.name}" if self.run.schedule else "")
+        title = f"{phase.arch.name} ({self.run.variant})" + (
+            f", phase {phase.index}: {phase.name}" if self.run.schedule else ""
+        )
         artifacts.write_text(self.out_dir / name, f"# {title}\n\n{table}\n")
         log.info("model %s:\n%s", title, table)
         return model
@@ -118,7 +139,10 @@ class PhaseLoop:
         states, self.restored_callback_states = self.restored_callback_states, None
         if states:
             from .hooks import restore_callback_states
-            restore_callback_states(self.user_callbacks, states, continues_phase=not (pos.phase_done or pos.epoch >= end))
+
+            restore_callback_states(
+                self.user_callbacks, states, continues_phase=not (pos.phase_done or pos.epoch >= end)
+            )
         if pos.phase_done or pos.epoch >= end:
             return
         verbose = 1 if self.run.trainer.verbose == 1 else 0
@@ -137,8 +161,15 @@ class PhaseLoop:
         self.first_epoch_of_fit = first
         samples = lambda epoch: n - min(n, skip * self.run.trainer.batch_size) if epoch == first else n
         keeper = Keeper(self, self.stop, self.run.trainer.checkpoint_every, skip)
-        self.model.fit(dataset, validation_data=self.data.val(), initial_epoch=first, epochs=end, shuffle=False,
-                       callbacks=[Throughput(samples), *callbacks, keeper], verbose=verbose)
+        self.model.fit(
+            dataset,
+            validation_data=self.data.val(),
+            initial_epoch=first,
+            epochs=end,
+            shuffle=False,
+            callbacks=[Throughput(samples), *callbacks, keeper],
+            verbose=verbose,
+        )
 
     def boundary(self) -> None:
         """Phase k ended: build phase k+1, carry weights, RNG and optimizer state by path, write the report."""
@@ -149,29 +180,56 @@ class PhaseLoop:
         nxt = self.run.phases[index]
         new = self.build(nxt)
         with self.runtime.scope():
-            report = migrate_boundary(old, new, prev, nxt, new_blocks=self.run.migrate.new_blocks,
-                                      seed=seed_for_phase(self.run.seed, index),
-                                      lr_changed=nxt.optimizer != prev.optimizer, probe=self.data.probe())
+            report = migrate_boundary(
+                old,
+                new,
+                prev,
+                nxt,
+                new_blocks=self.run.migrate.new_blocks,
+                seed=seed_for_phase(self.run.seed, index),
+                lr_changed=nxt.optimizer != prev.optimizer,
+                probe=self.data.probe(),
+            )
         artifacts.write_text(self.out_dir / f"migration-phase-{index}.md", report.to_markdown())
-        artifacts.write_json(self.out_dir / f"migration-phase-{index}.json",
-                             {**report.to_json(), "epoch": self.position.epoch,
-                              "output_change": getattr(report, "output_change", None),
-                              "optimizer": getattr(report, "optimizer", None)})
-        log.info("phase %d -> %d (%s -> %s) at epoch %d: %s; outputs moved by at most %.2e", index - 1, index,
-                 prev.name, nxt.name, self.position.epoch, report.counts(), getattr(report, "output_change", 0.0))
+        artifacts.write_json(
+            self.out_dir / f"migration-phase-{index}.json",
+            {
+                **report.to_json(),
+                "epoch": self.position.epoch,
+                "output_change": getattr(report, "output_change", None),
+                "optimizer": getattr(report, "optimizer", None),
+            },
+        )
+        log.info(
+            "phase %d -> %d (%s -> %s) at epoch %d: %s; outputs moved by at most %.2e",
+            index - 1,
+            index,
+            prev.name,
+            nxt.name,
+            self.position.epoch,
+            report.counts(),
+            getattr(report, "output_change", 0.0),
+        )
         self.model = new
         self.position.phase, self.position.phase_start, self.position.phase_done = index, self.position.epoch, False
 
     def raise_if_stopped(self, resume_command: str | None) -> None:
         stop = self.stop
         if stop.nan_at is not None:
-            raise TrainingStopped("training", f"the loss became NaN in epoch {stop.nan_at[0] + 1} at batch "
-                                  f"{stop.nan_at[1]}; training stopped, the last good checkpoint is kept"
-                                  + (f" ({stop.saved})" if stop.saved else ""),
-                                  expected="a finite loss", received="nan",
-                                  fix="lower optimizer.lr, check the data, or resume=true from the last "
-                                      "good checkpoint with other settings")
+            raise TrainingStopped(
+                "training",
+                f"the loss became NaN in epoch {stop.nan_at[0] + 1} at batch "
+                f"{stop.nan_at[1]}; training stopped, the last good checkpoint is kept"
+                + (f" ({stop.saved})" if stop.saved else ""),
+                expected="a finite loss",
+                received="nan",
+                fix="lower optimizer.lr, check the data, or resume=true from the last "
+                "good checkpoint with other settings",
+            )
         if stop.signal is not None:
-            raise TrainingStopped("training", f"stopped by signal {stop.signal}; checkpoint saved at {stop.saved}",
-                                  fix=f"continue with: {resume_command or 'the same command plus resume=true'}",
-                                  exit_code=128 + int(stop.signal))
+            raise TrainingStopped(
+                "training",
+                f"stopped by signal {stop.signal}; checkpoint saved at {stop.saved}",
+                fix=f"continue with: {resume_command or 'the same command plus resume=true'}",
+                exit_code=128 + int(stop.signal),
+            )

@@ -6,6 +6,7 @@ to the model's channels and resized to its height and width), or a folder of tho
 recursive). Output: one row per image with its top-k classes and probabilities, as CSV on stdout or into
 --out (.csv or .json, written atomically; an existing file is replaced only with --force).
 """
+
 from __future__ import annotations
 
 import csv
@@ -32,16 +33,24 @@ def read_npz(path: Path, meta: RunMetadata) -> tuple[list[str], np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as f:
             if "x" not in f.files:
-                raise DataError(str(path), "the .npz has no 'x' array", expected="an array named x (the images)",
-                                received=f"arrays {', '.join(f.files[:6]) or 'none'}",
-                                fix="save the images with np.savez(path, x=images)")
+                raise DataError(
+                    str(path),
+                    "the .npz has no 'x' array",
+                    expected="an array named x (the images)",
+                    received=f"arrays {', '.join(f.files[:6]) or 'none'}",
+                    fix="save the images with np.savez(path, x=images)",
+                )
             x = f["x"]
     except DataError:
         raise
     except (ValueError, OSError, EOFError) as e:  # object arrays (pickle refused), truncated or foreign files
-        raise DataError(str(path), f"not a readable .npz of numeric arrays ({str(e).splitlines()[0][:120]})",
-                        expected="np.savez(path, x=images) with uint8 or float images",
-                        received="an unreadable file or an object array", fix="save plain numeric arrays") from None
+        raise DataError(
+            str(path),
+            f"not a readable .npz of numeric arrays ({str(e).splitlines()[0][:120]})",
+            expected="np.savez(path, x=images) with uint8 or float images",
+            received="an unreadable file or an object array",
+            fix="save plain numeric arrays",
+        ) from None
     shape = tuple(meta.input_shape)
     if x.shape == shape or (shape[-1] == 1 and x.shape == shape[:-1]):
         x = x[None]  # one image
@@ -57,9 +66,13 @@ def read_image(path: Path, meta: RunMetadata) -> np.ndarray:
 
     shape = tuple(meta.input_shape)
     if len(shape) != 3 or shape[-1] not in PIL_MODES:
-        raise DataError(str(path), f"image files cannot be made into the model's input shape {list(shape)}",
-                        expected="a model taking (height, width, 1, 3 or 4 channels)", received=list(shape),
-                        fix="pass the inputs as an .npz with an x array of that shape")
+        raise DataError(
+            str(path),
+            f"image files cannot be made into the model's input shape {list(shape)}",
+            expected="a model taking (height, width, 1, 3 or 4 channels)",
+            received=list(shape),
+            fix="pass the inputs as an .npz with an x array of that shape",
+        )
     try:
         with Image.open(path) as image:
             image = image.convert(PIL_MODES[shape[-1]])
@@ -67,9 +80,13 @@ def read_image(path: Path, meta: RunMetadata) -> np.ndarray:
                 image = image.resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
             array = np.asarray(image, dtype=np.uint8)
     except Exception as e:  # noqa: BLE001  untrusted file: any decoder failure (or a decompression bomb)
-        raise DataError(str(path), f"not a readable image ({type(e).__name__}: {str(e).splitlines()[0][:120]})",
-                        expected=f"a {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} image", received=path.suffix or "?",
-                        fix="pass a valid image file") from None
+        raise DataError(
+            str(path),
+            f"not a readable image ({type(e).__name__}: {str(e).splitlines()[0][:120]})",
+            expected=f"a {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} image",
+            received=path.suffix or "?",
+            fix="pass a valid image file",
+        ) from None
     return scale_images(array.reshape(shape)[None], str(path))
 
 
@@ -77,24 +94,41 @@ def read_inputs(path: Path, meta: RunMetadata) -> tuple[list[str], np.ndarray]:
     """(names, images scaled to [0, 1]) from an .npz, an image file, or a folder of them."""
     path = Path(path)
     if not path.exists():
-        raise DataError(str(path), "--input does not exist", expected="an .npz, an image file or a folder",
-                        received=str(path), fix="check the path")
+        raise DataError(
+            str(path),
+            "--input does not exist",
+            expected="an .npz, an image file or a folder",
+            received=str(path),
+            fix="check the path",
+        )
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in (*IMAGE_SUFFIXES, ".npz"))
         if not files:
-            raise DataError(str(path), "the folder holds no image or .npz file",
-                            expected=f"files ending {', '.join(IMAGE_SUFFIXES)} or .npz", received="none",
-                            fix="pass a folder of images, or one file")
+            raise DataError(
+                str(path),
+                "the folder holds no image or .npz file",
+                expected=f"files ending {', '.join(IMAGE_SUFFIXES)} or .npz",
+                received="none",
+                fix="pass a folder of images, or one file",
+            )
     elif not path.is_file():  # a FIFO or device would block the read or never end
-        raise DataError(str(path), "--input is not a regular file", expected="an .npz, an image file or a folder",
-                        received="a FIFO, device or socket", fix="pass a regular file or a folder")
+        raise DataError(
+            str(path),
+            "--input is not a regular file",
+            expected="an .npz, an image file or a folder",
+            received="a FIFO, device or socket",
+            fix="pass a regular file or a folder",
+        )
     elif path.suffix.lower() in (*IMAGE_SUFFIXES, ".npz"):
         files = [path]
     else:
-        raise DataError(str(path), f"unsupported input type '{path.suffix}'",
-                        expected=f"an .npz, {', '.join(IMAGE_SUFFIXES)}, or a folder",
-                        received=path.suffix or path.name,
-                        fix="convert the input to one of those")
+        raise DataError(
+            str(path),
+            f"unsupported input type '{path.suffix}'",
+            expected=f"an .npz, {', '.join(IMAGE_SUFFIXES)}, or a folder",
+            received=path.suffix or path.name,
+            fix="convert the input to one of those",
+        )
     names: list[str] = []
     arrays: list[np.ndarray] = []
     for file in files:
@@ -106,16 +140,19 @@ def read_inputs(path: Path, meta: RunMetadata) -> tuple[list[str], np.ndarray]:
         arrays.append(x)
     x = np.concatenate(arrays) if arrays else np.zeros((0, *meta.input_shape), np.float32)
     if len(x) == 0:
-        raise DataError(str(path), "no images to predict", expected="at least one image", received="0",
-                        fix="pass a non-empty input")
+        raise DataError(
+            str(path), "no images to predict", expected="at least one image", received="0", fix="pass a non-empty input"
+        )
     return names, x
 
 
 def top_k(probs: np.ndarray, names: list[str], classes: list[str], k: int) -> list[dict[str, Any]]:
     """Per input: its name and the k most probable classes (highest first) with their probabilities."""
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return [{"input": name, "top": [{"class": classes[c], "probability": float(p[c])} for c in row]}
-            for name, p, row in zip(names, probs, order)]
+    return [
+        {"input": name, "top": [{"class": classes[c], "probability": float(p[c])} for c in row]}
+        for name, p, row in zip(names, probs, order)
+    ]
 
 
 def to_csv(rows: list[dict[str, Any]], k: int) -> str:
@@ -131,8 +168,13 @@ def predict(run: str | Path, inputs: str | Path, k: int = 3, batch_size: int = 2
     """Top-k predictions of a trained run for the images in `inputs`."""
     model, meta = load_run(run, compile=False)
     if not 1 <= k <= meta.num_classes:
-        raise ConfigError("--top-k", "top-k must be between 1 and the number of classes",
-                          expected=f"1..{meta.num_classes}", received=k, fix=f"pass --top-k {min(3, meta.num_classes)}")
+        raise ConfigError(
+            "--top-k",
+            "top-k must be between 1 and the number of classes",
+            expected=f"1..{meta.num_classes}",
+            received=k,
+            fix=f"pass --top-k {min(3, meta.num_classes)}",
+        )
     names, x = read_inputs(Path(inputs), meta)
     probs = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)
     return top_k(probs, names, meta.class_names, k)
@@ -152,23 +194,42 @@ def _parser() -> ArgParser:
 def _run_cli(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.batch_size < 1:
-        raise ConfigError("--batch-size", "must be a positive integer", expected=">= 1", received=args.batch_size,
-                          fix="pass e.g. --batch-size 256")
+        raise ConfigError(
+            "--batch-size",
+            "must be a positive integer",
+            expected=">= 1",
+            received=args.batch_size,
+            fix="pass e.g. --batch-size 256",
+        )
     if args.out is not None:
         if args.out.suffix.lower() not in (".csv", ".json"):
-            raise ConfigError("--out", "the predictions file must end .csv or .json", expected="FILE.csv or FILE.json",
-                              received=args.out.name, fix="name the file predictions.csv or predictions.json")
+            raise ConfigError(
+                "--out",
+                "the predictions file must end .csv or .json",
+                expected="FILE.csv or FILE.json",
+                received=args.out.name,
+                fix="name the file predictions.csv or predictions.json",
+            )
         if args.out.is_dir():
-            raise ConfigError(str(args.out), "--out is a folder", expected="a file path ending .csv or .json",
-                              received="an existing folder", fix="pass a file name inside it")
+            raise ConfigError(
+                str(args.out),
+                "--out is a folder",
+                expected="a file path ending .csv or .json",
+                received="an existing folder",
+                fix="pass a file name inside it",
+            )
         check_new_output(args.out, args.force, "predictions")  # before any work
     rows = predict(args.run, args.input, args.top_k, args.batch_size)
-    text = (json.dumps(rows, indent=2) + "\n" if args.out is not None and args.out.suffix.lower() == ".json"
-            else to_csv(rows, args.top_k))
+    text = (
+        json.dumps(rows, indent=2) + "\n"
+        if args.out is not None and args.out.suffix.lower() == ".json"
+        else to_csv(rows, args.top_k)
+    )
     if args.out is None:
         sys.stdout.write(text)
         return 0
     from .artifacts import write_text
+
     check_new_output(args.out, args.force, "predictions")  # again: it may have appeared meanwhile
     write_text(args.out, text)
     print(f"{len(rows)} predictions written to {args.out}")

@@ -6,6 +6,7 @@ PyYAML's safe composer under bounds (size, depth, values after alias expansion),
 duplicate keys; variant files may patch model/data/trainer/optimizer only; schedule files stay in their
 package.
 """
+
 from __future__ import annotations
 
 import re
@@ -20,10 +21,9 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"  # in the package, so the wh
 # `hydra.*`, whose callbacks and logging handlers Hydra instantiates — is the user's command line's to set.
 VARIANT_KEYS = ("model", "data", "trainer", "optimizer")
 VARIANT_GROUPS = ("arch", "schedule")
-MAX_FILE_BYTES = 1 << 20           # a config file larger than 1 MiB is not a config
-MAX_NODES = 20_000                 # leaves + containers after alias expansion (the shipped files: < 100)
+MAX_FILE_BYTES = 1 << 20  # a config file larger than 1 MiB is not a config
+MAX_NODES = 20_000  # leaves + containers after alias expansion (the shipped files: < 100)
 MAX_DEPTH = 32
-
 
 
 def _search_dirs(argv: Sequence[str]) -> list[Path]:
@@ -38,14 +38,18 @@ def _search_dirs(argv: Sequence[str]) -> list[Path]:
             for item in arg.split("=", 1)[1].strip("[]").split(","):
                 item = item.strip().strip("'\"")
                 if item.startswith("file://"):
-                    dirs.append(Path(item[len("file://"):]).expanduser())
+                    dirs.append(Path(item[len("file://") :]).expanduser())
                 elif item and "://" not in item:
                     dirs.append(Path(item).expanduser())
     for d in dirs[1:]:
         if not d.is_dir():
-            raise ConfigError(str(d), "the config folder does not exist" if not d.exists() else "not a folder",
-                              expected="an existing folder of YAML configs (--config-dir / hydra.searchpath)",
-                              received=str(d), fix="check the path given to --config-dir or hydra.searchpath")
+            raise ConfigError(
+                str(d),
+                "the config folder does not exist" if not d.exists() else "not a folder",
+                expected="an existing folder of YAML configs (--config-dir / hydra.searchpath)",
+                received=str(d),
+                fix="check the path given to --config-dir or hydra.searchpath",
+            )
     return dirs
 
 
@@ -73,6 +77,7 @@ def preflight(argv: Sequence[str]) -> None:
     dirs = _search_dirs(argv)
     _check_cli_packages(argv)
     from .cli_overrides import check_overrides
+
     check_overrides(argv, dirs)  # Hydra's own errors for these carry no fix: line
     user_files = []
     for folder in dirs:
@@ -86,13 +91,25 @@ def preflight(argv: Sequence[str]) -> None:
         for path in paths:
             (check_schedule_file if group == "schedule" else check_variant_file)(path, group)
         if not paths:
-            known = sorted(str(p.relative_to(folder / group).with_suffix(""))
-                           for folder in dirs for p in (folder / group).rglob("*.yaml"))
+            known = sorted(
+                str(p.relative_to(folder / group).with_suffix(""))
+                for folder in dirs
+                for p in (folder / group).rglob("*.yaml")
+            )
             hint = " for this model" if group == "arch" and "/" not in option else ""
-            raise ConfigError(f"+{group}={option}", f"no {group} named '{option}'{hint}.{_closest(option, known)}",
-                              expected=f"one of {', '.join(known)}", received=option,
-                              fix="pick one of those" + (" (variants live in conf/arch/<model>/NAME.yaml; with several "
-                                                         "models in one sweep write +arch=MODEL/NAME)" if group == "arch" else ""))
+            raise ConfigError(
+                f"+{group}={option}",
+                f"no {group} named '{option}'{hint}.{_closest(option, known)}",
+                expected=f"one of {', '.join(known)}",
+                received=option,
+                fix="pick one of those"
+                + (
+                    " (variants live in conf/arch/<model>/NAME.yaml; with several "
+                    "models in one sweep write +arch=MODEL/NAME)"
+                    if group == "arch"
+                    else ""
+                ),
+            )
     for path, data, folder in user_files:  # after the variant checks, whose messages are more specific
         check_user_file(path, data, folder)
 
@@ -115,27 +132,57 @@ def _load_bounded(path: Path) -> Any:
         info = path.stat()
         size, mode = info.st_size, info.st_mode
     except OSError as e:
-        raise ConfigError(str(path), f"cannot read the config file ({e.strerror})", expected="a readable file",
-                          received=str(path), fix="check the path and its permissions") from None
+        raise ConfigError(
+            str(path),
+            f"cannot read the config file ({e.strerror})",
+            expected="a readable file",
+            received=str(path),
+            fix="check the path and its permissions",
+        ) from None
     if size > MAX_FILE_BYTES:
-        raise ConfigError(str(path), "config file too large", expected=f"at most {MAX_FILE_BYTES:,} bytes",
-                          received=f"{size:,} bytes", fix="split it, or keep data out of config files")
+        raise ConfigError(
+            str(path),
+            "config file too large",
+            expected=f"at most {MAX_FILE_BYTES:,} bytes",
+            received=f"{size:,} bytes",
+            fix="split it, or keep data out of config files",
+        )
     if not stat.S_ISREG(mode):  # a FIFO or /dev/zero would block or never end
-        raise ConfigError(str(path), "not a regular file", expected="a YAML file",
-                          received="a FIFO, device or socket", fix=f"remove {path} from the config folder")
+        raise ConfigError(
+            str(path),
+            "not a regular file",
+            expected="a YAML file",
+            received="a FIFO, device or socket",
+            fix=f"remove {path} from the config folder",
+        )
     try:
         with open(path, "rb") as f:  # bounded: the file may grow between stat and read
             raw = f.read(MAX_FILE_BYTES + 1)
         if len(raw) > MAX_FILE_BYTES:
-            raise ConfigError(str(path), "config file too large", expected=f"at most {MAX_FILE_BYTES:,} bytes",
-                              received=f"more than {MAX_FILE_BYTES:,} bytes", fix="split it")
+            raise ConfigError(
+                str(path),
+                "config file too large",
+                expected=f"at most {MAX_FILE_BYTES:,} bytes",
+                received=f"more than {MAX_FILE_BYTES:,} bytes",
+                fix="split it",
+            )
         node = yaml.compose(raw.decode("utf-8"), Loader=yaml.SafeLoader)
     except OSError as e:
-        raise ConfigError(str(path), f"cannot read the config file ({e.strerror})", expected="a readable file",
-                          received=str(path), fix="check the path and its permissions") from None
+        raise ConfigError(
+            str(path),
+            f"cannot read the config file ({e.strerror})",
+            expected="a readable file",
+            received=str(path),
+            fix="check the path and its permissions",
+        ) from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(str(path), f"not valid YAML: {str(e).splitlines()[0]}", expected="a YAML mapping",
-                          received=str(e).replace("\n", " ")[:300], fix="fix the syntax at the line shown") from None
+        raise ConfigError(
+            str(path),
+            f"not valid YAML: {str(e).splitlines()[0]}",
+            expected="a YAML mapping",
+            received=str(e).replace("\n", " ")[:300],
+            fix="fix the syntax at the line shown",
+        ) from None
     budget = [MAX_NODES]
     return _plain(node, path, 0, budget)
 
@@ -151,24 +198,41 @@ def _plain(node, path: Path, depth: int, budget: list[int]) -> Any:
     budget[0] -= 1
     if budget[0] < 0 or depth > MAX_DEPTH:
         what = f"nesting deeper than {MAX_DEPTH}" if depth > MAX_DEPTH else f"more than {MAX_NODES:,} values"
-        raise ConfigError(str(path), f"config file too complex: {what} (after expanding aliases)",
-                          expected=f"at most {MAX_NODES:,} values, {MAX_DEPTH} levels",
-                          received=what, fix="remove the nested anchors/aliases; write the values out")
+        raise ConfigError(
+            str(path),
+            f"config file too complex: {what} (after expanding aliases)",
+            expected=f"at most {MAX_NODES:,} values, {MAX_DEPTH} levels",
+            received=what,
+            fix="remove the nested anchors/aliases; write the values out",
+        )
     if node.tag not in PLAIN_TAGS:
-        raise ConfigError(str(path), f"tag {node.tag} is not allowed (line {node.start_mark.line + 1})",
-                          expected="plain YAML: strings, numbers, booleans, null, lists, mappings",
-                          received=node.tag, fix="remove the tag: configs are data and cannot name Python objects")
+        raise ConfigError(
+            str(path),
+            f"tag {node.tag} is not allowed (line {node.start_mark.line + 1})",
+            expected="plain YAML: strings, numbers, booleans, null, lists, mappings",
+            received=node.tag,
+            fix="remove the tag: configs are data and cannot name Python objects",
+        )
     if isinstance(node, yaml.MappingNode):
         out: dict = {}
         for key_node, value_node in node.value:
             key = _plain(key_node, path, depth + 1, budget)
             if isinstance(key, (dict, list)):
-                raise ConfigError(str(path), f"a mapping key must be a scalar (line {key_node.start_mark.line + 1})",
-                                  expected="key: value", received=type(key).__name__, fix="use a plain key")
+                raise ConfigError(
+                    str(path),
+                    f"a mapping key must be a scalar (line {key_node.start_mark.line + 1})",
+                    expected="key: value",
+                    received=type(key).__name__,
+                    fix="use a plain key",
+                )
             if key in out:
-                raise ConfigError(str(path), f"duplicate key '{key}' (line {key_node.start_mark.line + 1})",
-                                  expected="each key once per mapping", received=f"'{key}' twice",
-                                  fix=f"keep one '{key}' entry")
+                raise ConfigError(
+                    str(path),
+                    f"duplicate key '{key}' (line {key_node.start_mark.line + 1})",
+                    expected="each key once per mapping",
+                    received=f"'{key}' twice",
+                    fix=f"keep one '{key}' entry",
+                )
             out[key] = _plain(value_node, path, depth + 1, budget)
         return out
     if isinstance(node, yaml.SequenceNode):
@@ -186,14 +250,22 @@ def check_schedule_file(path: Path, group: str = "schedule") -> None:
     text = Path(path).read_text(encoding="utf-8", errors="replace")
     header = next((line for line in text.splitlines()[:5] if "@package" in line), None)
     if header is not None and header.split("@package", 1)[1].strip() not in ("schedule", "_group_"):
-        raise ConfigError(f"{group}/{Path(path).stem}", "a schedule file may not change its package",
-                          expected="no '# @package' line (the schedule package)", received=header.strip(),
-                          fix=f"remove the '# @package' line from {path}")
+        raise ConfigError(
+            f"{group}/{Path(path).stem}",
+            "a schedule file may not change its package",
+            expected="no '# @package' line (the schedule package)",
+            received=header.strip(),
+            fix=f"remove the '# @package' line from {path}",
+        )
     data = check_yaml_file(path)
     if not isinstance(data, dict) or set(data) - {"phases"}:
-        raise ConfigError(f"{group}/{Path(path).stem}", "a schedule file holds a list of phases only",
-                          expected="phases: [...]", received=sorted(data) if isinstance(data, dict) else data,
-                          fix=f"keep only 'phases' in {path}")
+        raise ConfigError(
+            f"{group}/{Path(path).stem}",
+            "a schedule file holds a list of phases only",
+            expected="phases: [...]",
+            received=sorted(data) if isinstance(data, dict) else data,
+            fix=f"keep only 'phases' in {path}",
+        )
 
 
 def check_variant_file(path: Path, group: str = "arch") -> None:
@@ -202,17 +274,27 @@ def check_variant_file(path: Path, group: str = "arch") -> None:
     if data is None:
         return
     if not isinstance(data, dict):
-        raise ConfigError(str(path), "a variant file must be a mapping", expected="model: {...}",
-                          received=type(data).__name__, fix="write the patch as a mapping under model:")
+        raise ConfigError(
+            str(path),
+            "a variant file must be a mapping",
+            expected="model: {...}",
+            received=type(data).__name__,
+            fix="write the patch as a mapping under model:",
+        )
     for key in data:
         if key not in VARIANT_KEYS:
-            extra = (" (hydra.* settings run code and open files: they belong on your own command line)"
-                     if key == "hydra" else "")
-            raise ConfigError(f"{group}/{Path(path).stem}: {key}",
-                              f"a variant file may only patch {', '.join(VARIANT_KEYS)}{extra}."
-                              f"{did_you_mean(key, VARIANT_KEYS)}",
-                              expected=f"top-level keys among {', '.join(VARIANT_KEYS)}", received=key,
-                              fix=f"remove '{key}' from {path}")
+            extra = (
+                " (hydra.* settings run code and open files: they belong on your own command line)"
+                if key == "hydra"
+                else ""
+            )
+            raise ConfigError(
+                f"{group}/{Path(path).stem}: {key}",
+                f"a variant file may only patch {', '.join(VARIANT_KEYS)}{extra}.{did_you_mean(key, VARIANT_KEYS)}",
+                expected=f"top-level keys among {', '.join(VARIANT_KEYS)}",
+                received=key,
+                fix=f"remove '{key}' from {path}",
+            )
 
 
 def package_header(text: str) -> str | None:
@@ -230,10 +312,14 @@ def package_header(text: str) -> str | None:
 
 
 def _refuse_hydra(path: Path, what: str, received: Any) -> ConfigError:
-    return ConfigError(str(path), f"a config file from --config-dir/hydra.searchpath may not set hydra.* ({what})",
-                       expected="settings of model, data, trainer, optimizer, schedule, ... (hydra.* settings run code "
-                                "and open files)", received=received,
-                       fix="remove it from the file; set hydra.* on your own command line instead")
+    return ConfigError(
+        str(path),
+        f"a config file from --config-dir/hydra.searchpath may not set hydra.* ({what})",
+        expected="settings of model, data, trainer, optimizer, schedule, ... (hydra.* settings run code "
+        "and open files)",
+        received=received,
+        fix="remove it from the file; set hydra.* on your own command line instead",
+    )
 
 
 def check_user_file(path: Path, data: Any, folder: Path) -> None:
@@ -251,8 +337,9 @@ def check_user_file(path: Path, data: Any, folder: Path) -> None:
         for key, value in items:
             key = str(key)
             group, _, package = key.removeprefix("override ").strip().lstrip("/").partition("@")
-            if "hydra" in package.split(".") or (group.split("/")[0] == "hydra" and not (
-                    CONF_DIR / group / f"{value}.yaml").is_file()):
+            if "hydra" in package.split(".") or (
+                group.split("/")[0] == "hydra" and not (CONF_DIR / group / f"{value}.yaml").is_file()
+            ):
                 raise _refuse_hydra(path, f"the defaults entry '{key}'", entry)
 
 
@@ -263,6 +350,10 @@ def _check_cli_packages(argv: Sequence[str]) -> None:
         key, sep, _ = arg.lstrip("+~").partition("=")
         package = key.partition("@")[2]
         if sep and package and ("hydra" in package.split(".") or package.startswith("_global_.hydra")):
-            raise ConfigError(arg, "a config group cannot be placed under hydra.*",
-                              expected="GROUP=NAME or GROUP@PACKAGE=NAME with a package outside hydra",
-                              received=arg, fix="set the hydra.* keys you need directly on the command line")
+            raise ConfigError(
+                arg,
+                "a config group cannot be placed under hydra.*",
+                expected="GROUP=NAME or GROUP@PACKAGE=NAME with a package outside hydra",
+                received=arg,
+                fix="set the hydra.* keys you need directly on the command line",
+            )

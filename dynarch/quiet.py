@@ -12,6 +12,7 @@ only when the same start-up said there is no CUDA driver at all: on a machine wi
 TFDS' absl warning "Variant folder ... has no dataset_info.json" is dropped too: dynarch's own tfds message
 says what happens instead (prepared data missing, offline fallback). `log.info` names what was dropped.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,14 +22,16 @@ import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-CAPTURE = ".tensorflow-startup.log"   # in the run dir while TensorFlow starts; removed after it is replayed
+CAPTURE = ".tensorflow-startup.log"  # in the run dir while TensorFlow starts; removed after it is replayed
 NO_DRIVER = re.compile(r"cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine")
 NOISE = {
     "absl pre-init banner": re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called"),
     "oneDNN notice": re.compile(r"^I\d{4} [\d:. ]+\d+ port\.cc:\d+\] oneDNN custom operations are on"),
     "no CUDA driver": re.compile(r"^I\d{4} [\d:. ]+\d+ " + NO_DRIVER.pattern),
-    "CPU instruction notice": re.compile(r"^(I\d{4} [\d:. ]+\d+ cpu_feature_guard\.cc:\d+\] This TensorFlow binary "
-                                         r"is optimized|To enable the following instructions: .*rebuild TensorFlow)"),
+    "CPU instruction notice": re.compile(
+        r"^(I\d{4} [\d:. ]+\d+ cpu_feature_guard\.cc:\d+\] This TensorFlow binary "
+        r"is optimized|To enable the following instructions: .*rebuild TensorFlow)"
+    ),
 }
 CUINIT = re.compile(r"^E\d{4} [\d:. ]+\d+ cuda_platform\.cc:\d+\] failed call to cuInit: ")
 
@@ -66,7 +69,8 @@ def filter_startup_lines(lines: list[str]) -> tuple[list[str], list[str]]:
 
 
 def start_tensorflow_quietly(run_dir: Path) -> None:
-    """Import TensorFlow (through dynarch.runtime) and list its physical devices with fd 2 captured in RUN/.tensorflow-startup.log, then
+    """Import TensorFlow (through dynarch.runtime) and list its physical devices with fd 2 captured in
+    RUN/.tensorflow-startup.log, then
     replay every line but the known notices to stderr and remove the file. Should the process die
     meanwhile, the file stays in the run dir with everything TensorFlow said."""
     if "tensorflow" in sys.modules:
@@ -80,11 +84,12 @@ def start_tensorflow_quietly(run_dir: Path) -> None:
         with open(path, "wb") as capture:
             os.dup2(capture.fileno(), 2)
             try:
-                from .runtime import get_runtime   # the one seam to the backend imports TensorFlow
+                from .runtime import get_runtime  # the one seam to the backend imports TensorFlow
+
                 runtime = get_runtime("tensorflow")
                 probe = getattr(runtime, "physical_devices", None)
                 if probe is not None:
-                    probe()   # where the CUDA probe (cuInit) runs; lists devices, initializes nothing
+                    probe()  # where the CUDA probe (cuInit) runs; lists devices, initializes nothing
             finally:
                 sys.stderr.flush()
                 os.dup2(saved, 2)

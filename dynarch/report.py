@@ -4,6 +4,7 @@ Built automatically at the end of every multirun (ReportCallback, a Hydra callba
 
     python -m dynarch.report multirun/DATE/TIME
 """
+
 from __future__ import annotations
 
 import csv
@@ -22,11 +23,33 @@ from hydra.experimental.callback import Callback
 from .artifacts import INDEX_COLUMNS, save_figure, write_json, write_text
 from .errors import DynarchError
 
-SUMMARY_FIELDS = ("job", "status", "variant", "data", "phases", "overrides", "enabled_blocks", "params",
-                  "test_accuracy", "test_loss", "val_accuracy", "train_time_s", "wall_time_s", "samples_per_s",
-                  "migrated_from", "error")
-_NUMBERS = {"params": int, "test_accuracy": float, "test_loss": float, "val_accuracy": float,
-            "train_time_s": float, "wall_time_s": float, "samples_per_s": float}
+SUMMARY_FIELDS = (
+    "job",
+    "status",
+    "variant",
+    "data",
+    "phases",
+    "overrides",
+    "enabled_blocks",
+    "params",
+    "test_accuracy",
+    "test_loss",
+    "val_accuracy",
+    "train_time_s",
+    "wall_time_s",
+    "samples_per_s",
+    "migrated_from",
+    "error",
+)
+_NUMBERS = {
+    "params": int,
+    "test_accuracy": float,
+    "test_loss": float,
+    "val_accuracy": float,
+    "train_time_s": float,
+    "wall_time_s": float,
+    "samples_per_s": float,
+}
 
 
 class ReportError(DynarchError):
@@ -36,10 +59,10 @@ class ReportError(DynarchError):
 @dataclass
 class JobRow:
     job: str
-    status: str                       # ok | failed (raised, or unreadable results) | incomplete (killed or running)
+    status: str  # ok | failed (raised, or unreadable results) | incomplete (killed or running)
     variant: str = ""
-    data: str = ""                    # metrics.json data_source: which data the job really used
-    phases: str = ""                  # e.g. "base(2) -> deep(3)" for a phased schedule
+    data: str = ""  # metrics.json data_source: which data the job really used
+    phases: str = ""  # e.g. "base(2) -> deep(3)" for a phased schedule
     overrides: str = ""
     enabled_blocks: str = ""
     params: int | None = None
@@ -109,8 +132,10 @@ def _phases_text(phases: Any) -> str:
     for i, p in enumerate(phases):
         p = p if isinstance(p, dict) else {}
         # train.phase_summaries: `name` (its `architecture` is the list of enabled blocks, too long here)
-        name = next((str(p[k]) for k in ("name", "variant", "architecture") if isinstance(p.get(k), str) and p[k]),
-                    f"phase {p.get('phase', i)}")
+        name = next(
+            (str(p[k]) for k in ("name", "variant", "architecture") if isinstance(p.get(k), str) and p[k]),
+            f"phase {p.get('phase', i)}",
+        )
         parts.append(f"{name}({p['epochs']})" if isinstance(p.get("epochs"), int) else name)
     return " -> ".join(parts)
 
@@ -174,13 +199,30 @@ def _data_line(rows: list[JobRow]) -> str:
         return ""
     if len(sources) == 1:
         return f"Data: **{sources[0] or 'not recorded'}** for every finished job."
-    return ("**Warning: the jobs used different data** (" + "; ".join(s or "not recorded" for s in sources)
-            + "): their accuracies are not comparable.")
+    return (
+        "**Warning: the jobs used different data** ("
+        + "; ".join(s or "not recorded" for s in sources)
+        + "): their accuracies are not comparable."
+    )
 
 
 def render_markdown(rows: list[JobRow], extra: dict[str, Any]) -> str:
-    cols = ("job", "status", "variant", "data", "phases", "overrides", "enabled_blocks", "params", "test_accuracy",
-            "test_loss", "train_time_s", "samples_per_s", "migrated_from", "error")
+    cols = (
+        "job",
+        "status",
+        "variant",
+        "data",
+        "phases",
+        "overrides",
+        "enabled_blocks",
+        "params",
+        "test_accuracy",
+        "test_loss",
+        "train_time_s",
+        "samples_per_s",
+        "migrated_from",
+        "error",
+    )
     if not any(r.phases for r in rows):  # single-phase sweeps: keep the table narrow
         cols = tuple(c for c in cols if c != "phases")
     lines = [f"# Sweep summary ({len(rows)} jobs, sorted by {extra['metric']})", ""]
@@ -188,17 +230,20 @@ def render_markdown(rows: list[JobRow], extra: dict[str, Any]) -> str:
         lines += [_data_line(rows), ""]
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        lines.append("| " + " | ".join(_fmt(getattr(r, c)).replace("|", "\\|").replace("\n", " ")
-                                       for c in cols) + " |")
+        lines.append("| " + " | ".join(_fmt(getattr(r, c)).replace("|", "\\|").replace("\n", " ") for c in cols) + " |")
     lines.append("")
     t = extra.get("timing", {})
     if t:
-        lines.append(f"Sweep wall time {t['sweep_wall_s']:.1f} s for {t['jobs']} jobs; sum of jobs' wall times "
-                     f"{t['sum_job_wall_s']:.1f} s, of which training {t['sum_train_s']:.1f} s "
-                     f"(overhead outside training: {t['sweep_wall_s'] - t['sum_train_s']:.1f} s).")
+        lines.append(
+            f"Sweep wall time {t['sweep_wall_s']:.1f} s for {t['jobs']} jobs; sum of jobs' wall times "
+            f"{t['sum_job_wall_s']:.1f} s, of which training {t['sum_train_s']:.1f} s "
+            f"(overhead outside training: {t['sweep_wall_s'] - t['sum_train_s']:.1f} s)."
+        )
     if extra.get("optuna"):
-        lines.append(f"Optuna best value {extra['optuna'].get('best_value')} with parameters "
-                     f"`{extra['optuna'].get('best_params')}`.")
+        lines.append(
+            f"Optuna best value {extra['optuna'].get('best_value')} with parameters "
+            f"`{extra['optuna'].get('best_params')}`."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -208,6 +253,7 @@ def _plottable(value: Any) -> bool:
 
 def plot(rows: list[JobRow], path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -216,8 +262,13 @@ def plot(rows: list[JobRow], path: Path) -> None:
     for r in ok:
         if _plottable(r.params) and r.params > 0 and _plottable(r.test_accuracy):
             ax1.scatter(r.params, r.test_accuracy)
-            ax1.annotate(f"{r.job}: {r.variant}", (r.params, r.test_accuracy), fontsize=7,
-                         xytext=(3, 3), textcoords="offset points")
+            ax1.annotate(
+                f"{r.job}: {r.variant}",
+                (r.params, r.test_accuracy),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
         curve = r.history.get("val_accuracy") or r.history.get("accuracy") or []
         ax2.plot(range(1, len(curve) + 1), curve, "-o", markersize=3, label=f"{r.job}: {r.variant}")
     ax1.set(xscale="log", xlabel="parameters", ylabel="test accuracy", title="accuracy vs size")
@@ -239,8 +290,9 @@ def _optuna(sweep_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def write_summary(sweep_dir: str | Path, metric: str = "test_accuracy",
-                  sweep_wall_s: float | None = None) -> list[JobRow]:
+def write_summary(
+    sweep_dir: str | Path, metric: str = "test_accuracy", sweep_wall_s: float | None = None
+) -> list[JobRow]:
     """Collect the jobs of `sweep_dir` and write summary.{csv,md,json,png} there. Returns the rows.
 
     Raises ArtifactError (a DynarchError) when a summary file cannot be written.
@@ -249,9 +301,12 @@ def write_summary(sweep_dir: str | Path, metric: str = "test_accuracy",
     rows = sorted(collect(sweep_dir), key=lambda r: _sort_key(r, metric))
     extra: dict[str, Any] = {"metric": metric}
     if sweep_wall_s is not None:
-        extra["timing"] = {"sweep_wall_s": sweep_wall_s, "jobs": len(rows),
-                           "sum_job_wall_s": sum(r.wall_time_s or 0 for r in rows),
-                           "sum_train_s": sum(r.train_time_s or 0 for r in rows)}
+        extra["timing"] = {
+            "sweep_wall_s": sweep_wall_s,
+            "jobs": len(rows),
+            "sum_job_wall_s": sum(r.wall_time_s or 0 for r in rows),
+            "sum_train_s": sum(r.train_time_s or 0 for r in rows),
+        }
     if _optuna(sweep_dir):
         extra["optuna"] = _optuna(sweep_dir)
     buf = io.StringIO()
@@ -261,8 +316,10 @@ def write_summary(sweep_dir: str | Path, metric: str = "test_accuracy",
         writer.writerow({k: getattr(r, k) for k in SUMMARY_FIELDS})
     write_text(sweep_dir / "summary.csv", buf.getvalue())
     write_text(sweep_dir / "summary.md", render_markdown(rows, extra))
-    write_json(sweep_dir / "summary.json", {**extra, "jobs": [
-        {k: v for k, v in asdict(r).items() if k != "history"} for r in rows]})
+    write_json(
+        sweep_dir / "summary.json",
+        {**extra, "jobs": [{k: v for k, v in asdict(r).items() if k != "history"} for r in rows]},
+    )
     plot(rows, sweep_dir / "summary.png")
     return rows
 
@@ -276,10 +333,13 @@ def check_sweep_dir(sweep_dir: Path) -> None:
         raise ReportError(str(sweep_dir), "not a folder", expected="a sweep dir", received="a file", fix=fix)
     if not any(p.is_dir() for p in sweep_dir.glob("*/.hydra")):
         single = (sweep_dir / ".hydra").is_dir()
-        raise ReportError(str(sweep_dir), "no job folders (*/.hydra) found"
-                          + (": this is a single run's dir, not a sweep" if single else ""),
-                          expected="a folder of job folders, each with .hydra/", received=str(sweep_dir),
-                          fix=f"pass its parent, the sweep dir: {sweep_dir.parent}" if single else fix)
+        raise ReportError(
+            str(sweep_dir),
+            "no job folders (*/.hydra) found" + (": this is a single run's dir, not a sweep" if single else ""),
+            expected="a folder of job folders, each with .hydra/",
+            received=str(sweep_dir),
+            fix=f"pass its parent, the sweep dir: {sweep_dir.parent}" if single else fix,
+        )
 
 
 class ReportCallback(Callback):
@@ -303,8 +363,11 @@ class ReportCallback(Callback):
         print((sweep_dir / "summary.md").read_text())
         failed = [r for r in rows if r.status != "ok"]
         if failed:
-            print(f"{len(failed)} of {len(rows)} jobs did not finish: "
-                  + "; ".join(f"job {r.job} ({r.status}) {r.error}" for r in failed), file=sys.stderr)
+            print(
+                f"{len(failed)} of {len(rows)} jobs did not finish: "
+                + "; ".join(f"job {r.job} ({r.status}) {r.error}" for r in failed),
+                file=sys.stderr,
+            )
             raise SystemExit(1)
 
 
@@ -312,13 +375,18 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m dynarch.report SWEEP_DIR`: exit 0, or 2 with one clear message and a fix (never a traceback,
     a usage error included)."""
     from .clikit import run_main
+
     return run_main(_main, argv)
 
 
 def _main(argv: list[str] | None) -> int:
     from .clikit import ArgParser
-    parser = ArgParser(prog="python -m dynarch.report", description="(Re)build a sweep's summary.",
-                       usage_line="python -m dynarch.report SWEEP_DIR [--metric test_accuracy|val_accuracy]")
+
+    parser = ArgParser(
+        prog="python -m dynarch.report",
+        description="(Re)build a sweep's summary.",
+        usage_line="python -m dynarch.report SWEEP_DIR [--metric test_accuracy|val_accuracy]",
+    )
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--metric", default="test_accuracy", choices=("test_accuracy", "val_accuracy"))
     args = parser.parse_args(argv)

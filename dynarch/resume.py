@@ -10,6 +10,7 @@ Layout in a run dir: `state/step-000000123/` (checkpoint folders, see checkpoint
 a one-line pointer replaced atomically only after the folder it names is complete on disk. Loading
 falls back to the newest older checkpoint that verifies when the latest one is damaged.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,6 +37,7 @@ STATE_DIR, LATEST = "state", "latest"
 class Position:
     """Where training stands: the phase, the global `epoch` in progress, the batches of it already
     trained, the epoch its phase started at, whether that phase has ended early, and the history so far."""
+
     epoch: int = 0
     batches_done: int = 0
     history: dict[str, list[float]] = field(default_factory=dict)
@@ -46,16 +48,22 @@ class Position:
 
 def fingerprint(run: RunConfig) -> dict[str, Any]:
     """What a resume must share with the run it continues (epochs may grow; nothing else may change)."""
-    fp = {"arch": dict(run.arch.raw), "optimizer": dataclasses.asdict(run.optimizer),
-          "batch_size": run.trainer.batch_size, "seed": run.seed, "precision": run.trainer.precision,
-          "data": {k: v for k, v in dataclasses.asdict(run.data).items() if not k.startswith("probe")},
-          "schedule": [p.fingerprint() for p in run.phases] if run.schedule else None,
-          "backend": run.backend}
+    fp = {
+        "arch": dict(run.arch.raw),
+        "optimizer": dataclasses.asdict(run.optimizer),
+        "batch_size": run.trainer.batch_size,
+        "seed": run.seed,
+        "precision": run.trainer.precision,
+        "data": {k: v for k, v in dataclasses.asdict(run.data).items() if not k.startswith("probe")},
+        "schedule": [p.fingerprint() for p in run.phases] if run.schedule else None,
+        "backend": run.backend,
+    }
     return json.loads(json.dumps(fp, default=str))  # as it reads back from a manifest (tuples become lists)
 
 
 def _layers_with_paths(model):
     """(block path, layer) for every layer of a dynarch model, descending into block groups."""
+
     def rec(layers, prefix):
         for layer in layers:
             if type(layer).__name__ == "InputLayer":
@@ -63,6 +71,7 @@ def _layers_with_paths(model):
             path = f"{prefix}{layer.name}"
             yield path, layer
             yield from rec(getattr(layer, "blocks", []) if type(layer).__name__ == "BlockGroup" else [], path + "/")
+
     yield from rec(model.layers, "")
 
 
@@ -74,8 +83,13 @@ def model_state_variables(model) -> dict[str, Any]:
             out[f"{path}/seed_generator_{i}"] = generator.state
     missing = [v.path for v in model.variables if not any(v is w for w in out.values())]
     if missing:  # a layer kind this walk does not know: refuse rather than resume inexactly
-        raise CheckpointError("model", "variables without a stable name", expected="weights and RNG states",
-                              received=missing[:5], fix="report this model config as a dynarch bug")
+        raise CheckpointError(
+            "model",
+            "variables without a stable name",
+            expected="weights and RNG states",
+            received=missing[:5],
+            fix="report this model config as a dynarch bug",
+        )
     return out
 
 
@@ -85,8 +99,13 @@ def optimizer_state_variables(optimizer) -> dict[str, Any]:
     for v in optimizer.variables:
         key = v.path.split("/", 1)[-1]
         if key in out:
-            raise CheckpointError("optimizer", f"two optimizer variables named {key}", expected="unique names",
-                                  received=key, fix="rename one of the blocks whose names collide")
+            raise CheckpointError(
+                "optimizer",
+                f"two optimizer variables named {key}",
+                expected="unique names",
+                received=key,
+                fix="rename one of the blocks whose names collide",
+            )
         out[key] = v
     return out
 
@@ -94,23 +113,37 @@ def optimizer_state_variables(optimizer) -> dict[str, Any]:
 def state_tensors(model) -> dict[str, np.ndarray]:
     # Scalars (the step count, the learning rate) as shape (1,): what safetensors reads back for them.
     tensors = {f"model/{k}": np.atleast_1d(v.numpy()) for k, v in model_state_variables(model).items()}
-    tensors.update({f"optimizer/{k}": np.atleast_1d(v.numpy())
-                    for k, v in optimizer_state_variables(model.optimizer).items()})
+    tensors.update(
+        {f"optimizer/{k}": np.atleast_1d(v.numpy()) for k, v in optimizer_state_variables(model.optimizer).items()}
+    )
     return tensors
 
 
-def save_state(run_dir: Path, model, position: Position, run: RunConfig, keep: int = 2,
-               callbacks: dict | None = None) -> Path:
+def save_state(
+    run_dir: Path, model, position: Position, run: RunConfig, keep: int = 2, callbacks: dict | None = None
+) -> Path:
     """Write a train-state checkpoint, point `latest` at it, then drop all but the newest `keep`.
     `callbacks`: the state of callbacks from config (EarlyStopping's wait and best, ...), restored on resume."""
     state = Path(run_dir) / STATE_DIR
     step = int(model.optimizer.iterations.numpy())
-    folder = save_checkpoint(state / f"step-{step:09d}", state_tensors(model), {
-        "kind": "train-state", "step": step, "epoch": position.epoch, "batches_done": position.batches_done,
-        "phase": position.phase, "phase_start": position.phase_start, "phase_done": position.phase_done,
-        "history": position.history, "fingerprint": fingerprint(run), "variant": run.variant,
-        "callbacks": callbacks or {},
-        "migrated_from": run.init_from})
+    folder = save_checkpoint(
+        state / f"step-{step:09d}",
+        state_tensors(model),
+        {
+            "kind": "train-state",
+            "step": step,
+            "epoch": position.epoch,
+            "batches_done": position.batches_done,
+            "phase": position.phase,
+            "phase_start": position.phase_start,
+            "phase_done": position.phase_done,
+            "history": position.history,
+            "fingerprint": fingerprint(run),
+            "variant": run.variant,
+            "callbacks": callbacks or {},
+            "migrated_from": run.init_from,
+        },
+    )
     write_text(state / LATEST, folder.name + "\n")
     for old in sorted(state.glob("step-*"))[:-keep]:
         if old.name != folder.name:
@@ -139,16 +172,25 @@ def load_latest_state(run_dir: Path) -> Checkpoint:
         except CheckpointError as e:
             errors.append(str(e).splitlines()[0])
             log.warning("skipping damaged checkpoint: %s", errors[-1])
-    raise CheckpointError(str(state), "no usable train-state checkpoint to resume from",
-                          expected="state/step-*/ written by an earlier run of this dir",
-                          received="; ".join(errors) or "none", fix="start a fresh run (resume=false, new dir)")
+    raise CheckpointError(
+        str(state),
+        "no usable train-state checkpoint to resume from",
+        expected="state/step-*/ written by an earlier run of this dir",
+        received="; ".join(errors) or "none",
+        fix="start a fresh run (resume=false, new dir)",
+    )
 
 
 def _int(manifest: dict, key: str, default: int | None = None) -> int:
     value = manifest.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise CheckpointError(key, f"the train-state manifest has an invalid '{key}'",
-                              expected="an integer >= 0", received=value, fix="resume from another checkpoint")
+        raise CheckpointError(
+            key,
+            f"the train-state manifest has an invalid '{key}'",
+            expected="an integer >= 0",
+            received=value,
+            fix="resume from another checkpoint",
+        )
     return value
 
 
@@ -157,18 +199,28 @@ def read_position(ckpt: Checkpoint) -> Position:
     m = ckpt.manifest
     history = m.get("history", {})
     if not isinstance(history, dict) or not all(
-            isinstance(k, str) and isinstance(v, list) and all(isinstance(x, (int, float)) for x in v)
-            for k, v in history.items()):
-        raise CheckpointError(str(ckpt.path), "the train-state manifest has a malformed history",
-                              expected="a mapping of metric -> list of numbers", received=type(history).__name__,
-                              fix="resume from another checkpoint")
+        isinstance(k, str) and isinstance(v, list) and all(isinstance(x, (int, float)) for x in v)
+        for k, v in history.items()
+    ):
+        raise CheckpointError(
+            str(ckpt.path),
+            "the train-state manifest has a malformed history",
+            expected="a mapping of metric -> list of numbers",
+            received=type(history).__name__,
+            fix="resume from another checkpoint",
+        )
     epoch, phase_start = _int(m, "epoch"), _int(m, "phase_start", 0)
     if phase_start > epoch:  # a phase cannot have started after the epoch the checkpoint was taken at
-        raise CheckpointError(str(ckpt.path), "the train-state manifest has an invalid 'phase_start'",
-                              expected=f"phase_start <= epoch ({epoch})", received=phase_start,
-                              fix="resume from another checkpoint")
-    return Position(epoch, _int(m, "batches_done"), history, _int(m, "phase", 0),
-                    phase_start, bool(m.get("phase_done", False)))
+        raise CheckpointError(
+            str(ckpt.path),
+            "the train-state manifest has an invalid 'phase_start'",
+            expected=f"phase_start <= epoch ({epoch})",
+            received=phase_start,
+            fix="resume from another checkpoint",
+        )
+    return Position(
+        epoch, _int(m, "batches_done"), history, _int(m, "phase", 0), phase_start, bool(m.get("phase_done", False))
+    )
 
 
 def check_compatible(ckpt: Checkpoint, run: RunConfig) -> Position:
@@ -179,16 +231,24 @@ def check_compatible(ckpt: Checkpoint, run: RunConfig) -> Position:
     diff = [k for k in now if not isinstance(saved, dict) or saved.get(k) != now[k]]
     if diff:
         saved = saved if isinstance(saved, dict) else {}
-        raise CheckpointError(str(ckpt.path), f"resume refused: the config differs in {', '.join(diff)}",
-                              expected={k: saved.get(k) for k in diff}, received={k: now[k] for k in diff},
-                              fix="resume with the original overrides (only trainer.epochs may grow), "
-                                  "or start a new run with init_from=RUN_DIR to migrate the weights")
+        raise CheckpointError(
+            str(ckpt.path),
+            f"resume refused: the config differs in {', '.join(diff)}",
+            expected={k: saved.get(k) for k in diff},
+            received={k: now[k] for k in diff},
+            fix="resume with the original overrides (only trainer.epochs may grow), "
+            "or start a new run with init_from=RUN_DIR to migrate the weights",
+        )
     position = read_position(ckpt)
     total = run.total_epochs
     if position.phase >= len(run.phases) or (total is not None and position.epoch > total):
-        raise CheckpointError("trainer.epochs", f"resume refused: the run already trained {position.epoch} epochs",
-                              expected=f"trainer.epochs >= {position.epoch}", received=total,
-                              fix=f"resume with trainer.epochs={position.epoch} or more")
+        raise CheckpointError(
+            "trainer.epochs",
+            f"resume refused: the run already trained {position.epoch} epochs",
+            expected=f"trainer.epochs >= {position.epoch}",
+            received=total,
+            fix=f"resume with trainer.epochs={position.epoch} or more",
+        )
     return position
 
 
@@ -198,14 +258,21 @@ def restore(model, ckpt: Checkpoint) -> None:
     targets.update({f"optimizer/{k}": v for k, v in optimizer_state_variables(model.optimizer).items()})
     if sorted(targets) != sorted(ckpt.tensors):
         missing, extra = sorted(set(targets) - set(ckpt.tensors)), sorted(set(ckpt.tensors) - set(targets))
-        raise CheckpointError(str(ckpt.path), "the checkpoint does not match the model's variables",
-                              expected=f"also {missing[:4]}" if missing else "no extra tensors",
-                              received=f"extra {extra[:4]}" if extra else "missing some",
-                              fix="resume with the original config")
+        raise CheckpointError(
+            str(ckpt.path),
+            "the checkpoint does not match the model's variables",
+            expected=f"also {missing[:4]}" if missing else "no extra tensors",
+            received=f"extra {extra[:4]}" if extra else "missing some",
+            fix="resume with the original config",
+        )
     for key, var in targets.items():
         value = ckpt.tensors[key]
         if math.prod(var.shape) != value.size or value.dtype.kind not in "fiub":  # safetensors stores scalars as (1,)
-            raise CheckpointError(str(ckpt.path), "the checkpoint does not match the model's variables",
-                                  expected=f"{key} {tuple(var.shape)}", received=f"{key} {value.shape} {value.dtype}",
-                                  fix="resume with the original config")
+            raise CheckpointError(
+                str(ckpt.path),
+                "the checkpoint does not match the model's variables",
+                expected=f"{key} {tuple(var.shape)}",
+                received=f"{key} {value.shape} {value.dtype}",
+                fix="resume with the original config",
+            )
         var.assign(value.reshape(tuple(var.shape)).astype(var.dtype))

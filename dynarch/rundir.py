@@ -8,6 +8,7 @@ Typical use (see the module's report for the wiring):
         if resume: clean_stale_temps(out_dir)
         else: check_new_run_dir(out_dir)
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -28,8 +29,19 @@ log = logging.getLogger(__name__)
 LOCK_NAME = ".lock"
 # What dynarch writes into a run dir. Hydra's own `.hydra/` and `<job>.log` are not in it: Hydra writes them
 # before our code runs, so a fresh dir always holds them.
-RUN_ARTIFACTS = ("checkpoint", "state", "metrics.json", "history.csv", "curves.png", "model.md", "model.keras",
-                 "config.yaml", "migration.md", "migration.json", "error.json")
+RUN_ARTIFACTS = (
+    "checkpoint",
+    "state",
+    "metrics.json",
+    "history.csv",
+    "curves.png",
+    "model.md",
+    "model.keras",
+    "config.yaml",
+    "migration.md",
+    "migration.json",
+    "error.json",
+)
 RUN_ARTIFACT_PATTERNS = ("model-phase-*.md", "migration-phase-*.md", "migration-phase-*.json")  # phased runs
 # Room kept for the deepest file dynarch writes under a run dir (state/.step-N.tmp-XXXXXXXX/weights.safetensors).
 _DEEPEST_ARTIFACT = 64
@@ -44,6 +56,7 @@ class RunDirLocked(RunDirError):
 
 
 # ------------------------------------------------------------------------------------------- usable path
+
 
 def _nearest_existing(path: Path) -> Path:
     for candidate in (path, *path.parents):
@@ -70,42 +83,64 @@ def check_run_dir_usable(path: str | Path, key: str = "hydra.run.dir", shown: st
         name_max, path_max = 255, 4096
     long_parts = [p for p in target.parts if len(os.fsencode(p)) > name_max]
     if long_parts:
-        raise RunDirError(key, "a folder name in the run dir is too long for the file system",
-                          expected=f"names of at most {name_max} bytes",
-                          received=f"{len(os.fsencode(long_parts[0]))} bytes: {long_parts[0][:40]}...",
-                          fix=f"{fix_other} with shorter folder names")
+        raise RunDirError(
+            key,
+            "a folder name in the run dir is too long for the file system",
+            expected=f"names of at most {name_max} bytes",
+            received=f"{len(os.fsencode(long_parts[0]))} bytes: {long_parts[0][:40]}...",
+            fix=f"{fix_other} with shorter folder names",
+        )
     if len(os.fsencode(str(target))) + _DEEPEST_ARTIFACT > path_max:
-        raise RunDirError(key, "the run dir path is too long for the file system (with the files it will hold)",
-                          expected=f"at most {path_max - _DEEPEST_ARTIFACT} bytes",
-                          received=f"{len(os.fsencode(str(target)))} bytes", fix=f"{fix_other} with a shorter path")
+        raise RunDirError(
+            key,
+            "the run dir path is too long for the file system (with the files it will hold)",
+            expected=f"at most {path_max - _DEEPEST_ARTIFACT} bytes",
+            received=f"{len(os.fsencode(str(target)))} bytes",
+            fix=f"{fix_other} with a shorter path",
+        )
     if base == target and not target.is_dir():
-        raise RunDirError(key, "the run dir exists and is not a folder", expected="a folder (or a new path)",
-                          received=f"{raw} (a file)", fix=f"{fix_other}, or move that file away")
+        raise RunDirError(
+            key,
+            "the run dir exists and is not a folder",
+            expected="a folder (or a new path)",
+            received=f"{raw} (a file)",
+            fix=f"{fix_other}, or move that file away",
+        )
     if not base.is_dir():
-        raise RunDirError(key, "a parent of the run dir is a file, so the folder cannot be created",
-                          expected="a path whose parents are folders", received=f"{base} is a file",
-                          fix=f"{fix_other}")
+        raise RunDirError(
+            key,
+            "a parent of the run dir is a file, so the folder cannot be created",
+            expected="a path whose parents are folders",
+            received=f"{base} is a file",
+            fix=f"{fix_other}",
+        )
     try:
         read_only = bool(os.statvfs(base).f_flag & os.ST_RDONLY)
     except OSError:
         read_only = False  # os.access below still answers for this user
     if read_only or not os.access(base, os.W_OK | os.X_OK):
         what = "is on a read-only file system" if read_only else "is not writable by this user"
-        raise RunDirError(key, f"the run dir cannot be written: {base} {what}",
-                          expected="a writable location", received=raw,
-                          fix=f"{fix_other} in a writable location (e.g. under your home or the project)")
+        raise RunDirError(
+            key,
+            f"the run dir cannot be written: {base} {what}",
+            expected="a writable location",
+            received=raw,
+            fix=f"{fix_other} in a writable location (e.g. under your home or the project)",
+        )
     return target
 
 
 # ------------------------------------------------------------------------------------------- fresh run
+
 
 def run_artifacts(path: str | Path) -> list[str]:
     """The names of RUN_ARTIFACTS (and RUN_ARTIFACT_PATTERNS) present in `path`; [] when it does not exist."""
     path = Path(path)
     if not os.path.isdir(path):
         return []
-    return [name for name in RUN_ARTIFACTS if os.path.lexists(path / name)] + \
-        sorted(p.name for pattern in RUN_ARTIFACT_PATTERNS for p in path.glob(pattern))
+    return [name for name in RUN_ARTIFACTS if os.path.lexists(path / name)] + sorted(
+        p.name for pattern in RUN_ARTIFACT_PATTERNS for p in path.glob(pattern)
+    )
 
 
 def check_new_run_dir(path: str | Path, key: str = "hydra.run.dir") -> None:
@@ -115,29 +150,43 @@ def check_new_run_dir(path: str | Path, key: str = "hydra.run.dir") -> None:
         return
     state = Path(path) / "state"
     resumable = state.is_dir() and any(state.glob("step-*"))
-    fix = ("add resume=true to continue that run, or " if resumable else "") + \
-        f"choose a new {key} (or leave it out for a fresh timestamped dir)"
-    raise RunDirError(str(path), "this run dir already holds a run's results; a fresh run would overwrite them",
-                      expected="an empty or new run dir" + (", or resume=true" if resumable else ""),
-                      received=", ".join(found), fix=fix)
+    fix = (
+        "add resume=true to continue that run, or " if resumable else ""
+    ) + f"choose a new {key} (or leave it out for a fresh timestamped dir)"
+    raise RunDirError(
+        str(path),
+        "this run dir already holds a run's results; a fresh run would overwrite them",
+        expected="an empty or new run dir" + (", or resume=true" if resumable else ""),
+        received=", ".join(found),
+        fix=fix,
+    )
 
 
 def check_new_sweep_dir(path: str | Path, key: str = "hydra.sweep.dir") -> None:
     """Refuse, for a new sweep, a sweep dir whose job folders already hold results (they would be overwritten)."""
-    jobs = sorted((h.parent for h in Path(path).glob("*/.hydra")), key=lambda p: (len(p.name), p.name)) \
-        if os.path.isdir(path) else []
+    jobs = (
+        sorted((h.parent for h in Path(path).glob("*/.hydra")), key=lambda p: (len(p.name), p.name))
+        if os.path.isdir(path)
+        else []
+    )
     used = [j.name for j in jobs if run_artifacts(j)]
     if used:
-        raise RunDirError(str(path), "this sweep dir already holds jobs with results; a new sweep would overwrite them",
-                          expected="a new sweep dir", received=f"job folders with results: {', '.join(used[:10])}",
-                          fix=f"choose a new {key} (or leave it out for a fresh timestamped dir)")
+        raise RunDirError(
+            str(path),
+            "this sweep dir already holds jobs with results; a new sweep would overwrite them",
+            expected="a new sweep dir",
+            received=f"job folders with results: {', '.join(used[:10])}",
+            fix=f"choose a new {key} (or leave it out for a fresh timestamped dir)",
+        )
 
 
 # ------------------------------------------------------------------------------------------- CLI check
 
+
 def _cli_overrides(argv: Sequence[str]) -> dict[str, Any]:
     """hydra.run.dir / hydra.sweep.dir / resume / hydra.mode as Hydra would parse them from argv."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
     parser, wanted, found = OverridesParser.create(), ("hydra.run.dir", "hydra.sweep.dir", "resume", "hydra.mode"), {}
     for arg in argv:
         if arg.startswith("-") or arg.lstrip("+~").split("=", 1)[0] not in wanted:
@@ -152,8 +201,18 @@ def _cli_overrides(argv: Sequence[str]) -> dict[str, Any]:
 
 
 # Hydra flags under which no job runs and no output dir is created.
-_NO_JOB_FLAGS = ("--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--info", "-i",
-                 "--shell-completion", "-sc")
+_NO_JOB_FLAGS = (
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--version",
+    "--cfg",
+    "-c",
+    "--info",
+    "-i",
+    "--shell-completion",
+    "-sc",
+)
 
 
 def make_run_dir(path: str | Path, key: str = "hydra.run.dir") -> Path:
@@ -162,8 +221,13 @@ def make_run_dir(path: str | Path, key: str = "hydra.run.dir") -> Path:
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # what the checks cannot see (e.g. EPERM on /sys, quotas)
-        raise RunDirError(key, f"the run dir cannot be created ({e.strerror or e})", expected="a creatable folder",
-                          received=str(path), fix=f"pass another {key}=DIR in a writable location") from None
+        raise RunDirError(
+            key,
+            f"the run dir cannot be created ({e.strerror or e})",
+            expected="a creatable folder",
+            received=str(path),
+            fix=f"pass another {key}=DIR in a writable location",
+        ) from None
     return target
 
 
@@ -186,8 +250,13 @@ def check_cli_run_dir(argv: Sequence[str], create: bool = True) -> None:
     value = found.get(key)
     if key in found and (value is None or isinstance(value, str) and not value.strip()):
         # `hydra.run.dir=` is the working dir itself: .hydra/ and the log would land among the user's files
-        raise RunDirError(key, f"{key} is empty", expected="a folder for this run's outputs", received=repr(value),
-                          fix=f"pass {key}=DIR (a new folder), or leave {key} out for a timestamped one")
+        raise RunDirError(
+            key,
+            f"{key} is empty",
+            expected="a folder for this run's outputs",
+            received=repr(value),
+            fix=f"pass {key}=DIR (a new folder), or leave {key} out for a timestamped one",
+        )
     if not isinstance(value, str) or not value:
         return  # the configured default pattern (timestamped, relative to the working dir)
     if "${" in value:
@@ -201,6 +270,7 @@ def check_cli_run_dir(argv: Sequence[str], create: bool = True) -> None:
 
 
 # ------------------------------------------------------------------------------------------- lock
+
 
 def _pid_alive(pid: int) -> bool:
     try:
@@ -240,7 +310,7 @@ class RunDirLock:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
         self._fd: int | None = None
-        self.took_over: dict[str, Any] | None = None   # the stale holder replaced, if any
+        self.took_over: dict[str, Any] | None = None  # the stale holder replaced, if any
 
     def __enter__(self) -> "RunDirLock":
         return self.acquire()
@@ -265,27 +335,38 @@ class RunDirLock:
             except FileNotFoundError:  # released between our two calls
                 return None
         except OSError as e:
-            raise RunDirError(str(self.run_dir), f"cannot create the lock file {self.path} ({e.strerror})",
-                              expected="a writable run dir", received=f"errno {e.errno}",
-                              fix="choose a writable hydra.run.dir") from None
+            raise RunDirError(
+                str(self.run_dir),
+                f"cannot create the lock file {self.path} ({e.strerror})",
+                expected="a writable run dir",
+                received=f"errno {e.errno}",
+                fix="choose a writable hydra.run.dir",
+            ) from None
 
     def _locked_error(self, holder: dict[str, Any]) -> RunDirLocked:
         pid = holder.get("pid")
         here = holder.get("host") == socket.gethostname() and isinstance(pid, int) and _pid_alive(pid)
-        return RunDirLocked(str(self.run_dir),
-                            f"another dynarch process is using this run dir ({_holder_text(holder)})",
-                            expected="a run dir no other process is training in", received=str(self.path),
-                            fix=f"wait for that process to finish{f' (or stop it: kill {pid})' if here else ''}, "
-                                "or choose another hydra.run.dir")
+        return RunDirLocked(
+            str(self.run_dir),
+            f"another dynarch process is using this run dir ({_holder_text(holder)})",
+            expected="a run dir no other process is training in",
+            received=str(self.path),
+            fix=f"wait for that process to finish{f' (or stop it: kill {pid})' if here else ''}, "
+            "or choose another hydra.run.dir",
+        )
 
     def acquire(self) -> "RunDirLock":
         """Take the lock or raise RunDirLocked / RunDirError; creates the run dir if missing."""
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise RunDirError(str(self.run_dir), f"cannot create the run dir ({e.strerror})",
-                              expected="a writable path",
-                              received=f"errno {e.errno}", fix="choose another hydra.run.dir") from None
+            raise RunDirError(
+                str(self.run_dir),
+                f"cannot create the run dir ({e.strerror})",
+                expected="a writable path",
+                received=f"errno {e.errno}",
+                fix="choose another hydra.run.dir",
+            ) from None
         for _ in range(20):  # each retry means a holder released between our open and flock: rare
             opened = self._open()
             if opened is None:
@@ -298,8 +379,12 @@ class RunDirLock:
             finally:
                 if fd is not None:
                     os.close(fd)
-        raise RunDirError(str(self.run_dir), "could not take the run dir lock: it keeps changing hands",
-                          received=str(self.path), fix="make sure only one run uses this dir, then retry")
+        raise RunDirError(
+            str(self.run_dir),
+            "could not take the run dir lock: it keeps changing hands",
+            received=str(self.path),
+            fix="make sure only one run uses this dir, then retry",
+        )
 
     def _take(self, fd: int, created: bool) -> bool:
         """True when `fd` is now the held lock; False to retry; raises when a live process holds it."""
@@ -315,8 +400,10 @@ class RunDirLock:
             return False
         if not created:
             holder = _read_holder(fd)
-            if not flock_ok and (holder.get("host") != socket.gethostname() or
-                                 (isinstance(holder.get("pid"), int) and _pid_alive(holder["pid"]))):
+            if not flock_ok and (
+                holder.get("host") != socket.gethostname()
+                or (isinstance(holder.get("pid"), int) and _pid_alive(holder["pid"]))
+            ):
                 raise self._locked_error(holder)
             self.took_over = holder
             log.warning("taking over a stale lock on %s: %s no longer holds it", self.run_dir, _holder_text(holder))
@@ -348,14 +435,16 @@ class RunDirLock:
 # `curves.tmp.png`).
 _TMP = re.compile(r"\.(?P<name>.+)\.tmp-[a-z0-9_]{8}(\.keras)?")  # .keras: a unique export temp Keras accepts
 _OLD = re.compile(r"\.(?P<name>.+)\.old-(?P<pid>\d+)")
-_LEGACY_TEXT = re.compile(r"\.(?P<name>" + "|".join(re.escape(n) for n in
-                                                      (*RUN_ARTIFACTS, "latest")) + r")\.[a-z0-9_]{8}")
+_LEGACY_TEXT = re.compile(
+    r"\.(?P<name>" + "|".join(re.escape(n) for n in (*RUN_ARTIFACTS, "latest")) + r")\.[a-z0-9_]{8}"
+)
 _LEGACY_FIXED = re.compile(r"\.[^/]+\.tmp\.keras|curves\.tmp\.png")
 
 
 @dataclass
 class Cleanup:
     """What clean_stale_temps did: temps removed, and previous checkpoints put back under their name."""
+
     removed: list[Path] = field(default_factory=list)
     restored: list[Path] = field(default_factory=list)
 
@@ -363,8 +452,14 @@ class Cleanup:
         return bool(self.removed or self.restored)
 
     def describe(self) -> str:
-        parts = [f"removed {len(self.removed)} leftover temp(s) of an interrupted save: "
-                 + ", ".join(p.name for p in self.removed)] if self.removed else []
+        parts = (
+            [
+                f"removed {len(self.removed)} leftover temp(s) of an interrupted save: "
+                + ", ".join(p.name for p in self.removed)
+            ]
+            if self.removed
+            else []
+        )
         if self.restored:
             parts.append("restored " + ", ".join(p.name for p in self.restored))
         return "; ".join(parts)
@@ -392,8 +487,12 @@ def clean_stale_temps(run_dir: str | Path) -> Cleanup:
             if old and entry.is_dir() and not (folder / old["name"]).exists():
                 entry.rename(folder / old["name"])
                 result.restored.append(folder / old["name"])
-            elif old and entry.is_dir() or _TMP.fullmatch(entry.name) or (
-                    entry.is_file() and (_LEGACY_TEXT.fullmatch(entry.name) or _LEGACY_FIXED.fullmatch(entry.name))):
+            elif (
+                old
+                and entry.is_dir()
+                or _TMP.fullmatch(entry.name)
+                or (entry.is_file() and (_LEGACY_TEXT.fullmatch(entry.name) or _LEGACY_FIXED.fullmatch(entry.name)))
+            ):
                 _remove(entry)
                 result.removed.append(entry)
     return result

@@ -6,6 +6,7 @@ train-state checkpoints land mid-epoch and at epoch ends, and a run resumes bitw
 them — inside a phase or at a boundary. The backend (TensorFlow or JAX, `run.backend`) is reached only
 through `dynarch.runtime`; under JAX the input pipeline is data/numpy_pipeline.py (no TensorFlow).
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,12 +35,14 @@ class Interrupted(BaseException):
 def _signal_handlers(stop: StopState, loop_running: list[bool]):
     """SIGTERM / Ctrl-C: inside the loop, ask for a checkpoint at the next step boundary; outside it,
     interrupt at once (nothing is half-written: every write is atomic)."""
+
     def handler(signum, frame):
         # Recorded first, always: an exception raised inside a GC callback or __del__ (JAX registers one) is
         # printed as "Exception ignored" and lost, and the run trained on; the loop still sees the flag.
         stop.signal = signum
         if not loop_running[0]:
             raise Interrupted(signum)
+
     previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
@@ -49,8 +52,14 @@ def _signal_handlers(stop: StopState, loop_running: list[bool]):
     return previous
 
 
-def train(run: RunConfig, out_dir: Path, resume: bool = False, resume_command: str | None = None,
-          resolved_config: str | None = None, callbacks: Sequence = ()) -> dict[str, Any]:
+def train(
+    run: RunConfig,
+    out_dir: Path,
+    resume: bool = False,
+    resume_command: str | None = None,
+    resolved_config: str | None = None,
+    callbacks: Sequence = (),
+) -> dict[str, Any]:
     """Train and evaluate `run`, writing model.md, history.csv, curves.png, metrics.json and checkpoint/.
 
     Args:
@@ -78,19 +87,26 @@ def train(run: RunConfig, out_dir: Path, resume: bool = False, resume_command: s
                     log.info("%s", removed.describe())
             elif has_state(out_dir):
                 from .errors import CheckpointError
-                raise CheckpointError(str(out_dir), "this run dir already holds a checkpointed run",
-                                      expected="a new run dir, or resume=true to continue that run",
-                                      received="state/ with train-state checkpoints",
-                                      fix="add resume=true to continue it, or drop hydra.run.dir to start a new run")
+
+                raise CheckpointError(
+                    str(out_dir),
+                    "this run dir already holds a checkpointed run",
+                    expected="a new run dir, or resume=true to continue that run",
+                    received="state/ with train-state checkpoints",
+                    fix="add resume=true to continue it, or drop hydra.run.dir to start a new run",
+                )
             else:
                 check_new_run_dir(out_dir)
-            return _train_locked(run, out_dir, resume, resume_command, resolved_config, callbacks, stop,
-                                 loop_running, t_start)
+            return _train_locked(
+                run, out_dir, resume, resume_command, resolved_config, callbacks, stop, loop_running, t_start
+            )
     except Interrupted as e:
-        raise TrainingStopped("training", f"interrupted by signal {e.signum} outside the training loop; every file "
-                              "written so far is complete", fix=f"continue with: {resume_command}" if resume
-                              or has_state(out_dir) else "run the command again",
-                              exit_code=128 + e.signum) from None
+        raise TrainingStopped(
+            "training",
+            f"interrupted by signal {e.signum} outside the training loop; every file written so far is complete",
+            fix=f"continue with: {resume_command}" if resume or has_state(out_dir) else "run the command again",
+            exit_code=128 + e.signum,
+        ) from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -105,12 +121,17 @@ def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbac
         artifacts.write_text(out_dir / "config.yaml", resolved_config)
     if run.init_from and not resume:
         from .migrate import check_source_before_build
+
         check_source_before_build(run)  # strict / incompatible source: fail before any TensorFlow work
     runtime = get_runtime(run.backend)
     flops = [p.arch.forward_flops for p in run.phases]
     runtime.configure(run.trainer, run.seed, None if None in flops else max(flops))
-    log.info("devices: %s; strategy: %s; precision: %s", runtime.device_report(), runtime.strategy_text(),
-             run.trainer.precision)
+    log.info(
+        "devices: %s; strategy: %s; precision: %s",
+        runtime.device_report(),
+        runtime.strategy_text(),
+        run.trainer.precision,
+    )
     ckpt = None
     if resume:
         ckpt = load_latest_state(out_dir)
@@ -121,14 +142,20 @@ def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbac
         data = Pipelines(arrays, run.trainer.batch_size, run.seed)
     else:  # same batches, same order, no TensorFlow (augmentation is refused for these backends at validation)
         from .data.numpy_pipeline import NumpyPipelines
+
         data = NumpyPipelines(arrays, run.trainer.batch_size, run.seed)
 
     if ckpt is not None and position.batches_done >= data.steps_per_epoch:
         from .errors import CheckpointError
-        raise CheckpointError(str(ckpt.path), f"the train-state says {position.batches_done} batches of epoch "
-                              f"{position.epoch + 1} are done, but an epoch has {data.steps_per_epoch}",
-                              expected=f"batches_done < {data.steps_per_epoch}", received=position.batches_done,
-                              fix="resume from another checkpoint of this run, or start a new run")
+
+        raise CheckpointError(
+            str(ckpt.path),
+            f"the train-state says {position.batches_done} batches of epoch "
+            f"{position.epoch + 1} are done, but an epoch has {data.steps_per_epoch}",
+            expected=f"batches_done < {data.steps_per_epoch}",
+            received=position.batches_done,
+            fix="resume from another checkpoint of this run, or start a new run",
+        )
     loop = PhaseLoop(run, out_dir, runtime, data, callbacks)
     loop.stop = stop
     migrated_from = None
@@ -139,15 +166,28 @@ def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbac
         with runtime.scope():
             restore(loop.model, ckpt)
         migrated_from = ckpt.manifest.get("migrated_from")
-        log.info("resuming from %s: phase %d, epoch %d, %d batches done", ckpt.path, position.phase,
-                 position.epoch + 1, position.batches_done)
+        log.info(
+            "resuming from %s: phase %d, epoch %d, %d batches done",
+            ckpt.path,
+            position.phase,
+            position.epoch + 1,
+            position.batches_done,
+        )
     else:
         loop.model = loop.build(run.phases[0])
         if run.init_from:
             from .migrate import migrate_model, write_report
+
             with runtime.scope():
-                report = migrate_model(loop.model, run.phases[0].arch, run.init_from, new_blocks=run.migrate.new_blocks,
-                                       strict=run.migrate.strict, seed=run.seed, target_variant=run.variant)
+                report = migrate_model(
+                    loop.model,
+                    run.phases[0].arch,
+                    run.init_from,
+                    new_blocks=run.migrate.new_blocks,
+                    strict=run.migrate.strict,
+                    seed=run.seed,
+                    target_variant=run.variant,
+                )
             write_report(report, out_dir)
             log.info("migrated weights from %s:\n%s", report.source, report.to_markdown())
             migrated_from = report.source
@@ -174,15 +214,26 @@ def _finish(loop: PhaseLoop, arrays, runtime, migrated_from, resume, train_time,
     steady = loop.rates
     final = loop.phase
     metrics = {
-        "test_accuracy": float(test_acc), "test_loss": float(test_loss),
+        "test_accuracy": float(test_acc),
+        "test_loss": float(test_loss),
         "val_accuracy": history["val_accuracy"][-1] if history.get("val_accuracy") else None,
-        "params": int(model.count_params()), "epochs": loop.position.epoch,
+        "params": int(model.count_params()),
+        "epochs": loop.position.epoch,
         "train_time_s": round(train_time, 3),
         "samples_per_s": round(statistics.median(steady), 1) if steady else None,
-        "wall_time_s": None, "data_source": arrays.source, "data_sizes": arrays.sizes(),
-        "model": final.arch.name, "variant": run.variant, "enabled_blocks": final.arch.enabled_paths(),
-        "migrated_from": migrated_from, "resumed": resume, "seed": run.seed, "devices": runtime.device_report(),
-        "versions": runtime.versions(), "strategy": runtime.strategy_text(), "backend": runtime.name,
+        "wall_time_s": None,
+        "data_source": arrays.source,
+        "data_sizes": arrays.sizes(),
+        "model": final.arch.name,
+        "variant": run.variant,
+        "enabled_blocks": final.arch.enabled_paths(),
+        "migrated_from": migrated_from,
+        "resumed": resume,
+        "seed": run.seed,
+        "devices": runtime.device_report(),
+        "versions": runtime.versions(),
+        "strategy": runtime.strategy_text(),
+        "backend": runtime.name,
     }
     if run.schedule:
         metrics["schedule"] = run.schedule
@@ -191,21 +242,38 @@ def _finish(loop: PhaseLoop, arrays, runtime, migrated_from, resume, train_time,
     title = f"{final.arch.name} / {run.variant}" + (f" / {run.schedule}" if run.schedule else "")
     artifacts.write_history_csv(out_dir / "history.csv", history)
     artifacts.plot_curves(out_dir / "curves.png", history, f"{title}: test acc {test_acc:.4f}", boundaries=boundaries)
-    checkpoint.save_checkpoint(out_dir / checkpoint.RUN_SUBDIR, checkpoint.model_tensors(model), checkpoint.model_manifest(
-        final.arch, run.variant, data_source=arrays.source, migrated_from=migrated_from,
-        schedule=[p.fingerprint() for p in run.phases] if run.schedule else None,
-        metrics={k: metrics[k] for k in ("test_accuracy", "test_loss")}, versions=metrics["versions"], seed=run.seed))
+    checkpoint.save_checkpoint(
+        out_dir / checkpoint.RUN_SUBDIR,
+        checkpoint.model_tensors(model),
+        checkpoint.model_manifest(
+            final.arch,
+            run.variant,
+            data_source=arrays.source,
+            migrated_from=migrated_from,
+            schedule=[p.fingerprint() for p in run.phases] if run.schedule else None,
+            metrics={k: metrics[k] for k in ("test_accuracy", "test_loss")},
+            versions=metrics["versions"],
+            seed=run.seed,
+        ),
+    )
     if run.trainer.export_keras:
         checkpoint.export_keras(model, out_dir / "model.keras")
     metrics["wall_time_s"] = round(time.perf_counter() - t_start, 3)
     artifacts.write_json(out_dir / "metrics.json", metrics)
-    log.info("test accuracy %.4f, loss %.4f (%s, %s samples/s) -> %s", test_acc, test_loss,
-             arrays.source, metrics["samples_per_s"], out_dir)
+    log.info(
+        "test accuracy %.4f, loss %.4f (%s, %s samples/s) -> %s",
+        test_acc,
+        test_loss,
+        arrays.source,
+        metrics["samples_per_s"],
+        out_dir,
+    )
     return metrics
 
 
 def _migration_counts(out_dir: Path, index: int) -> dict[str, int] | None:
     import json
+
     path = out_dir / f"migration-phase-{index}.json"
     try:
         return json.loads(path.read_text()).get("counts") if path.is_file() else None
@@ -221,10 +289,17 @@ def phase_summaries(loop: PhaseLoop, test_acc: float) -> list[dict[str, Any]]:
     for phase in loop.run.phases[: loop.position.phase + 1]:
         epochs = [i for i, p in enumerate(phases_seen) if p == phase.index]
         val = history.get("val_accuracy", [])
-        out.append({"phase": phase.index, "name": phase.name, "architecture": phase.arch.enabled_paths(),
-                    "start_epoch": epochs[0] if epochs else None, "epochs": len(epochs),
-                    "params": phase.arch.num_params,
-                    "val_accuracy": val[epochs[-1]] if epochs and epochs[-1] < len(val) else None,
-                    "test_accuracy": float(test_acc) if phase.index == loop.position.phase else None,
-                    "migration": _migration_counts(loop.out_dir, phase.index)})
+        out.append(
+            {
+                "phase": phase.index,
+                "name": phase.name,
+                "architecture": phase.arch.enabled_paths(),
+                "start_epoch": epochs[0] if epochs else None,
+                "epochs": len(epochs),
+                "params": phase.arch.num_params,
+                "val_accuracy": val[epochs[-1]] if epochs and epochs[-1] < len(val) else None,
+                "test_accuracy": float(test_acc) if phase.index == loop.position.phase else None,
+                "migration": _migration_counts(loop.out_dir, phase.index),
+            }
+        )
     return out

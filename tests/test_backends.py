@@ -5,6 +5,7 @@ across backends, resume bitwise and run schedules WITHOUT TensorFlow (every JAX 
 Keras fixes its backend per process: this test process runs TensorFlow; every JAX run is a subprocess
 (the CLI, or this file run as a script: `python tests/test_backends.py COMMAND ...`).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,11 +21,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import ROOT, run_config  # noqa: E402
 
 # 540 training samples in batches of 32: 17 steps an epoch, checkpoints every 8 steps, 4 steps per call.
-CFG = ["data=mnist_subset", "data.limit_train=600", "data.limit_test=200", "trainer.epochs=2", "trainer.verbose=0",
-       "trainer.batch_size=32", "trainer.steps_per_execution=4", "trainer.checkpoint_every=8"]
+CFG = [
+    "data=mnist_subset",
+    "data.limit_train=600",
+    "data.limit_test=200",
+    "trainer.epochs=2",
+    "trainer.verbose=0",
+    "trainer.batch_size=32",
+    "trainer.steps_per_execution=4",
+    "trainer.checkpoint_every=8",
+]
 BLOCKED = ("tensorflow", "tensorflow_datasets")
-NO_TF = f"import sys; sys.modules.update(dict.fromkeys({BLOCKED!r}))"   # `import tensorflow` -> ImportError
-SIGNAL_STEP = 20   # inside the second epoch (steps 18..34)
+NO_TF = f"import sys; sys.modules.update(dict.fromkeys({BLOCKED!r}))"  # `import tensorflow` -> ImportError
+SIGNAL_STEP = 20  # inside the second epoch (steps 18..34)
 
 
 def jax_env() -> dict[str, str]:
@@ -33,18 +42,24 @@ def jax_env() -> dict[str, str]:
 
 def jax_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """`python -m dynarch ARGS` on JAX with TensorFlow blocked."""
-    code = (f"{NO_TF}; import runpy; sys.argv = ['dynarch', *sys.argv[1:]]; "
-            "runpy.run_module('dynarch', run_name='__main__')")
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=jax_env())
+    code = (
+        f"{NO_TF}; import runpy; sys.argv = ['dynarch', *sys.argv[1:]]; "
+        "runpy.run_module('dynarch', run_name='__main__')"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=jax_env()
+    )
 
 
 def jax_driver(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """This file as a script, on JAX with TensorFlow blocked (see `main` at the bottom)."""
-    code = (f"{NO_TF}; import runpy; sys.argv = [{str(Path(__file__))!r}, *sys.argv[1:]]; "
-            "runpy.run_path(sys.argv[0], run_name='__main__')")
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=jax_env())
+    code = (
+        f"{NO_TF}; import runpy; sys.argv = [{str(Path(__file__))!r}, *sys.argv[1:]]; "
+        "runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=jax_env()
+    )
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -68,8 +83,15 @@ def migrated_outputs(source: Path, overrides: list[str]) -> np.ndarray:
     runtime = get_runtime(run.backend)
     runtime.configure(run.trainer, run.seed)
     model = build_model(run.phases[0].arch)
-    report = migrate_model(model, run.phases[0].arch, source, new_blocks=run.migrate.new_blocks, strict=True,
-                           seed=run.seed, target_variant=run.variant)
+    report = migrate_model(
+        model,
+        run.phases[0].arch,
+        source,
+        new_blocks=run.migrate.new_blocks,
+        strict=True,
+        seed=run.seed,
+        target_variant=run.variant,
+    )
     assert report is not None
     x = scale(load_arrays(run.data, run.seed).test[0][:64])
     return np.asarray(model(x, training=False), dtype=np.float32)
@@ -79,6 +101,7 @@ def migrated_outputs(source: Path, overrides: list[str]) -> np.ndarray:
 @pytest.fixture(scope="module")
 def tf_run(tmp_path_factory) -> Path:
     from dynarch.train import train
+
     out = tmp_path_factory.mktemp("tf") / "run"
     train(run_config(CFG), out)
     return out
@@ -98,6 +121,7 @@ class _Data:
 
 def test_the_config_key_wins_then_keras_backend_then_tensorflow(monkeypatch):
     from dynarch.runtime.backend import resolve_backend
+
     monkeypatch.setenv("KERAS_BACKEND", "jax")
     assert resolve_backend("tensorflow", _Data()) == "tensorflow"
     assert resolve_backend(None, _Data()) == "jax"
@@ -106,13 +130,21 @@ def test_the_config_key_wins_then_keras_backend_then_tensorflow(monkeypatch):
     assert run_config([*CFG, "++backend=jax"]).backend == "jax"
 
 
-@pytest.mark.parametrize("where, value, words", [
-    ("backend", "torch", ["backend:", "not supported by dynarch yet", "fix: set backend=tensorflow or backend=jax"]),
-    ("backend", "jaxx", ["backend:", "unknown Keras backend 'jaxx'", "fix:"]),
-    ("KERAS_BACKEND", "numpy", ["KERAS_BACKEND:", "unknown Keras backend 'numpy'", "unset KERAS_BACKEND"]),
-])
+@pytest.mark.parametrize(
+    "where, value, words",
+    [
+        (
+            "backend",
+            "torch",
+            ["backend:", "not supported by dynarch yet", "fix: set backend=tensorflow or backend=jax"],
+        ),
+        ("backend", "jaxx", ["backend:", "unknown Keras backend 'jaxx'", "fix:"]),
+        ("KERAS_BACKEND", "numpy", ["KERAS_BACKEND:", "unknown Keras backend 'numpy'", "unset KERAS_BACKEND"]),
+    ],
+)
 def test_a_bad_backend_is_refused_before_any_framework_import(monkeypatch, where, value, words):
     from dynarch.errors import ConfigError
+
     if where == "KERAS_BACKEND":
         monkeypatch.setenv("KERAS_BACKEND", value)
         overrides = CFG
@@ -128,7 +160,8 @@ def test_tfds_and_augmentation_are_refused_off_tensorflow_where_they_cannot_run(
     """In-process: TensorFlow is installed here, so its absence is simulated at the one place that asks."""
     import dynarch.runtime.backend as backend
     from dynarch.errors import ConfigError, DataError
-    assert run_config(["data=mnist", "++backend=jax"]).backend == "jax"   # TensorFlow installed: TFDS can load
+
+    assert run_config(["data=mnist", "++backend=jax"]).backend == "jax"  # TensorFlow installed: TFDS can load
     monkeypatch.setattr(backend, "_installed", lambda module: module not in BLOCKED)
     with pytest.raises(DataError, match=r"(?s)data.loader=tfds \('mnist'\) needs TensorFlow.*fix: export"):
         run_config(["data=mnist", "++backend=jax"])
@@ -171,12 +204,12 @@ def test_the_numpy_pipeline_gives_the_tf_data_pipelines_batches_bit_for_bit():
         for (ex, ey), (gx, gy) in zip(expected, got):
             assert ex.dtype == gx.dtype and np.array_equal(ex, gx) and np.array_equal(ey, gy)
 
-    same(ref.train(1, 5), new.train(1, 5))       # a resumed epoch: 5 batches already trained
+    same(ref.train(1, 5), new.train(1, 5))  # a resumed epoch: 5 batches already trained
     same(ref.val(), new.val())
     same(ref.test(), new.test())
     epoch = [0]
     py_epochs = new.epoch_dataset(lambda: epoch[0])
-    for epoch[0] in (0, 3):                      # one dataset, re-read per epoch, as in one `fit`
+    for epoch[0] in (0, 3):  # one dataset, re-read per epoch, as in one `fit`
         same(ref.epoch_dataset(lambda: epoch[0]), py_epochs)
     assert np.array_equal(ref.probe(), new.probe())
 
@@ -184,15 +217,16 @@ def test_the_numpy_pipeline_gives_the_tf_data_pipelines_batches_bit_for_bit():
 # -- JAX end to end (subprocesses) ------------------------------------------------------------------------
 @pytest.mark.slow
 def test_jax_trains_without_tensorflow_and_writes_the_same_artifacts(tf_run, jax_run):
-    cli_only = {"__main__.log", ".hydra", "config.yaml"}   # written by the entry point
+    cli_only = {"__main__.log", ".hydra", "config.yaml"}  # written by the entry point
     assert {p.name for p in tf_run.iterdir()} == {p.name for p in jax_run.iterdir()} - cli_only
     metrics = json.loads((jax_run / "metrics.json").read_text())
     assert metrics["backend"] == "jax" and "jax" in metrics["versions"] and "tensorflow" not in metrics["versions"]
     assert metrics["test_accuracy"] > 0.3 and metrics["epochs"] == 2
     from dynarch.checkpoint import load_checkpoint
     from dynarch.resume import load_latest_state
+
     a, b = load_checkpoint(tf_run).tensors, load_checkpoint(jax_run).tensors
-    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}   # same paths, same shapes
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}  # same paths, same shapes
     a, b = load_latest_state(tf_run), load_latest_state(jax_run)
     assert {k: v.shape for k, v in a.tensors.items()} == {k: v.shape for k, v in b.tensors.items()}
     assert (a.manifest["step"], a.manifest["epoch"]) == (b.manifest["step"], b.manifest["epoch"]) == (34, 2)
@@ -207,11 +241,19 @@ def test_checkpoints_cross_backends_with_identical_outputs(tf_run, jax_run, tmp_
     tf_to_jax, jax_to_jax = np.load(tmp_path / "tf_to_jax.npy"), np.load(tmp_path / "jax_to_jax.npy")
     assert np.abs(tf_to_jax - tf_to_tf).max() < 1e-5
     assert np.abs(jax_to_tf - jax_to_jax).max() < 1e-5
-    assert np.abs(tf_to_tf - jax_to_tf).max() > 1e-3   # two different trainings: the check can fail
+    assert np.abs(tf_to_tf - jax_to_tf).max() > 1e-3  # two different trainings: the check can fail
     # and through the CLI: a JAX run warm-started from the TF run carries every variable over
     out = tmp_path / "warm"
-    ok(jax_cli(*CFG, "backend=jax", "trainer.epochs=1", f"init_from={tf_run}", "migrate.strict=true",
-               f"hydra.run.dir={out}"))
+    ok(
+        jax_cli(
+            *CFG,
+            "backend=jax",
+            "trainer.epochs=1",
+            f"init_from={tf_run}",
+            "migrate.strict=true",
+            f"hydra.run.dir={out}",
+        )
+    )
     assert json.loads((out / "metrics.json").read_text())["migrated_from"]
 
 
@@ -247,7 +289,7 @@ def _signal_at(step: int, out: Path) -> None:
 
     class SignalAtStep(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            self.model.jax_state_sync()   # JAX keeps the live step outside the variable during fit
+            self.model.jax_state_sync()  # JAX keeps the live step outside the variable during fit
             if int(self.model.optimizer.iterations.numpy()) >= step and not getattr(self, "sent", False):
                 assert signal.getsignal(signal.SIGTERM).__module__ == "dynarch.train"
                 self.sent = True
@@ -271,7 +313,7 @@ def main(argv: list[str]) -> None:
         _signal_at(int(args[0]), Path(args[1]))
     else:
         raise SystemExit(f"unknown command {command}")
-    assert sys.modules.get("tensorflow") is None   # nothing imported TensorFlow on the way
+    assert sys.modules.get("tensorflow") is None  # nothing imported TensorFlow on the way
 
 
 if __name__ == "__main__":

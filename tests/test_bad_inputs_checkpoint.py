@@ -5,6 +5,7 @@ Each case must raise a dynarch error (never a raw Python exception) whose messag
 carries a `fix:` line, and must leave every file outside the run dir exactly as it was. Most cases need no
 TensorFlow: they fail in `load_checkpoint` or `check_source_before_build`.
 """
+
 import hashlib
 import json
 import subprocess
@@ -12,14 +13,18 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT, run_config
 
 import dynarch.checkpoint as ck
-from conftest import ROOT, run_config
 from dynarch.errors import DynarchError
 from dynarch.migrate import check_source_before_build
 
-GOOD = {"dense/kernel": np.full((784, 128), 0.01, np.float32), "dense/bias": np.zeros(128, np.float32),
-        "head/kernel": np.full((128, 10), 0.01, np.float32), "head/bias": np.zeros(10, np.float32)}
+GOOD = {
+    "dense/kernel": np.full((784, 128), 0.01, np.float32),
+    "dense/bias": np.zeros(128, np.float32),
+    "head/kernel": np.full((128, 10), 0.01, np.float32),
+    "head/bias": np.zeros(10, np.float32),
+}
 META = {"model": "mlp", "variant": "base", "num_classes": 10, "input_shape": [28, 28, 1], "arch": {"name": "mlp"}}
 
 
@@ -33,6 +38,7 @@ def write_source(tmp, tensors=None, meta=None):
 
 def rehashed(mutate):
     """A checkpoint whose manifest was changed by `mutate` and re-hashed: only the schema checks can catch it."""
+
     def prepare(tmp):
         folder = write_source(tmp)
         manifest = json.loads((folder / ck.MANIFEST).read_text())
@@ -40,6 +46,7 @@ def rehashed(mutate):
         manifest["manifest_sha256"] = ck.manifest_digest(manifest)
         (folder / ck.MANIFEST).write_text(json.dumps(manifest))
         return folder
+
     return prepare
 
 
@@ -48,6 +55,7 @@ def raw_manifest(text):
         folder = write_source(tmp)
         (folder / ck.MANIFEST).write_bytes(text)
         return folder
+
     return prepare
 
 
@@ -79,40 +87,82 @@ CASES = {  # name: (prepare(tmp) -> checkpoint folder, act(tmp, folder), substri
     "manifest_bit_flip": (tamper, load, ["manifest.json", "checksum mismatch"]),
     "manifest_hash_missing": (rehashed(lambda m: m.pop("weights_sha256")), load, ["'weights_sha256' is missing"]),
     "tensors_is_a_list": (rehashed(setitem("tensors", [1, 2])), load, ["'tensors' is not a mapping"]),
-    "shape_not_ints": (rehashed(lambda m: m["tensors"]["dense/bias"].__setitem__("shape", ["128"])), load,
-                       ["tensor 'dense/bias' is malformed"]),
-    "shape_negative": (rehashed(lambda m: m["tensors"]["dense/bias"].__setitem__("shape", [-1])), load,
-                       ["tensor 'dense/bias' is malformed"]),
-    "dtype_string": (rehashed(lambda m: m["tensors"]["dense/bias"].__setitem__("dtype", "str")), load,
-                     ["tensor 'dense/bias' is malformed"]),
-    "dtype_not_a_dtype": (rehashed(lambda m: m["tensors"]["dense/bias"].__setitem__("dtype", 7)), load,
-                          ["tensor 'dense/bias' is malformed"]),
+    "shape_not_ints": (
+        rehashed(lambda m: m["tensors"]["dense/bias"].__setitem__("shape", ["128"])),
+        load,
+        ["tensor 'dense/bias' is malformed"],
+    ),
+    "shape_negative": (
+        rehashed(lambda m: m["tensors"]["dense/bias"].__setitem__("shape", [-1])),
+        load,
+        ["tensor 'dense/bias' is malformed"],
+    ),
+    "dtype_string": (
+        rehashed(lambda m: m["tensors"]["dense/bias"].__setitem__("dtype", "str")),
+        load,
+        ["tensor 'dense/bias' is malformed"],
+    ),
+    "dtype_not_a_dtype": (
+        rehashed(lambda m: m["tensors"]["dense/bias"].__setitem__("dtype", 7)),
+        load,
+        ["tensor 'dense/bias' is malformed"],
+    ),
     "arch_not_a_mapping": (rehashed(setitem("arch", [1])), load, ["'arch' has the wrong type"]),
     "num_classes_a_string": (rehashed(setitem("num_classes", "10")), load, ["'num_classes' has the wrong type"]),
     "input_shape_bad": (rehashed(setitem("input_shape", [28, "x"])), load, ["'input_shape' has the wrong type"]),
     "manifest_a_list": (raw_manifest(b"[1, 2, 3]"), load, ["not a dynarch checkpoint manifest"]),
     "deep_nesting": (raw_manifest(b"[" * 100_000 + b"]" * 100_000), load, ["nests too deeply"]),
     "deep_nesting_unclosed": (raw_manifest(b'{"a": ' + b"[" * 100_000), load, ["nests too deeply"]),
-    "manifest_shape_disagrees": (rehashed(lambda m: m["tensors"]["dense/bias"].__setitem__("shape", [64, 2])),
-                                 load, ["dense/bias", "disagrees with the manifest"]),
-    "manifest_dtype_disagrees": (rehashed(lambda m: m["tensors"]["dense/bias"].__setitem__("dtype", "float64")),
-                                 load, ["dense/bias", "disagrees with the manifest"]),
-    "complex_tensor": (tensors(**{"dense/bias": np.zeros(128, np.complex64)}), load,
-                       ["tensor 'dense/bias' is malformed"]),
-    "int8_kernel": (tensors(**{"dense/kernel": np.zeros((784, 128), np.int8)}), init_from(),
-                    ["weights.safetensors", "tensor 'dense/kernel' cannot initialize", "int8"]),
-    "rank3_bias": (tensors(**{"dense/bias": np.zeros((2, 4, 16), np.float32)}), init_from(),
-                   ["tensor 'dense/bias' cannot initialize", "rank 1"]),
-    "rank1_kernel": (tensors(**{"head/kernel": np.zeros(1280, np.float32)}), init_from(),
-                     ["tensor 'head/kernel' cannot initialize", "rank 2 or 4"]),
-    "scalar_kernel": (tensors(**{"head/kernel": np.float32(1.0)}), init_from(),
-                      ["tensor 'head/kernel' cannot initialize"]),
-    "nan_weights": (tensors(**{"dense/kernel": np.where(np.eye(784, 128) > 0, np.nan, 0.0).astype(np.float32)}),
-                    init_from(), ["dense/kernel", "non-finite", "pick another checkpoint"]),
-    "inf_bias": (tensors(**{"head/bias": np.full(10, np.inf, np.float32)}), init_from("+arch=deep"),
-                 ["head/bias", "non-finite"]),
-    "strict_refused_before_build": (lambda tmp: write_source(tmp), init_from("+arch=no_dense", "migrate.strict=true"),
-                                    ["migrate.strict", "dense/kernel: dropped"]),
+    "manifest_shape_disagrees": (
+        rehashed(lambda m: m["tensors"]["dense/bias"].__setitem__("shape", [64, 2])),
+        load,
+        ["dense/bias", "disagrees with the manifest"],
+    ),
+    "manifest_dtype_disagrees": (
+        rehashed(lambda m: m["tensors"]["dense/bias"].__setitem__("dtype", "float64")),
+        load,
+        ["dense/bias", "disagrees with the manifest"],
+    ),
+    "complex_tensor": (
+        tensors(**{"dense/bias": np.zeros(128, np.complex64)}),
+        load,
+        ["tensor 'dense/bias' is malformed"],
+    ),
+    "int8_kernel": (
+        tensors(**{"dense/kernel": np.zeros((784, 128), np.int8)}),
+        init_from(),
+        ["weights.safetensors", "tensor 'dense/kernel' cannot initialize", "int8"],
+    ),
+    "rank3_bias": (
+        tensors(**{"dense/bias": np.zeros((2, 4, 16), np.float32)}),
+        init_from(),
+        ["tensor 'dense/bias' cannot initialize", "rank 1"],
+    ),
+    "rank1_kernel": (
+        tensors(**{"head/kernel": np.zeros(1280, np.float32)}),
+        init_from(),
+        ["tensor 'head/kernel' cannot initialize", "rank 2 or 4"],
+    ),
+    "scalar_kernel": (
+        tensors(**{"head/kernel": np.float32(1.0)}),
+        init_from(),
+        ["tensor 'head/kernel' cannot initialize"],
+    ),
+    "nan_weights": (
+        tensors(**{"dense/kernel": np.where(np.eye(784, 128) > 0, np.nan, 0.0).astype(np.float32)}),
+        init_from(),
+        ["dense/kernel", "non-finite", "pick another checkpoint"],
+    ),
+    "inf_bias": (
+        tensors(**{"head/bias": np.full(10, np.inf, np.float32)}),
+        init_from("+arch=deep"),
+        ["head/bias", "non-finite"],
+    ),
+    "strict_refused_before_build": (
+        lambda tmp: write_source(tmp),
+        init_from("+arch=no_dense", "migrate.strict=true"),
+        ["migrate.strict", "dense/kernel: dropped"],
+    ),
 }
 
 
@@ -140,8 +190,13 @@ def test_legacy_checkpoints_without_manifest_hash_still_load(tmp_path):
 
 
 def migrate_cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "dynarch.migrate", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "dynarch.migrate", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def one_clear_error(proc, needle):
@@ -151,20 +206,23 @@ def one_clear_error(proc, needle):
     assert "fix:" in proc.stderr
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["{src}", "--to", "model=nope"], "Could not find 'model/nope'"),
-    (["{src}", "--to", "model.blocks.dense.units=abc"], "model.blocks.dense.units"),
-    (["{src}", "--to", "x=["], "overrides"),
-    (["{src}", "--to", "+arch=nope"], "nope"),
-    (["{tmp}/nowhere", "--to", "+arch=deep"], "does not exist"),
-    ([], "the following arguments are required: source"),
-    (["{src}", "--new-blocks", "zeros"], "invalid choice"),
-    (["{src}", "--bogus"], "unrecognized arguments"),
-    (["{src}", "--to", "+arch=no_dense", "--strict"], "migrate.strict"),
-    (["{src}", "--to", "+arch=deep", "--out", "{tmp}/taken"], "non-empty folder that is not a dynarch checkpoint"),
-    (["{src}", "--to", "+arch=deep", "--out", "{tmp}/afile"], "--out is not a folder"),
-    (["{src}", "--to", "+arch=deep", "--out", "{src}/checkpoint"], "already holds a checkpoint"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["{src}", "--to", "model=nope"], "no model config named 'nope'"),
+        (["{src}", "--to", "model.blocks.dense.units=abc"], "model.blocks.dense.units"),
+        (["{src}", "--to", "x=["], "Hydra cannot parse the override"),
+        (["{src}", "--to", "+arch=nope"], "nope"),
+        (["{tmp}/nowhere", "--to", "+arch=deep"], "does not exist"),
+        ([], "the following arguments are required: source"),
+        (["{src}", "--new-blocks", "zeros"], "invalid choice"),
+        (["{src}", "--bogus"], "unrecognized arguments"),
+        (["{src}", "--to", "+arch=no_dense", "--strict"], "migrate.strict"),
+        (["{src}", "--to", "+arch=deep", "--out", "{tmp}/taken"], "non-empty folder that is not a dynarch checkpoint"),
+        (["{src}", "--to", "+arch=deep", "--out", "{tmp}/afile"], "--out is not a folder"),
+        (["{src}", "--to", "+arch=deep", "--out", "{src}/checkpoint"], "already holds a checkpoint"),
+    ],
+)
 def test_migrate_cli_bad_arguments_give_one_error_and_touch_nothing(tmp_path, args, needle):
     src = write_source(tmp_path).parent
     (tmp_path / "taken").mkdir()
@@ -192,8 +250,11 @@ def test_a_train_state_whose_phase_starts_after_its_epoch_is_refused(tmp_path):
     from types import SimpleNamespace
 
     from dynarch.resume import read_position
-    ckpt = SimpleNamespace(path=tmp_path / "state" / "step-000000002",
-                           manifest={"epoch": 1, "batches_done": 0, "phase": 0, "phase_start": 50, "history": {}})
+
+    ckpt = SimpleNamespace(
+        path=tmp_path / "state" / "step-000000002",
+        manifest={"epoch": 1, "batches_done": 0, "phase": 0, "phase_start": 50, "history": {}},
+    )
     with pytest.raises(DynarchError) as err:
         read_position(ckpt)
     assert "phase_start" in str(err.value) and "fix:" in str(err.value)

@@ -1,4 +1,5 @@
 """Checkpoints: round trip by variable path, corruption detected with the file named, atomic saves."""
+
 import json
 
 import numpy as np
@@ -67,7 +68,10 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         real(path, data)
 
     monkeypatch.setattr(ck, "_write_file", disk_full)
-    with pytest.raises(CheckpointError, match=r"could not write the checkpoint \(No space left on device\)(?s:.*)previous checkpoint is kept"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"could not write the checkpoint \(No space left on device\)(?s:.*)previous checkpoint is kept",
+    ):
         ck.save_checkpoint(folder, {"x": np.zeros(3, np.float32)}, {})
     assert (folder / ck.WEIGHTS).read_bytes() == before
     assert sorted(p.name for p in folder.parent.iterdir()) == ["checkpoint"]  # no temp left behind
@@ -76,9 +80,10 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 def test_keras_export_round_trips_in_safe_mode_and_refuses_code(tmp_path):
     import keras
-
     from conftest import run_config
+
     from dynarch.build import build_model
+
     spec = run_config(["model=cnn", "+arch=no_conv1"]).arch
     model = build_model(spec)
     path = ck.export_keras(model, tmp_path / "model.keras")
@@ -98,19 +103,24 @@ def test_manifest_is_covered_by_its_own_hash(tmp_path):
     assert manifest["format"] == ck.FORMAT and manifest["manifest_sha256"] == ck.manifest_digest(manifest)
     text = (folder / ck.MANIFEST).read_bytes()
     at = text.index(b'"num_classes": 10') + len(b'"num_classes": 1')
-    (folder / ck.MANIFEST).write_bytes(text[:at] + bytes([text[at] ^ 0x01]) + text[at + 1:])  # 10 -> 11
+    (folder / ck.MANIFEST).write_bytes(text[:at] + bytes([text[at] ^ 0x01]) + text[at + 1 :])  # 10 -> 11
     with pytest.raises(CheckpointError, match=r"manifest.json: checksum mismatch(?s:.*)fix:"):
         ck.load_checkpoint(folder)
 
 
 def test_scalars_and_non_json_values_round_trip(tmp_path):
-    folder = ck.save_checkpoint(tmp_path / "c", {"step": np.int64(7), "w": np.ones((2, 2), np.float16)},
-                                {"path": tmp_path, "metrics": {"loss": float("nan")}})
+    folder = ck.save_checkpoint(
+        tmp_path / "c",
+        {"step": np.int64(7), "w": np.ones((2, 2), np.float16)},
+        {"path": tmp_path, "metrics": {"loss": float("nan")}},
+    )
     c = ck.load_checkpoint(folder)
     assert int(c.tensors["step"].reshape(())) == 7 and c.manifest["path"] == str(tmp_path)
 
 
 def test_check_finite_names_the_variable(tmp_path):
-    folder = ck.save_checkpoint(tmp_path / "c", {"a": np.ones(3, np.float32), "b": np.array([1, np.inf], np.float32)}, {})
+    folder = ck.save_checkpoint(
+        tmp_path / "c", {"a": np.ones(3, np.float32), "b": np.array([1, np.inf], np.float32)}, {}
+    )
     with pytest.raises(CheckpointError, match=r"variable 'b' holds non-finite values(?s:.*)0 NaN and 1 Inf"):
         ck.check_finite(ck.load_checkpoint(folder))

@@ -1,10 +1,11 @@
 """Data: every source with data the tests make (IDX, npz, PNG folders, TFDS through tfds.testing.mock_data),
 honest offline behaviour, the dataset table, and the pipeline (order, resume, epoch_dataset, augmentation)."""
+
 import numpy as np
 import pytest
-
 from conftest import TINY, run_config
 from datagen import make_idx_folder, make_image_folder, make_npz, write_idx  # noqa: F401 (re-exported)
+
 from dynarch.data import KNOWN, Pipelines, epoch_order, load_arrays
 from dynarch.data.idx import IDX_FILES
 from dynarch.data.probe import probe
@@ -36,7 +37,9 @@ def test_idx_of_another_shape_with_channels_and_prefixed_names(tmp_path):
 def test_idx_missing_file_lists_what_is_there(tmp_path):
     folder = make_idx_folder(tmp_path / "idx")
     (folder / (IDX_FILES["test_y"] + ".gz")).unlink()
-    with pytest.raises(DataError, match=r"missing IDX file 't10k-labels-idx1-ubyte'.*\n.*expected.*\n.*received: folder holds"):
+    with pytest.raises(
+        DataError, match=r"missing IDX file 't10k-labels-idx1-ubyte'.*\n.*expected.*\n.*received: folder holds"
+    ):
         load_arrays(idx_run(folder).data, seed=0)
 
 
@@ -63,8 +66,11 @@ def test_idx_truncated_gzip(tmp_path):
 
 def test_idx_wrong_shape_and_swapped_files(tmp_path):
     folder = make_idx_folder(tmp_path / "idx", size=32)
-    with pytest.raises(DataError, match=r"images are 32x32x1, not data.input_shape=\[28, 28, 1\](.*\n)*.*"
-                                        r"fix: set data.input_shape=\[32, 32, 1\]"):
+    with pytest.raises(
+        DataError,
+        match=r"images are 32x32x1, not data.input_shape=\[28, 28, 1\](.*\n)*.*"
+        r"fix: set data.input_shape=\[32, 32, 1\]",
+    ):
         load_arrays(idx_run(folder).data, seed=0)
     folder = make_idx_folder(tmp_path / "idx2")
     src = folder / (IDX_FILES["train_y"] + ".gz")
@@ -84,13 +90,21 @@ def test_idx_count_mismatch_and_label_range(tmp_path):
 
 
 def test_npz_uint8_and_float(tmp_path):
-    run = run_config(["data=npz", f"data.path={make_npz(tmp_path / 'a.npz')}", "data.input_shape=[16,12,3]",
-                      "data.num_classes=4", "data.val_fraction=0"])
+    run = run_config(
+        [
+            "data=npz",
+            f"data.path={make_npz(tmp_path / 'a.npz')}",
+            "data.input_shape=[16,12,3]",
+            "data.num_classes=4",
+            "data.val_fraction=0",
+        ]
+    )
     arrays = load_arrays(run.data, seed=0)
     assert arrays.train[0].dtype == np.uint8 and arrays.sizes() == {"train": 60, "val": 0, "test": 20}
     path = make_npz(tmp_path / "f.npz", shape=(16, 12), dtype=np.float64)
-    arrays = load_arrays(run_config(["data=npz", f"data.path={path}", "data.input_shape=[16,12,1]",
-                                     "data.num_classes=4"]).data, seed=0)
+    arrays = load_arrays(
+        run_config(["data=npz", f"data.path={path}", "data.input_shape=[16,12,1]", "data.num_classes=4"]).data, seed=0
+    )
     assert arrays.train[0].dtype == np.float32 and arrays.train[0].shape[1:] == (16, 12, 1)
     x, _ = next(iter(Pipelines(arrays, 8, 0).test()))
     assert np.allclose(x.numpy(), arrays.test[0][:8])  # floats in [0, 1] are used as they are
@@ -113,13 +127,16 @@ def test_image_folder_split_and_unsplit(tmp_path):
     assert arrays.sizes()["test"] == 6 and arrays.train[0].shape[1:] == (16, 16, 3)
     assert "cat, dog, eel" in arrays.source
     root = make_image_folder(tmp_path / "flat", mode="L", split=False, fmt="jpg")
-    run = run_config(["data=folder", f"data.path={root}", "data.input_shape=[8,8,1]", "data.num_classes=3",
-                      "data.val_fraction=0"])
+    run = run_config(
+        ["data=folder", f"data.path={root}", "data.input_shape=[8,8,1]", "data.num_classes=3", "data.val_fraction=0"]
+    )
     arrays = load_arrays(run.data, seed=0)
     assert arrays.sizes() == {"train": 21, "val": 0, "test": 3}  # every fifth image of each class (8 each)
     with pytest.raises(DataError, match=r"3 class folders, not data.num_classes=5(.*\n)*.*data.num_classes=3"):
-        load_arrays(run_config(["data=folder", f"data.path={root}", "data.input_shape=[8,8,1]",
-                                "data.num_classes=5"]).data, seed=0)
+        load_arrays(
+            run_config(["data=folder", f"data.path={root}", "data.input_shape=[8,8,1]", "data.num_classes=5"]).data,
+            seed=0,
+        )
 
 
 def test_subset_is_real_stratified_mnist():
@@ -145,8 +162,11 @@ def test_unknown_name_gets_the_closest_names():
 
 
 def test_keys_of_another_source_are_refused():
-    with pytest.raises(ConfigError, match=r"data.path: 'path' is a setting of the folder / idx / npz source, not of "
-                                          r"data.loader=tfds"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data.path: 'path' is a setting of the folder / idx / npz source, not of "
+        r"data.loader=tfds",
+    ):
         run_config(["+data.path=/x"])
     with pytest.raises(ConfigError, match=r"data.data_dir: 'data_dir' is a setting of the tfds source"):
         run_config(["data=npz", "data.path=/x", "+data.data_dir=/y"])
@@ -156,7 +176,9 @@ def test_keys_of_another_source_are_refused():
 
 def _mock_tfds(monkeypatch):
     import tensorflow_datasets as tfds
+
     import dynarch.data.tfds
+
     monkeypatch.setattr(dynarch.data.tfds, "probe", lambda *a: None)  # mock_data replaces the download itself
     return tfds.testing.mock_data(num_examples=64)
 
@@ -173,15 +195,33 @@ def test_tfds_loading_through_mock_data(tmp_path, monkeypatch, name, shape):
 
 def test_tfds_metadata_disagreeing_with_the_config_is_a_clear_error(tmp_path, monkeypatch):
     run = run_config(["data.name=cifar10", "data.num_classes=20", f"data.data_dir={tmp_path}"])
-    with _mock_tfds(monkeypatch), pytest.raises(DataError, match=r"holds \[32, 32, 3\] images in 10 classes(.*\n)*"
-                                                              r".*fix: set data.input_shape=\[32, 32, 3\] data.num_classes=10"):
+    with (
+        _mock_tfds(monkeypatch),
+        pytest.raises(
+            DataError,
+            match=r"holds \[32, 32, 3\] images in 10 classes(.*\n)*"
+            r".*fix: set data.input_shape=\[32, 32, 3\] data.num_classes=10",
+        ),
+    ):
         load_arrays(run.data, seed=0)
 
 
 def test_cifar10_trains_end_to_end_with_the_cnn(tmp_path, monkeypatch):
     from dynarch.train import train
-    run = run_config([*TINY, "model=cnn", "data=tfds", "data.name=cifar10", f"data.data_dir={tmp_path / 'tfds'}",
-                      "data.limit_train=64", "data.limit_test=32", "trainer.epochs=1", "trainer.batch_size=32"])
+
+    run = run_config(
+        [
+            *TINY,
+            "model=cnn",
+            "data=tfds",
+            "data.name=cifar10",
+            f"data.data_dir={tmp_path / 'tfds'}",
+            "data.limit_train=64",
+            "data.limit_test=32",
+            "trainer.epochs=1",
+            "trainer.batch_size=32",
+        ]
+    )
     with _mock_tfds(monkeypatch):
         metrics = train(run, tmp_path / "run")
     assert metrics["data_source"] == "tfds:cifar10" and metrics["data_sizes"]["test"] == 32
@@ -196,12 +236,15 @@ def test_offline_mnist_uses_the_shipped_digits_and_says_so(tmp_path):
 @pytest.mark.parametrize("extra", [["data.name=fashion_mnist"], ["data.name=cifar10"], ["data.offline_fallback=false"]])
 def test_offline_anything_else_is_a_clear_error_never_mnist(tmp_path, extra):
     run = run_config([f"data.data_dir={tmp_path}", *OFFLINE, *extra])
-    with pytest.raises(DataError, match=r"not prepared(.*\n)*.*fix: data.data_dir=(.*)tfds build(.*)data=idx\|npz\|folder"):
+    with pytest.raises(
+        DataError, match=r"not prepared(.*\n)*.*fix: data.data_dir=(.*)tfds build(.*)data=idx\|npz\|folder"
+    ):
         load_arrays(run.data, seed=0)
 
 
 def test_probe_times_out_quickly_on_silent_host():
     import socket
+
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(0)
@@ -214,8 +257,9 @@ def test_probe_times_out_quickly_on_silent_host():
 
 
 def subset_arrays(n=300, *extra):
-    return load_arrays(run_config(["data=mnist_subset", f"data.limit_train={n}", "data.val_fraction=0", *extra]).data,
-                       seed=3)
+    return load_arrays(
+        run_config(["data=mnist_subset", f"data.limit_train={n}", "data.val_fraction=0", *extra]).data, seed=3
+    )
 
 
 def labels(ds):
@@ -228,7 +272,7 @@ def test_pipeline_orders_by_seed_and_epoch_and_resumes_mid_epoch():
     first, second = labels(a.train(0)), labels(a.train(1))
     assert sorted(first) == sorted(arrays.train[1]) and not np.array_equal(first, second)  # reshuffled
     assert np.array_equal(first, labels(b.train(0)))  # same seed and epoch, same order
-    assert np.array_equal(first[2 * 64:], labels(a.train(0, skip_batches=2)))  # resume after 2 batches
+    assert np.array_equal(first[2 * 64 :], labels(a.train(0, skip_batches=2)))  # resume after 2 batches
     assert np.array_equal(arrays.train[1][epoch_order(300, 3, 0)], first)
     assert a.steps_per_epoch == 5 and [len(y) for _, y in a.train(0)] == [64, 64, 64, 64, 44]
     x, _ = next(iter(a.test()))
@@ -245,7 +289,7 @@ def _same_batches(ds, reference):
 
 @pytest.mark.parametrize("augment", [False, True])
 def test_epoch_dataset_reads_the_epoch_each_time_it_is_iterated(augment):
-    aug = ['data.augment=[{_target_: keras.layers.RandomTranslation, height_factor: 0.2, width_factor: 0.2}]']
+    aug = ["data.augment=[{_target_: keras.layers.RandomTranslation, height_factor: 0.2, width_factor: 0.2}]"]
     arrays = subset_arrays(200, *(aug if augment else []))
     data = Pipelines(arrays, 64, seed=3)
     epoch = [3]
@@ -257,8 +301,10 @@ def test_epoch_dataset_reads_the_epoch_each_time_it_is_iterated(augment):
 
 
 def test_augmentation_is_seeded_per_batch_and_resumes_exactly():
-    aug = ['data.augment=[{_target_: keras.layers.RandomFlip, mode: horizontal}, '
-           '{_target_: keras.layers.RandomTranslation, height_factor: 0.2, width_factor: 0.2}]']
+    aug = [
+        "data.augment=[{_target_: keras.layers.RandomFlip, mode: horizontal}, "
+        "{_target_: keras.layers.RandomTranslation, height_factor: 0.2, width_factor: 0.2}]"
+    ]
     arrays = subset_arrays(200, *aug)
     data, plain = Pipelines(arrays, 64, seed=3), Pipelines(arrays, 64, seed=3, augment=())
     full = [x.numpy() for x, _ in data.train(1)]
@@ -270,25 +316,31 @@ def test_augmentation_is_seeded_per_batch_and_resumes_exactly():
 
 
 def test_augment_layers_are_checked_against_the_allowlist():
-    with pytest.raises(ConfigError, match=r"data.augment\[0\]._target_: 'keras.layers.Lambda' is not an "
-                                          r"augmentation layer"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data.augment\[0\]._target_: 'keras.layers.Lambda' is not an "
+        r"augmentation layer",
+    ):
         run_config(["data.augment=[{_target_: keras.layers.Lambda}]"])
     with pytest.raises(ConfigError, match=r"data.augment\[0\].fill: keras.layers.RandomFlip does not take 'fill'"):
         run_config(["data.augment=[{_target_: keras.layers.RandomFlip, fill: 1}]"])
 
 
 def test_table_values_survive_in_place_resolution():
-    from omegaconf import OmegaConf
     from conftest import compose_cfg
+    from omegaconf import OmegaConf
+
     import dynarch.config  # noqa: F401  registers the resolver
+
     cfg = compose_cfg(["model=cnn", "data.name=svhn_cropped"])
     OmegaConf.resolve(cfg)  # what `--cfg job --resolve` does
     assert list(cfg.model.input_shape) == [32, 32, 3] and cfg.data.num_classes == 10
 
 
 def test_name_outside_the_table_is_checked_against_tfds_at_load_time(tmp_path):
-    run = run_config(["data.name=cifar11", "data.input_shape=[32,32,3]", "data.num_classes=10",
-                      f"data.data_dir={tmp_path}"])
+    run = run_config(
+        ["data.name=cifar11", "data.input_shape=[32,32,3]", "data.num_classes=10", f"data.data_dir={tmp_path}"]
+    )
     with pytest.raises(DataError, match=r"TFDS has no dataset 'cifar11'(.*\n)*.*fix: data.name=cifar10"):
         load_arrays(run.data, seed=0)
 
@@ -296,12 +348,27 @@ def test_name_outside_the_table_is_checked_against_tfds_at_load_time(tmp_path):
 @pytest.mark.parametrize("source", ["idx", "npz", "folder"])
 def test_own_data_of_a_non_mnist_shape_trains_end_to_end(tmp_path, source):
     from dynarch.train import train
-    made = {"idx": lambda: ["data=idx", f"data.path={make_idx_folder(tmp_path / 'i', size=20, channels=3, classes=5)}",
-                            "data.input_shape=[20,20,3]", "data.num_classes=5"],
-            "npz": lambda: ["data=npz", f"data.path={make_npz(tmp_path / 'd.npz')}", "data.input_shape=[16,12,3]",
-                            "data.num_classes=4"],
-            "folder": lambda: ["data=folder", f"data.path={make_image_folder(tmp_path / 'f')}",
-                               "data.input_shape=[16,16,3]", "data.num_classes=3"]}[source]()
+
+    made = {
+        "idx": lambda: [
+            "data=idx",
+            f"data.path={make_idx_folder(tmp_path / 'i', size=20, channels=3, classes=5)}",
+            "data.input_shape=[20,20,3]",
+            "data.num_classes=5",
+        ],
+        "npz": lambda: [
+            "data=npz",
+            f"data.path={make_npz(tmp_path / 'd.npz')}",
+            "data.input_shape=[16,12,3]",
+            "data.num_classes=4",
+        ],
+        "folder": lambda: [
+            "data=folder",
+            f"data.path={make_image_folder(tmp_path / 'f')}",
+            "data.input_shape=[16,16,3]",
+            "data.num_classes=3",
+        ],
+    }[source]()
     run = run_config([*TINY, "model=cnn", *made, "trainer.epochs=1", "trainer.batch_size=8"])
     metrics = train(run, tmp_path / "run")
     assert metrics["data_source"].startswith(f"{source}:") and metrics["params"] > 0

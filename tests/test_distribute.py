@@ -1,18 +1,21 @@
 """Distribution: strategy choice and errors, MirroredStrategy on 2 logical CPUs vs one device."""
+
 import json
 import os
 import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, run_config
-from dynarch.runtime.tensorflow import make_strategy
+
 from dynarch.errors import ConfigError
+from dynarch.runtime.tensorflow import make_strategy
 
 
 def test_strategy_errors_are_clear():
-    with pytest.raises(ConfigError, match=r"multi_worker is not supported by Keras 3's fit(?s:.*)keras-team/keras#20585"):
+    with pytest.raises(
+        ConfigError, match=r"multi_worker is not supported by Keras 3's fit(?s:.*)keras-team/keras#20585"
+    ):
         make_strategy(run_config(["trainer.strategy=multi_worker"]).trainer)
     with pytest.raises(ConfigError, match="trainer.strategy"):
         run_config(["trainer.strategy=tpu"])
@@ -24,9 +27,14 @@ def test_auto_is_default_on_a_cpu_machine():
 
 
 def _run(out, *args, env=None):
-    return subprocess.Popen([sys.executable, "-m", "dynarch", *args, f"hydra.run.dir={out}"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "dynarch", *args, f"hydra.run.dir={out}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 COMMON = ["data=mnist_subset", "trainer.epochs=4", "trainer.verbose=0"]

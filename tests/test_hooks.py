@@ -1,6 +1,7 @@
 """Callbacks from config (dynarch/hooks.py): the shipped YAML composes as a Hydra group, specs are checked
 without TensorFlow, EarlyStopping stops a run and its state survives a kill, BestCheckpoint is chosen on
 its metric and loads, ReduceLROnPlateau's state round-trips, TensorBoard writes into the run dir."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import CONF, ROOT, TINY, run_config
+
 from dynarch.hooks import CallbackSpec, callback_states, parse_callbacks, restore_callback_states
 
 
@@ -22,6 +23,7 @@ def compose_groups(tmp_path: Path, overrides: list[str]) -> dict:
     (`- callbacks: default`, `- logger: null`), independent of conf/config.yaml."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
+
     conf = tmp_path / "conf"
     for group in ("callbacks", "logger"):
         shutil.copytree(CONF / group, conf / group, dirs_exist_ok=True)
@@ -43,22 +45,34 @@ def test_shipped_callbacks_compose_and_parse(tmp_path):
 
 
 def test_parsing_never_imports_tensorflow():
-    code = ("import sys; from dynarch.hooks import parse_callbacks; from dynarch.loggers import parse_loggers;"
-            "parse_callbacks({'es': {'_target_': 'EarlyStopping', 'patience': 2}});"
-            "parse_loggers({'csv': {}, 'mlflow': {}}); import dynarch.quiet;"
-            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules and 'mlflow' not in sys.modules")
+    code = (
+        "import sys; from dynarch.hooks import parse_callbacks; from dynarch.loggers import parse_loggers;"
+        "parse_callbacks({'es': {'_target_': 'EarlyStopping', 'patience': 2}});"
+        "parse_loggers({'csv': {}, 'mlflow': {}}); import dynarch.quiet;"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules and 'mlflow' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 def _fit(model, callbacks, epochs, initial_epoch=0, seed=0):
     rng = np.random.default_rng(seed)
     x, y = rng.random((64, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, 64)
-    return model.fit(x, y, validation_data=(x[:16], y[:16]), epochs=epochs, initial_epoch=initial_epoch,
-                     batch_size=32, verbose=0, callbacks=callbacks, shuffle=False)
+    return model.fit(
+        x,
+        y,
+        validation_data=(x[:16], y[:16]),
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        batch_size=32,
+        verbose=0,
+        callbacks=callbacks,
+        shuffle=False,
+    )
 
 
 def _model(run):
     from dynarch.build import build_model
+
     model = build_model(run.arch)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
@@ -66,9 +80,14 @@ def _model(run):
 
 def test_reduce_lr_and_early_stopping_state_round_trips_through_json(tmp_path):
     from dynarch.hooks import build_callbacks
+
     run = run_config(TINY)
-    specs = parse_callbacks({"es": {"_target_": "keras.callbacks.EarlyStopping", "monitor": "loss", "patience": 9},
-                             "lr": {"_target_": "ReduceLROnPlateau", "monitor": "loss", "patience": 1, "cooldown": 2}})
+    specs = parse_callbacks(
+        {
+            "es": {"_target_": "keras.callbacks.EarlyStopping", "monitor": "loss", "patience": 9},
+            "lr": {"_target_": "ReduceLROnPlateau", "monitor": "loss", "patience": 1, "cooldown": 2},
+        }
+    )
     first = build_callbacks(specs, tmp_path, run)
     _fit(_model(run), first, epochs=3)
     states = json.loads(json.dumps(callback_states(first)))
@@ -88,6 +107,7 @@ def test_reduce_lr_and_early_stopping_state_round_trips_through_json(tmp_path):
 def test_a_foreign_or_malformed_state_is_handled(tmp_path, caplog):
     from dynarch.errors import CheckpointError
     from dynarch.hooks import build_callbacks
+
     run = run_config(TINY)
     callbacks = build_callbacks(parse_callbacks({"es": {"_target_": "EarlyStopping"}}), tmp_path, run)
     restore_callback_states(callbacks, {"es": {"class": "ReduceLROnPlateau", "state": {}}})
@@ -104,15 +124,16 @@ def _stop_at(epoch_index: int):
         def on_epoch_end(self, epoch, logs=None):
             if epoch == epoch_index:
                 signal.raise_signal(signal.SIGTERM)
+
     return Kill()
 
 
 def _early_stopping(tmp_path, run):
     from dynarch.hooks import build_callbacks
+
     # min_delta 100: only the first epoch "improves", so the run stops after 1 + patience epochs whatever
     # the numbers are; without its restored state a resumed run would wait `patience` epochs afresh.
-    specs = parse_callbacks({"es": {"_target_": "EarlyStopping", "monitor": "loss", "min_delta": 100.0,
-                                    "patience": 3}})
+    specs = parse_callbacks({"es": {"_target_": "EarlyStopping", "monitor": "loss", "min_delta": 100.0, "patience": 3}})
     return build_callbacks(specs, tmp_path, run)
 
 
@@ -127,8 +148,13 @@ def test_early_stopping_stops_and_survives_a_kill(tmp_path, monkeypatch):
     # The lead's wiring, here by monkeypatch: every train-state manifest records callback_states(...).
     callbacks = _early_stopping(tmp_path, run)
     original = resume.save_checkpoint
-    monkeypatch.setattr(resume, "save_checkpoint", lambda folder, tensors, manifest: original(
-        folder, tensors, {**manifest, "callbacks": callback_states(callbacks)}))
+    monkeypatch.setattr(
+        resume,
+        "save_checkpoint",
+        lambda folder, tensors, manifest: original(
+            folder, tensors, {**manifest, "callbacks": callback_states(callbacks)}
+        ),
+    )
     with pytest.raises(TrainingStopped):
         train(run, tmp_path / "killed", callbacks=[*callbacks, _stop_at(1)])
     states = resume.load_latest_state(tmp_path / "killed").manifest["callbacks"]
@@ -162,13 +188,16 @@ def test_best_checkpoint_is_chosen_on_its_metric_and_loads(tmp_path):
     assert model.count_params() == run.arch.num_params and meta.checkpoint.name == "checkpoint-best"
 
 
-@pytest.mark.skipif(__import__("importlib.util").util.find_spec("tensorboard") is None,
-                    reason="the tensorboard extra is not installed")
+@pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("tensorboard") is None, reason="the tensorboard extra is not installed"
+)
 def test_tensorboard_writes_into_the_run_dir(tmp_path):
     from dynarch.hooks import build_callbacks
+
     run = run_config(TINY)
-    callbacks = build_callbacks(parse_callbacks({"tb": {"_target_": "TensorBoard", "write_graph": False}}),
-                                tmp_path, run)
+    callbacks = build_callbacks(
+        parse_callbacks({"tb": {"_target_": "TensorBoard", "write_graph": False}}), tmp_path, run
+    )
     _fit(_model(run), callbacks, epochs=2)
     assert list((tmp_path / "tensorboard" / "train").glob("events.out.tfevents.*"))
     assert list((tmp_path / "tensorboard" / "validation").glob("events.out.tfevents.*"))

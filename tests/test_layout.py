@@ -1,5 +1,6 @@
 """Package structure: no import cycles (lazy, function-level imports included), nothing imports the entry
 point, the backend is reached only through dynarch/runtime/, and the public API is declared."""
+
 import ast
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def find_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
         state[node] = "active"
         for nxt in sorted(edges.get(node, ())):
             if state.get(nxt) == "active":
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = "done"
@@ -89,8 +90,13 @@ def test_the_backend_is_reached_only_through_the_runtime():
             continue  # the seam itself; the tf.data input pipeline is the data package's own
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("tensorflow", "jax", "torch")]
     assert not offenders, offenders
 

@@ -1,6 +1,7 @@
 """Loggers (dynarch/loggers.py): the shipped group composes (several at once), the CSV logger keeps one file
 across phases and a resume, a real MLflow run (sqlite store in the run dir, offline) records params,
 per-epoch metrics, the model table and the run's artifacts; the quiet start-up drops only known notices."""
+
 from __future__ import annotations
 
 import csv
@@ -8,12 +9,14 @@ import importlib.util
 import logging
 
 import pytest
-
 from conftest import TINY, run_config
-from dynarch.loggers import build_loggers, close_loggers, flatten_config, parse_loggers
 from test_hooks import compose_groups
 
-needs_mlflow = pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="the mlflow extra is not installed")
+from dynarch.loggers import build_loggers, close_loggers, flatten_config, parse_loggers
+
+needs_mlflow = pytest.mark.skipif(
+    importlib.util.find_spec("mlflow") is None, reason="the mlflow extra is not installed"
+)
 
 
 def test_shipped_loggers_compose_several_at_once(tmp_path):
@@ -27,10 +30,21 @@ def test_shipped_loggers_compose_several_at_once(tmp_path):
 
 
 def test_flatten_config():
-    flat = flatten_config({"model": {"blocks": {"dense": {"units": 8}}, "input_shape": [28, 28, 1]}, "seed": 1,
-                           "init_from": None, "tags": {}})
-    assert flat == {"model.blocks.dense.units": "8", "model.input_shape": "[28, 28, 1]", "seed": "1",
-                    "init_from": "null", "tags": "{}"}
+    flat = flatten_config(
+        {
+            "model": {"blocks": {"dense": {"units": 8}}, "input_shape": [28, 28, 1]},
+            "seed": 1,
+            "init_from": None,
+            "tags": {},
+        }
+    )
+    assert flat == {
+        "model.blocks.dense.units": "8",
+        "model.input_shape": "[28, 28, 1]",
+        "seed": "1",
+        "init_from": "null",
+        "tags": "{}",
+    }
 
 
 def _rows(path):
@@ -40,6 +54,7 @@ def _rows(path):
 
 def test_csv_logger_one_row_per_epoch_with_phase_across_a_schedule(tmp_path):
     from dynarch.train import train
+
     run = run_config([*TINY, "+schedule=grow", "trainer.epochs=3"])
     loggers = build_loggers(parse_loggers({"csv": {"filename": "log.csv"}}), tmp_path, run, {})
     metrics = train(run, tmp_path, callbacks=loggers)
@@ -51,11 +66,13 @@ def test_csv_logger_one_row_per_epoch_with_phase_across_a_schedule(tmp_path):
 
 def test_csv_logger_replaces_the_epochs_a_resumed_run_trains_again(tmp_path):
     from dynarch.loggers import CsvLogger, _keras
+
     run = run_config(TINY)
     path = tmp_path / "metrics.csv"
     path.write_text("epoch,phase,loss\n1,0,2.0\n2,0,1.5\n3,0,9.9\n")  # epoch 3 was logged, then the run was killed
     logger = _keras(CsvLogger)(path, run)
     from dynarch.build import build_model
+
     logger.set_model(build_model(run.arch))
     logger.on_epoch_end(2, {"loss": 1.2})
     assert [(r["epoch"], r["loss"]) for r in _rows(path)] == [("1", "2.0"), ("2", "1.5"), ("3", "1.2")]
@@ -66,13 +83,13 @@ def test_mlflow_records_params_metrics_and_artifacts_offline(tmp_path, monkeypat
     from mlflow.tracking import MlflowClient
 
     from dynarch.train import train
+
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # nothing may land outside the run dir
     (tmp_path / "home").mkdir()
     run, out = run_config([*TINY, "trainer.epochs=2"]), tmp_path / "run"
     out.mkdir()
     params = {"trainer": {"epochs": 2, "batch_size": 128}, "model": {"name": run.arch.name}}
-    loggers = build_loggers(parse_loggers({"mlflow": {"experiment": "tests", "tags": {"team": "a"}}}), out, run,
-                            params)
+    loggers = build_loggers(parse_loggers({"mlflow": {"experiment": "tests", "tags": {"team": "a"}}}), out, run, params)
     metrics = train(run, out, callbacks=loggers)
     close_loggers(loggers, metrics)
 
@@ -95,6 +112,7 @@ def test_mlflow_resumed_run_continues_the_same_mlflow_run(tmp_path):
     from mlflow.tracking import MlflowClient
 
     from dynarch.loggers import MlflowLogger, _keras
+
     run = run_config(TINY)
     first = _keras(MlflowLogger)(tmp_path, run, {"a": "1"})
     first.on_train_begin()
@@ -113,6 +131,7 @@ def test_mlflow_resumed_run_continues_the_same_mlflow_run(tmp_path):
 
 def test_quiet_startup_drops_known_notices_only():
     from dynarch.quiet import filter_startup_lines
+
     lines = [
         "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
         "I0000 00:00:1795680494.448584   15435 port.cc:153] oneDNN custom operations are on. You may see ...",
@@ -132,6 +151,7 @@ def test_quiet_startup_drops_known_notices_only():
 
 def test_quiet_startup_drops_the_tfds_folder_warning_only(caplog):
     from dynarch.quiet import quiet_startup
+
     quiet_startup()
     absl = logging.getLogger("absl")
     with caplog.at_level(logging.INFO):

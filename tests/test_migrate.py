@@ -1,4 +1,5 @@
 """Migration by name: report for grow / widen / shrink / class-count changes, function-preserving growth."""
+
 import json
 import subprocess
 import sys
@@ -6,8 +7,8 @@ import sys
 import keras
 import numpy as np
 import pytest
-
 from conftest import ROOT, run_config
+
 from dynarch.build import build_model
 from dynarch.checkpoint import load_checkpoint, model_tensors, save_checkpoint
 from dynarch.errors import CheckpointError
@@ -22,9 +23,16 @@ def make_source(tmp_path, overrides=(), name="src"):
     for v in model.weights:
         if v.path.endswith("bias"):
             v.assign(rng.normal(0, 0.1, v.shape).astype("float32"))
-    save_checkpoint(tmp_path / name / "checkpoint", model_tensors(model), {
-        "model": run.arch.name, "variant": run.variant, "num_classes": run.arch.num_classes,
-        "input_shape": list(run.arch.input_shape)})
+    save_checkpoint(
+        tmp_path / name / "checkpoint",
+        model_tensors(model),
+        {
+            "model": run.arch.name,
+            "variant": run.variant,
+            "num_classes": run.arch.num_classes,
+            "input_shape": list(run.arch.input_shape),
+        },
+    )
     return tmp_path / name, model
 
 
@@ -49,14 +57,17 @@ def actions(report):
 X = np.random.default_rng(0).random((16, 28, 28, 1)).astype("float32")
 
 
-@pytest.mark.parametrize("source,target", [
-    ([], ["+arch=deep"]),                             # grow: a new hidden block, identity-initialized
-    ([], ["+arch=wide"]),                             # widen: Net2WiderNet
-    ([], ["+arch=deep", "model.blocks.dense.units=256", "model.blocks.extra.units=256"]),  # wider and deeper
-    (["model=cnn"], ["model=cnn", "+arch=cnn_deep"]),  # grow: centered identity conv kernel
-    (["model=cnn"], ["model=cnn", "+arch=cnn_wide"]),  # widen both conv stages, flatten -> head fan-in
-    (["+arch=no_dense"], ["+arch=no_dense", "model.blocks.extra.enabled=true", "model.blocks.extra.units=784"]),
-])
+@pytest.mark.parametrize(
+    "source,target",
+    [
+        ([], ["+arch=deep"]),  # grow: a new hidden block, identity-initialized
+        ([], ["+arch=wide"]),  # widen: Net2WiderNet
+        ([], ["+arch=deep", "model.blocks.dense.units=256", "model.blocks.extra.units=256"]),  # wider and deeper
+        (["model=cnn"], ["model=cnn", "+arch=cnn_deep"]),  # grow: centered identity conv kernel
+        (["model=cnn"], ["model=cnn", "+arch=cnn_wide"]),  # widen both conv stages, flatten -> head fan-in
+        (["+arch=no_dense"], ["+arch=no_dense", "model.blocks.extra.enabled=true", "model.blocks.extra.units=784"]),
+    ],
+)
 def test_growth_is_function_preserving(tmp_path, source, target):
     src_dir, src_model = make_source(tmp_path, source)
     model, report = migrated(src_dir, target)
@@ -77,8 +88,12 @@ def test_grow_with_random_new_blocks_is_reported_and_not_preserving(tmp_path):
 def test_widen_report_and_replication(tmp_path):
     src_dir, src_model = make_source(tmp_path)
     model, report = migrated(src_dir, ["+arch=wide"])
-    assert actions(report) == {"dense/kernel": "adapted", "dense/bias": "adapted", "head/kernel": "adapted",
-                               "head/bias": "copied"}
+    assert actions(report) == {
+        "dense/kernel": "adapted",
+        "dense/bias": "adapted",
+        "head/kernel": "adapted",
+        "head/bias": "copied",
+    }
     src_k = np.asarray(src_model.get_layer("dense").kernel)
     k = np.asarray(model.get_layer("dense").kernel)
     assert np.array_equal(k[:, :128], src_k)  # original units kept in place
@@ -88,8 +103,12 @@ def test_widen_report_and_replication(tmp_path):
 def test_shrink_is_best_effort_and_honest(tmp_path):
     src_dir, _ = make_source(tmp_path)
     model, report = migrated(src_dir, ["+arch=no_dense"])
-    assert actions(report) == {"head/kernel": "reinitialized", "head/bias": "copied",
-                               "dense/kernel": "dropped", "dense/bias": "dropped"}
+    assert actions(report) == {
+        "head/kernel": "reinitialized",
+        "head/bias": "copied",
+        "dense/kernel": "dropped",
+        "dense/bias": "dropped",
+    }
     assert "shape changed (128, 10) -> (784, 10)" in report.to_markdown()
     wide_dir, _ = make_source(tmp_path, ["+arch=wide"], name="wide")
     _, report = migrated(wide_dir, [])
@@ -144,7 +163,10 @@ def test_end_to_end_warm_start_writes_report(tiny_run):
     assert metrics["migrated_from"] == str(base_dir / "checkpoint")
     report = json.loads((out / "migration.json").read_text())
     assert report["counts"] == {"copied": 4, "adapted": 0, "reinitialized": 2, "dropped": 0}
-    assert "| extra/kernel | reinitialized | new block: identity map (Net2DeeperNet) |" in (out / "migration.md").read_text()
+    assert (
+        "| extra/kernel | reinitialized | new block: identity map (Net2DeeperNet) |"
+        in (out / "migration.md").read_text()
+    )
     assert load_checkpoint(out).manifest["migrated_from"] == str(base_dir / "checkpoint")
     # Warm start: one more epoch from the base cannot be much worse than the base.
     assert metrics["test_accuracy"] > base_metrics["test_accuracy"] - 0.05
@@ -169,28 +191,54 @@ def test_sweep_job_syntax(tmp_path):
 
 def test_dry_run_cli_prints_report(tmp_path):
     src_dir, _ = make_source(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "dynarch.migrate", str(src_dir), "--to", "+arch=deep", "--dry-run"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dynarch.migrate", str(src_dir), "--to", "+arch=deep", "--dry-run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-1500:]
     assert "# Migration mlp/base -> mlp/deep" in proc.stdout and "identity map (Net2DeeperNet)" in proc.stdout
-    bad = subprocess.run([sys.executable, "-m", "dynarch.migrate", str(tmp_path / "nope"), "--to", "+arch=deep"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "dynarch.migrate", str(tmp_path / "nope"), "--to", "+arch=deep"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "nope: the path does not exist" in bad.stderr
 
 
 # ---------------------------------------------------------------------------- residual growth, strictness
 
-RESCNN = {"name": "rescnn", "input_shape": [12, 12, 1], "blocks": {
-    "stem": {"type": "conv2d", "filters": 8, "kernel_size": 3, "padding": "same", "activation": "relu"},
-    "res1": {"type": "residual", "blocks": {
-        "a": {"type": "conv2d", "filters": 8, "kernel_size": 3, "padding": "same", "activation": "relu"},
-        "b": {"type": "conv2d", "filters": 8, "kernel_size": 3, "padding": "same"}}},
-    "res2": {"type": "residual", "optional": True, "enabled": False, "blocks": {
-        "a": {"type": "conv2d", "filters": 8, "kernel_size": 3, "padding": "same", "activation": "relu"},
-        "bn": {"type": "batchnorm"},
-        "b": {"type": "conv2d", "filters": 8, "kernel_size": 3, "padding": "same", "activation": "relu"}}},
-    "pool": {"type": "pool"}, "flatten": {"type": "flatten"},
-    "head": {"type": "dense", "units": 10, "activation": "softmax"}}}
+RESCNN = {
+    "name": "rescnn",
+    "input_shape": [12, 12, 1],
+    "blocks": {
+        "stem": {"type": "conv2d", "filters": 8, "kernel_size": 3, "padding": "same", "activation": "relu"},
+        "res1": {
+            "type": "residual",
+            "blocks": {
+                "a": {"type": "conv2d", "filters": 8, "kernel_size": 3, "padding": "same", "activation": "relu"},
+                "b": {"type": "conv2d", "filters": 8, "kernel_size": 3, "padding": "same"},
+            },
+        },
+        "res2": {
+            "type": "residual",
+            "optional": True,
+            "enabled": False,
+            "blocks": {
+                "a": {"type": "conv2d", "filters": 8, "kernel_size": 3, "padding": "same", "activation": "relu"},
+                "bn": {"type": "batchnorm"},
+                "b": {"type": "conv2d", "filters": 8, "kernel_size": 3, "padding": "same", "activation": "relu"},
+            },
+        },
+        "pool": {"type": "pool"},
+        "flatten": {"type": "flatten"},
+        "head": {"type": "dense", "units": 10, "activation": "softmax"},
+    },
+}
 
 
 @pytest.mark.parametrize("grow", [["model.blocks.res2.enabled=true"], ["+arch=deep"]])
@@ -207,6 +255,7 @@ def test_resnet_cnn_new_residual_branch_is_function_preserving(tmp_path):
     import copy
 
     from dynarch.spec import parse_arch
+
     source_spec = parse_arch(RESCNN, 10)
     target_raw = copy.deepcopy(RESCNN)
     target_raw["blocks"]["res2"]["enabled"] = True
@@ -230,8 +279,11 @@ def test_resnet_cnn_new_residual_branch_is_function_preserving(tmp_path):
 def test_new_residual_branch_whose_last_activation_is_not_zero_at_zero_fails_strict(tmp_path, act):
     src_dir, _ = make_source(tmp_path, ["model=resnet_mlp"])
     with pytest.raises(CheckpointError, match=rf"(?s)res2/fc/kernel: reinitialized .*approximate: {act}\(0\) != 0"):
-        migrated(src_dir, ["model=resnet_mlp", "model.blocks.res2.enabled=true",
-                           f"model.blocks.res2.blocks.fc.activation={act}"], strict=True)
+        migrated(
+            src_dir,
+            ["model=resnet_mlp", "model.blocks.res2.enabled=true", f"model.blocks.res2.blocks.fc.activation={act}"],
+            strict=True,
+        )
 
 
 def test_identity_through_an_inexact_activation_is_not_function_preserving(tmp_path):
@@ -245,6 +297,7 @@ def test_identity_through_an_inexact_activation_is_not_function_preserving(tmp_p
 
 def test_adapted_variables_record_their_index_maps(tmp_path):
     from dynarch.migrate import apply_index_map
+
     src_dir, src_model = make_source(tmp_path)
     model, report = migrated(src_dir, ["+arch=wide"])
     maps = {e.path: e.index_map for e in report.entries}
@@ -257,10 +310,21 @@ def test_adapted_variables_record_their_index_maps(tmp_path):
 
 # ----------------------------------------------------------------------- spec shapes, strict before TF
 
-@pytest.mark.parametrize("overrides", [[], ["+arch=deep"], ["+arch=no_dense"], ["model=cnn"],
-                                       ["model=cnn", "+arch=cnn_deep"], ["model=cnn", "+arch=no_conv1"]])
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["+arch=deep"],
+        ["+arch=no_dense"],
+        ["model=cnn"],
+        ["model=cnn", "+arch=cnn_deep"],
+        ["model=cnn", "+arch=no_conv1"],
+    ],
+)
 def test_spec_variable_shapes_match_the_built_model(overrides):
     from dynarch.migrate import spec_variable_shapes
+
     run = run_config(overrides)
     assert spec_variable_shapes(run.arch) == {v.path: tuple(v.shape) for v in build_model(run.arch).weights}
 
@@ -268,22 +332,28 @@ def test_spec_variable_shapes_match_the_built_model(overrides):
 def test_spec_variable_shapes_of_batchnorm_and_target_layers():
     from dynarch.migrate import spec_variable_shapes
     from dynarch.spec import parse_arch
-    shapes = spec_variable_shapes(parse_arch({**RESCNN, "blocks": {**RESCNN["blocks"], "res2": {
-        **RESCNN["blocks"]["res2"], "enabled": True}}}, 10))
+
+    shapes = spec_variable_shapes(
+        parse_arch(
+            {**RESCNN, "blocks": {**RESCNN["blocks"], "res2": {**RESCNN["blocks"]["res2"], "enabled": True}}}, 10
+        )
+    )
     assert shapes["res2/bn/moving_variance"] == (8,) and shapes["res2/b/kernel"] == (3, 3, 8, 8)
     assert spec_variable_shapes(run_config(["model=resnet_mlp"]).arch) is None  # a `_target_` layer
 
 
 def test_strict_is_decided_before_tensorflow_is_imported(tmp_path):
     src_dir, _ = make_source(tmp_path)
-    code = ("import sys\nsys.path.insert(0, 'tests')\nfrom conftest import run_config\n"
-            "from dynarch.errors import CheckpointError\nfrom dynarch.migrate import check_source_before_build\n"
-            f"ok = check_source_before_build(run_config(['+arch=deep', 'init_from={src_dir}', 'migrate.strict=true']))\n"
-            "print('PLANNED', ok.counts())\n"
-            "try:\n"
-            f"    check_source_before_build(run_config(['+arch=no_dense', 'init_from={src_dir}', 'migrate.strict=true']))\n"
-            "except CheckpointError as e:\n    print('REFUSED', str(e).splitlines()[0])\n"
-            "print('TF' if {'tensorflow', 'keras'} & set(sys.modules) else 'NO_TF')\n")
+    code = (
+        "import sys\nsys.path.insert(0, 'tests')\nfrom conftest import run_config\n"
+        "from dynarch.errors import CheckpointError\nfrom dynarch.migrate import check_source_before_build\n"
+        f"ok = check_source_before_build(run_config(['+arch=deep', 'init_from={src_dir}', 'migrate.strict=true']))\n"
+        "print('PLANNED', ok.counts())\n"
+        "try:\n"
+        f"    check_source_before_build(run_config(['+arch=no_dense', 'init_from={src_dir}', 'migrate.strict=true']))\n"
+        "except CheckpointError as e:\n    print('REFUSED', str(e).splitlines()[0])\n"
+        "print('TF' if {'tensorflow', 'keras'} & set(sys.modules) else 'NO_TF')\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     out = proc.stdout
     assert "PLANNED {'copied': 4, 'adapted': 0, 'reinitialized': 2, 'dropped': 0}" in out, out + proc.stderr[-1500:]
@@ -316,12 +386,14 @@ def boundary(old_overrides, new_overrides, optimizer=None, steps=3):
     """Train the old model a few steps, then migrate weights and optimizer state into the new one."""
     from dynarch.boundary import source_of
     from dynarch.migrate import migrate_optimizer, optimizer_state, plan_migration
+
     old_run, old = compiled(old_overrides, optimizer() if optimizer else None)
     for _ in range(steps):
         old.train_on_batch(*BATCH)
     new_run, new = compiled(new_overrides, optimizer() if optimizer else None)
-    report, values = plan_migration(source_of(old, old_run.phases[0]), new_run.arch,
-                                    {v.path: tuple(v.shape) for v in new.weights})
+    report, values = plan_migration(
+        source_of(old, old_run.phases[0]), new_run.arch, {v.path: tuple(v.shape) for v in new.weights}
+    )
     by_path = {v.path: v for v in new.weights}
     for path, value in values.items():
         by_path[path].assign(value)
@@ -331,6 +403,7 @@ def boundary(old_overrides, new_overrides, optimizer=None, steps=3):
 
 def slots(model):
     from dynarch.migrate import optimizer_state
+
     return optimizer_state(model).slots
 
 
@@ -348,6 +421,7 @@ def test_copied_variables_carry_adam_slots_bitwise_across_a_drop():
 
 def test_adapted_variable_slots_follow_the_index_map_undivided():
     from dynarch.migrate import apply_index_map
+
     old, new, report, state, carried = boundary([], ["+arch=wide"])
     maps = {e.path: e.index_map for e in report.entries}
     before, after = slots(old), slots(new)
@@ -368,11 +442,14 @@ def test_new_variables_get_fresh_slots_and_training_goes_on():
     json.dumps(carried.to_json())
 
 
-@pytest.mark.parametrize("make,names", [
-    (lambda: keras.optimizers.SGD(0.01, momentum=0.9), {"momentum"}),
-    (lambda: keras.optimizers.RMSprop(1e-3, momentum=0.5), {"velocity", "momentum"}),
-    (lambda: keras.optimizers.AdamW(1e-3, amsgrad=True), {"momentum", "velocity", "velocity_hat"}),
-])
+@pytest.mark.parametrize(
+    "make,names",
+    [
+        (lambda: keras.optimizers.SGD(0.01, momentum=0.9), {"momentum"}),
+        (lambda: keras.optimizers.RMSprop(1e-3, momentum=0.5), {"velocity", "momentum"}),
+        (lambda: keras.optimizers.AdamW(1e-3, amsgrad=True), {"momentum", "velocity", "velocity_hat"}),
+    ],
+)
 def test_optimizer_state_is_generic_across_keras_optimizers(make, names):
     old, new, report, state, carried = boundary([], [], optimizer=make, steps=2)
     assert set(state.slots["dense/kernel"]) == names and carried["copied"] == 4
@@ -382,6 +459,7 @@ def test_optimizer_state_is_generic_across_keras_optimizers(make, names):
 def test_unsupported_optimizer_is_refused_clearly():
     from dynarch.errors import ConfigError
     from dynarch.migrate import optimizer_state
+
     _, model = compiled([], keras.optimizers.Adafactor())
     with pytest.raises(ConfigError, match=r"(?s)cannot carry the state of a Adafactor optimizer.*fix:"):
         optimizer_state(model)

@@ -1,12 +1,13 @@
 """Optimizers and learning-rate schedules from plain data, through keras.optimizers.get."""
+
 import inspect
 import math
 
 import keras
 import pytest
 import yaml
-
 from conftest import CONF, run_config
+
 from dynarch.config import OptimizerConfig
 from dynarch.errors import ConfigError
 from dynarch.optim import OPTIMIZERS, SCHEDULES, SHORT_NAMES, make_optimizer, optimizer_identifier
@@ -43,8 +44,9 @@ def test_shipped_yaml_builds_the_keras_optimizer_it_says(name):
 
 
 def test_adamw_gets_exactly_the_configured_weight_decay():
-    assert make_optimizer(run_config(["optimizer=adamw"]).optimizer).get_config()["weight_decay"] == \
-        pytest.approx(0.004)
+    assert make_optimizer(run_config(["optimizer=adamw"]).optimizer).get_config()["weight_decay"] == pytest.approx(
+        0.004
+    )
     zero = make_optimizer(run_config(["optimizer=adamw", "optimizer.weight_decay=0.0"]).optimizer)
     assert zero.get_config()["weight_decay"] == 0.0  # was silently 0.004
 
@@ -63,12 +65,19 @@ def _lr_at(opt, step: int) -> float:
 
 
 def test_cosine_schedule_with_warmup_gives_the_right_rate_at_each_step():
-    cfg = run_config(["optimizer=adam_cosine", "optimizer.lr=0.01", "optimizer.warmup_steps=10",
-                      "optimizer.decay_steps=100", "optimizer.alpha=0.1"]).optimizer
+    cfg = run_config(
+        [
+            "optimizer=adam_cosine",
+            "optimizer.lr=0.01",
+            "optimizer.warmup_steps=10",
+            "optimizer.decay_steps=100",
+            "optimizer.alpha=0.1",
+        ]
+    ).optimizer
     opt = make_optimizer(cfg)
     for step in (0, 5, 10, 35, 60, 110, 500):
         if step <= 10:
-            want = 0.01 * step / 10                                         # linear warm-up from 0
+            want = 0.01 * step / 10  # linear warm-up from 0
         else:
             done = min(step - 10, 100) / 100
             want = 0.01 * ((1 - 0.1) * 0.5 * (1 + math.cos(math.pi * done)) + 0.1)
@@ -76,8 +85,9 @@ def test_cosine_schedule_with_warmup_gives_the_right_rate_at_each_step():
 
 
 def test_exponential_and_piecewise_schedules():
-    exp = make_optimizer(OptimizerConfig(lr=0.1, schedule="exponential", decay_steps=10, decay_rate=0.5,
-                                         staircase=True))
+    exp = make_optimizer(
+        OptimizerConfig(lr=0.1, schedule="exponential", decay_steps=10, decay_rate=0.5, staircase=True)
+    )
     assert [_lr_at(exp, s) for s in (0, 9, 10, 25)] == pytest.approx([0.1, 0.1, 0.05, 0.025])
     piece = make_optimizer(OptimizerConfig(lr=0.1, schedule="piecewise", boundaries=(5, 8), decay_rate=0.1))
     assert [_lr_at(piece, s) for s in (0, 5, 6, 8, 9)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
@@ -97,8 +107,12 @@ def test_identifier_is_plain_data_and_keras_builds_it():
 
 def test_static_tables_match_keras():
     """The pure-Python tables used before TensorFlow is imported agree with Keras 3's own classes."""
-    keras_optimizers = {n for n in dir(keras.optimizers) if isinstance(getattr(keras.optimizers, n), type)
-                        and issubclass(getattr(keras.optimizers, n), keras.optimizers.Optimizer)}
+    keras_optimizers = {
+        n
+        for n in dir(keras.optimizers)
+        if isinstance(getattr(keras.optimizers, n), type)
+        and issubclass(getattr(keras.optimizers, n), keras.optimizers.Optimizer)
+    }
     # Wrappers are not nameable; Lamb is not resolvable by keras.optimizers.get in Keras 3.15.
     assert set(OPTIMIZERS) == keras_optimizers - {"Optimizer", "LossScaleOptimizer", "MultiOptimizer", "Lamb"}
     for name, keys in OPTIMIZERS.items():
@@ -109,22 +123,25 @@ def test_static_tables_match_keras():
         assert keys - {"boundaries", "decay_rate"} <= params or cls == "PiecewiseConstantDecay", cls
 
 
-@pytest.mark.parametrize("changes,needles", [
-    ({"name": "adamm"}, ["optimizer.name", "Did you mean 'adam'"]),
-    ({"lr": 0.0}, ["optimizer.lr", "> 0"]),
-    ({"lr": float("nan")}, ["optimizer.lr", "finite"]),
-    ({"name": "sgd", "momentum": -0.1}, ["optimizer.momentum", "[0, 1)"]),
-    ({"name": "sgd", "beta_1": 0.9}, ["optimizer.beta_1", "SGD does not take 'beta_1'"]),
-    ({"name": "adam", "nesterov": True}, ["optimizer.nesterov", "Adam does not take"]),
-    ({"epsilon": 0.0}, ["optimizer.epsilon", "> 0"]),
-    ({"clipnorm": 1.0, "clipvalue": 1.0}, ["optimizer.clipvalue", "only one of"]),
-    ({"schedule": "linear"}, ["optimizer.schedule", "cosine"]),
-    ({"schedule": "exponential", "decay_steps": 10}, ["optimizer.decay_rate", "needs"]),
-    ({"schedule": "exponential", "decay_steps": 10, "decay_rate": 1.5}, ["optimizer.decay_rate", "(0, 1]"]),
-    ({"schedule": "piecewise", "decay_rate": 0.1}, ["optimizer.boundaries", "needs"]),
-    ({"schedule": "cosine", "decay_steps": 0}, ["optimizer.decay_steps"]),
-    ({"decay_steps": 100}, ["optimizer.decay_steps", "constant learning rate"]),
-])
+@pytest.mark.parametrize(
+    "changes,needles",
+    [
+        ({"name": "adamm"}, ["optimizer.name", "Did you mean 'adam'"]),
+        ({"lr": 0.0}, ["optimizer.lr", "> 0"]),
+        ({"lr": float("nan")}, ["optimizer.lr", "finite"]),
+        ({"name": "sgd", "momentum": -0.1}, ["optimizer.momentum", "[0, 1)"]),
+        ({"name": "sgd", "beta_1": 0.9}, ["optimizer.beta_1", "SGD does not take 'beta_1'"]),
+        ({"name": "adam", "nesterov": True}, ["optimizer.nesterov", "Adam does not take"]),
+        ({"epsilon": 0.0}, ["optimizer.epsilon", "> 0"]),
+        ({"clipnorm": 1.0, "clipvalue": 1.0}, ["optimizer.clipvalue", "only one of"]),
+        ({"schedule": "linear"}, ["optimizer.schedule", "cosine"]),
+        ({"schedule": "exponential", "decay_steps": 10}, ["optimizer.decay_rate", "needs"]),
+        ({"schedule": "exponential", "decay_steps": 10, "decay_rate": 1.5}, ["optimizer.decay_rate", "(0, 1]"]),
+        ({"schedule": "piecewise", "decay_rate": 0.1}, ["optimizer.boundaries", "needs"]),
+        ({"schedule": "cosine", "decay_steps": 0}, ["optimizer.decay_steps"]),
+        ({"decay_steps": 100}, ["optimizer.decay_steps", "constant learning rate"]),
+    ],
+)
 def test_bad_optimizer_settings_are_refused_with_the_key(changes, needles):
     with pytest.raises(ConfigError) as err:
         OptimizerConfig(**changes)

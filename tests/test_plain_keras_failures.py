@@ -1,4 +1,5 @@
 """The three everyday failures of plain Keras (DESIGN.md), each next to what dynarch does instead."""
+
 import warnings
 
 import h5py
@@ -6,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import run_config
+
 from dynarch.build import build_model
 from dynarch.checkpoint import model_tensors, save_checkpoint
 from dynarch.migrate import migrate_model
@@ -23,8 +24,9 @@ def plain_mlp(hidden):
 
 def test_1_removing_a_layer(tiny_run):
     # Plain Keras: popping from `layers` is a silent no-op (it is a copy) ...
-    seq = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(128),
-                            keras.layers.Dense(10)])
+    seq = keras.Sequential(
+        [keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(128), keras.layers.Dense(10)]
+    )
     before = len(seq.layers)
     seq.layers.pop(1)
     assert len(seq.layers) == before and seq.count_params() == 784 * 128 + 128 + 1290
@@ -73,10 +75,15 @@ def test_3_restoring_into_a_changed_architecture(tmp_path):
 
     # dynarch: by variable path, every variable accounted for, growth function-preserving.
     src = build_model(run_config([]).arch)
-    save_checkpoint(tmp_path / "run" / "checkpoint", model_tensors(src),
-                    {"model": "mlp", "variant": "base", "num_classes": 10, "input_shape": [28, 28, 1]})
-    for variant, expected in (("deep", {"copied": 4, "adapted": 0, "reinitialized": 2, "dropped": 0}),
-                              ("no_dense", {"copied": 1, "adapted": 0, "reinitialized": 1, "dropped": 2})):
+    save_checkpoint(
+        tmp_path / "run" / "checkpoint",
+        model_tensors(src),
+        {"model": "mlp", "variant": "base", "num_classes": 10, "input_shape": [28, 28, 1]},
+    )
+    for variant, expected in (
+        ("deep", {"copied": 4, "adapted": 0, "reinitialized": 2, "dropped": 0}),
+        ("no_dense", {"copied": 1, "adapted": 0, "reinitialized": 1, "dropped": 2}),
+    ):
         run = run_config([f"+arch={variant}"])
         report = migrate_model(build_model(run.arch), run.arch, tmp_path / "run")
         assert report.counts() == expected, report.to_markdown()

@@ -1,4 +1,5 @@
 """Resume: kill / interrupt / NaN / corruption, and the three-run recipe (reference, killed, resumed)."""
+
 import json
 import os
 import random
@@ -10,16 +11,21 @@ import time
 import keras
 import numpy as np
 import pytest
-
 from conftest import ROOT, run_config
+
 from dynarch.checkpoint import load_checkpoint
 from dynarch.errors import CheckpointError
 from dynarch.resume import STATE_DIR, load_latest_state
 from dynarch.train import TrainingStopped, train
 
 # Small batches and frequent checkpoints: many steps, so that a stop lands mid-epoch.
-RESUMABLE = ["data=mnist_subset", "trainer.verbose=0", "trainer.batch_size=32", "trainer.steps_per_execution=4",
-             "trainer.checkpoint_every=8"]
+RESUMABLE = [
+    "data=mnist_subset",
+    "trainer.verbose=0",
+    "trainer.batch_size=32",
+    "trainer.steps_per_execution=4",
+    "trainer.checkpoint_every=8",
+]
 
 
 def weights_sha(run_dir):
@@ -113,8 +119,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def _cli(out, *extra, **kw):
-    return subprocess.Popen([sys.executable, "-m", "dynarch", *RESUMABLE, "trainer.epochs=4", f"hydra.run.dir={out}",
-                             *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "dynarch", *RESUMABLE, "trainer.epochs=4", f"hydra.run.dir={out}", *extra],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 @pytest.mark.slow
@@ -139,8 +151,7 @@ def test_sigkill_at_five_random_points_then_resume_is_bitwise_identical(tmp_path
         if killed.manifest["epoch"] == 4:
             continue  # killed after the last step (evaluating, writing): training itself was not interrupted
         kills += 1
-        assert not np.array_equal(killed.tensors["model/dense/kernel"],
-                                  load_checkpoint(ref).tensors["dense/kernel"])
+        assert not np.array_equal(killed.tensors["model/dense/kernel"], load_checkpoint(ref).tensors["dense/kernel"])
         resumed = _cli(out, "resume=true")
         assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-2000:]
         assert weights_sha(out) == weights_sha(ref), f"kill {kills} at epoch {killed.manifest['epoch']}"
@@ -184,6 +195,7 @@ def test_ctrl_c_during_start_up_is_a_clear_stop(tmp_path, monkeypatch):
     def interrupted_load(*args, **kwargs):
         _signal_self(signal.SIGINT)
         raise AssertionError("the handler should have interrupted")
+
     monkeypatch.setattr(dynarch.data, "load_arrays", interrupted_load)
     with pytest.raises(TrainingStopped, match="interrupted by signal 2 outside the training loop") as err:
         train(run_config([*RESUMABLE, "trainer.epochs=1"]), tmp_path / "run")
@@ -193,6 +205,7 @@ def test_ctrl_c_during_start_up_is_a_clear_stop(tmp_path, monkeypatch):
 
 def test_sigterm_during_evaluation_then_resume_finishes_the_run(tmp_path, reference, monkeypatch):
     import dynarch.artifacts
+
     out = tmp_path / "run"
     real = dynarch.artifacts.plot_curves
     monkeypatch.setattr(dynarch.artifacts, "plot_curves", lambda *a, **k: _signal_self(signal.SIGTERM))
@@ -218,6 +231,7 @@ def test_a_learning_rate_schedule_resumes_bitwise(tmp_path):
 def test_a_resealed_state_with_impossible_batches_done_is_refused(tmp_path):
     """A manifest edited and re-hashed (valid checksums) must still not resume into nonsense."""
     import dynarch.checkpoint as ck
+
     out = tmp_path / "run"
     train(run_config([*RESUMABLE, "trainer.epochs=1", "data.limit_train=400"]), out)
     latest = load_latest_state(out).path

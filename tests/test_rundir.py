@@ -1,5 +1,6 @@
 """Run dirs: the lock (real processes, synchronized by pipes), usable / fresh-run / CLI checks, cleaning the
 temps of a killed save, and the artifact writers (unique temps, clear errors, phases)."""
+
 import errno
 import json
 import logging
@@ -10,12 +11,20 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
+
 from dynarch import artifacts, rundir
 from dynarch.artifacts import ArtifactError
-from dynarch.rundir import (RUN_ARTIFACTS, RunDirError, RunDirLock, RunDirLocked, check_cli_run_dir,
-                            check_new_run_dir, check_run_dir_usable, clean_stale_temps)
+from dynarch.rundir import (
+    RUN_ARTIFACTS,
+    RunDirError,
+    RunDirLock,
+    RunDirLocked,
+    check_cli_run_dir,
+    check_new_run_dir,
+    check_run_dir_usable,
+    clean_stale_temps,
+)
 
 HOLD = """
 import sys
@@ -35,8 +44,14 @@ print("released", flush=True)
 
 def holder(run_dir):
     """A real process holding (or refused) the lock; its first stdout line says which."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], cwd=ROOT, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(run_dir)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     return proc, proc.stdout.readline().strip()
 
 
@@ -46,6 +61,7 @@ def finish(proc):
 
 
 # ---------------------------------------------------------------------------------------------- lock
+
 
 def test_a_second_process_is_refused_while_the_first_holds_the_lock(tmp_path):
     first, state = holder(tmp_path)
@@ -66,8 +82,17 @@ def test_a_second_process_is_refused_while_the_first_holds_the_lock(tmp_path):
 
 
 def test_only_one_of_several_racing_processes_gets_the_lock(tmp_path):
-    procs = [subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], cwd=ROOT, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", HOLD, str(tmp_path)],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
     states = [p.stdout.readline().strip() for p in procs]  # every process has tried once it printed
     results = [finish(p) for p in procs]
     assert sorted(states) == ["locked", "refused", "refused", "refused"], [r[2] for r in results]
@@ -111,6 +136,7 @@ def test_without_flock_a_dead_pid_on_this_host_is_stale_and_a_live_one_is_not(tm
 
     def no_flock(fd, op):
         raise OSError(errno.ENOLCK, "No locks available")
+
     monkeypatch.setattr(rundir.fcntl, "flock", no_flock)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     lock_file = tmp_path / ".lock"
@@ -132,6 +158,7 @@ def test_garbage_lock_file_nobody_holds_is_taken_over(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- fresh run
+
 
 def test_new_run_dir_accepts_empty_missing_and_hydra_only_dirs(tmp_path):
     check_new_run_dir(tmp_path / "missing")
@@ -162,12 +189,16 @@ def test_new_run_dir_offers_resume_when_there_is_state(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- usable path
 
-@pytest.mark.parametrize("make,needle", [
-    (lambda t: (t / "f").write_text("x") and t / "f", "exists and is not a folder"),
-    (lambda t: (t / "f").write_text("x") and t / "f" / "run", "a parent of the run dir is a file"),
-    (lambda t: t / ("x" * 300), "too long"),
-    (lambda t: t.joinpath(*["y" * 200] * 25), "too long"),
-])
+
+@pytest.mark.parametrize(
+    "make,needle",
+    [
+        (lambda t: (t / "f").write_text("x") and t / "f", "exists and is not a folder"),
+        (lambda t: (t / "f").write_text("x") and t / "f" / "run", "a parent of the run dir is a file"),
+        (lambda t: t / ("x" * 300), "too long"),
+        (lambda t: t.joinpath(*["y" * 200] * 25), "too long"),
+    ],
+)
 def test_unusable_run_dirs(tmp_path, make, needle):
     path = make(tmp_path)
     before = sorted(tmp_path.rglob("*"))
@@ -195,6 +226,7 @@ def test_read_only_file_system_is_refused(tmp_path, monkeypatch):
     class ReadOnly:
         def __init__(self, st):
             self.f_flag = st.f_flag | os.ST_RDONLY
+
     monkeypatch.setattr(rundir.os, "statvfs", lambda p: ReadOnly(real(p)))
     with pytest.raises(RunDirError, match="read-only file system"):
         check_run_dir_usable(tmp_path / "run", "hydra.sweep.dir")
@@ -212,7 +244,7 @@ def test_cli_check(tmp_path):
         check_cli_run_dir(["trainer.epochs=1", f"hydra.run.dir={tmp_path}/file"])
     with pytest.raises(RunDirError, match="^hydra.sweep.dir: a parent"):
         check_cli_run_dir(["-m", "+arch=a,b", f"hydra.sweep.dir={tmp_path}/file/" + "${now:%H}"])
-    check_cli_run_dir(["-m", f"hydra.run.dir={tmp_path}/file"])   # Hydra ignores run.dir in a multirun
+    check_cli_run_dir(["-m", f"hydra.run.dir={tmp_path}/file"])  # Hydra ignores run.dir in a multirun
     check_cli_run_dir(["--cfg", "job", f"hydra.run.dir={tmp_path}/file"])  # no job runs
     check_cli_run_dir(["hydra.run.dir=[unparsable"])  # Hydra's parser reports its own errors
     finished = tmp_path / "finished"
@@ -232,8 +264,10 @@ def test_cli_check(tmp_path):
 
 
 def test_cli_check_does_not_import_tensorflow():
-    code = ("import sys; from dynarch.rundir import check_cli_run_dir; check_cli_run_dir(['hydra.run.dir=/tmp']);"
-            " print('tensorflow' in sys.modules)")
+    code = (
+        "import sys; from dynarch.rundir import check_cli_run_dir; check_cli_run_dir(['hydra.run.dir=/tmp']);"
+        " print('tensorflow' in sys.modules)"
+    )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True).stdout == "False\n"
 
 
@@ -261,18 +295,30 @@ ck.save_checkpoint(folder, {"w": np.zeros(3, np.float32)}, {})
 
 
 def killed_save(run, where):
-    proc = subprocess.run([sys.executable, "-c", KILL_IN_SAVE, str(run), where], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_IN_SAVE, str(run), where], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
 
 
-@pytest.mark.parametrize("where,leftover", [("checkpoint", ".checkpoint.tmp-"), ("state", "state/.step-000000002.tmp-"),
-                                            ("text", ".metrics.json.tmp-")])
+@pytest.mark.parametrize(
+    "where,leftover",
+    [("checkpoint", ".checkpoint.tmp-"), ("state", "state/.step-000000002.tmp-"), ("text", ".metrics.json.tmp-")],
+)
 def test_clean_removes_the_temps_of_a_killed_save_and_only_those(tmp_path, where, leftover):
     from dynarch.checkpoint import load_checkpoint
-    keep = {".hydra/config.yaml": "a", "__main__.log": "l", "notes.tmp": "n", ".metrics.json": "m",
-            ".mydata.abcdefgh": "u", ".x.tmp-ABCDEFGH": "u", "state/latest": "step-000000002\n",
-            "state/.latest.bak": "u", "model.md": "m"}
+
+    keep = {
+        ".hydra/config.yaml": "a",
+        "__main__.log": "l",
+        "notes.tmp": "n",
+        ".metrics.json": "m",
+        ".mydata.abcdefgh": "u",
+        ".x.tmp-ABCDEFGH": "u",
+        "state/latest": "step-000000002\n",
+        "state/.latest.bak": "u",
+        "model.md": "m",
+    }
     for name, text in keep.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
@@ -289,6 +335,7 @@ def test_clean_removes_the_temps_of_a_killed_save_and_only_those(tmp_path, where
 
 def test_clean_puts_back_the_checkpoint_moved_aside_by_a_killed_save(tmp_path):
     from dynarch.checkpoint import load_checkpoint
+
     killed_save(tmp_path, "between renames")
     assert not (tmp_path / "checkpoint").exists()
     done = clean_stale_temps(tmp_path)
@@ -299,16 +346,20 @@ def test_clean_puts_back_the_checkpoint_moved_aside_by_a_killed_save(tmp_path):
 
 def test_clean_removes_superseded_and_legacy_temps(tmp_path):
     (tmp_path / "checkpoint").mkdir()
-    (tmp_path / ".checkpoint.old-123").mkdir()        # the save finished; removing the old one did not
+    (tmp_path / ".checkpoint.old-123").mkdir()  # the save finished; removing the old one did not
     (tmp_path / ".history.csv.k2j4_x9a").write_text("")  # older write_text temp
-    (tmp_path / "curves.tmp.png").write_text("")      # older plot temp
-    (tmp_path / ".model.tmp.keras").write_text("")    # export_keras temp
+    (tmp_path / "curves.tmp.png").write_text("")  # older plot temp
+    (tmp_path / ".model.tmp.keras").write_text("")  # export_keras temp
     (tmp_path / ".model.keras.tmp-ab_12xyz.keras").write_text("")  # a unique export temp (mkstemp suffix)
-    (tmp_path / ".notes.k2j4_x9a").write_text("")     # not an artifact name: not ours
+    (tmp_path / ".notes.k2j4_x9a").write_text("")  # not an artifact name: not ours
     done = clean_stale_temps(tmp_path)
-    assert sorted(p.name for p in done.removed) == [".checkpoint.old-123", ".history.csv.k2j4_x9a",
-                                                   ".model.keras.tmp-ab_12xyz.keras", ".model.tmp.keras",
-                                                   "curves.tmp.png"]
+    assert sorted(p.name for p in done.removed) == [
+        ".checkpoint.old-123",
+        ".history.csv.k2j4_x9a",
+        ".model.keras.tmp-ab_12xyz.keras",
+        ".model.tmp.keras",
+        "curves.tmp.png",
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.k2j4_x9a", "checkpoint"]
 
 
@@ -330,12 +381,27 @@ artifacts.plot_curves(path, {"loss": [1.0, 0.5]}, "a")
 
 def test_two_processes_plotting_into_one_file_do_not_collide(tmp_path):
     target = tmp_path / "curves.png"
-    first = subprocess.Popen([sys.executable, "-c", PLOT_PAUSED, str(target)], cwd=ROOT, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-c", PLOT_PAUSED, str(target)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert first.stdout.readline().strip() == "saved", first.stderr.read()
-    second = subprocess.run([sys.executable, "-c", "import sys; from dynarch import artifacts; "
-                             "artifacts.plot_curves(sys.argv[1], {'loss': [2.0, 1.0]}, 'b')", str(target)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    second = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from dynarch import artifacts; artifacts.plot_curves(sys.argv[1], {'loss': [2.0, 1.0]}, 'b')",
+            str(target),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert second.returncode == 0, second.stderr
     _, err = first.communicate(input="go\n", timeout=120)
     assert first.returncode == 0, err
@@ -346,12 +412,15 @@ def enospc(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
-@pytest.mark.parametrize("name,write", [
-    ("metrics.json", lambda p: artifacts.write_json(p, {"a": 1})),
-    ("model.md", lambda p: artifacts.write_text(p, "# model\n")),
-    ("history.csv", lambda p: artifacts.write_history_csv(p, {"loss": [1.0]})),
-    ("curves.png", lambda p: artifacts.plot_curves(p, {"loss": [1.0]}, "t")),
-])
+@pytest.mark.parametrize(
+    "name,write",
+    [
+        ("metrics.json", lambda p: artifacts.write_json(p, {"a": 1})),
+        ("model.md", lambda p: artifacts.write_text(p, "# model\n")),
+        ("history.csv", lambda p: artifacts.write_history_csv(p, {"loss": [1.0]})),
+        ("curves.png", lambda p: artifacts.plot_curves(p, {"loss": [1.0]}, "t")),
+    ],
+)
 def test_full_disk_keeps_the_previous_file_and_leaves_no_temp(tmp_path, monkeypatch, name, write):
     path = tmp_path / name
     path.write_text("previous")
@@ -372,6 +441,7 @@ def test_unwritable_folder_is_an_artifact_error(tmp_path, monkeypatch):
 
     def denied(*a, **k):
         raise PermissionError(errno.EACCES, "Permission denied")
+
     monkeypatch.setattr(artifacts.tempfile, "mkstemp", denied)
     with pytest.raises(ArtifactError, match="Permission denied"):
         artifacts.write_json(tmp_path / "metrics.json", {})
@@ -381,6 +451,7 @@ def test_ctrl_c_inside_a_write_leaves_no_temp(tmp_path):
     def interrupted(f):
         f.write(b"half")
         raise KeyboardInterrupt
+
     with pytest.raises(KeyboardInterrupt):
         artifacts.write_atomic(tmp_path / "metrics.json", interrupted)
     assert list(tmp_path.iterdir()) == []
@@ -389,13 +460,16 @@ def test_ctrl_c_inside_a_write_leaves_no_temp(tmp_path):
 def test_history_csv_keeps_its_format_and_takes_phases(tmp_path):
     plain = artifacts.write_history_csv(tmp_path / "a.csv", {"loss": [1.0, 0.5], "accuracy": [0.5, 0.7]})
     assert plain.read_text().splitlines() == ["epoch,loss,accuracy", "1,1.0,0.5", "2,0.5,0.7"]
-    phased = artifacts.write_history_csv(tmp_path / "b.csv", {"loss": [1.0, 0.5, 0.4]}, epochs=[1, 2, 3],
-                                         phases=[0, 0, 1])
+    phased = artifacts.write_history_csv(
+        tmp_path / "b.csv", {"loss": [1.0, 0.5, 0.4]}, epochs=[1, 2, 3], phases=[0, 0, 1]
+    )
     assert phased.read_text().splitlines() == ["epoch,phase,loss", "1,0,1.0", "2,0,0.5", "3,1,0.4"]
-    inline = artifacts.write_history_csv(tmp_path / "c.csv", {"epoch": [3, 4], "phase": ["deep", "deep"],
-                                                              "loss": [0.3]})
+    inline = artifacts.write_history_csv(
+        tmp_path / "c.csv", {"epoch": [3, 4], "phase": ["deep", "deep"], "loss": [0.3]}
+    )
     assert inline.read_text().splitlines() == ["epoch,phase,loss", "3,deep,0.3", "4,deep,"]
     from dynarch.report import _read_history
+
     assert _read_history(phased) == {"loss": [1.0, 0.5, 0.4]}
     loss = _read_history(inline)["loss"]  # a blank cell reads back as NaN
     assert loss[0] == 0.3 and np.isnan(loss[1])
@@ -406,8 +480,12 @@ def test_plot_marks_phase_boundaries(tmp_path, monkeypatch):
     real = artifacts.save_figure
     monkeypatch.setattr(artifacts, "save_figure", lambda fig, path: (seen.setdefault("fig", fig), real(fig, path))[1])
     history = {"loss": [1.0, 0.8, 0.6, 0.5], "val_accuracy": [0.5, 0.6, 0.7, 0.8]}
-    out = artifacts.plot_curves(tmp_path / "curves.png", history, "t",  # as train passes start_epoch
-                                boundaries=[(2, "deep"), (None, "never ran")])
+    out = artifacts.plot_curves(
+        tmp_path / "curves.png",
+        history,
+        "t",  # as train passes start_epoch
+        boundaries=[(2, "deep"), (None, "never ran")],
+    )
     assert out.read_bytes()[:4] == b"\x89PNG"
     for ax in seen["fig"].axes:
         assert [line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == ":"] == [2.5]

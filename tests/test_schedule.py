@@ -1,5 +1,6 @@
 """Schedules: the architecture changes during one run — weights, optimizer state, RNG and data position
 carried at each boundary, validated before TensorFlow, resumable anywhere."""
+
 import json
 import subprocess
 import sys
@@ -7,14 +8,21 @@ import sys
 import keras
 import numpy as np
 import pytest
-
 from conftest import ROOT, run_config
+
 from dynarch.checkpoint import load_checkpoint
 from dynarch.errors import ConfigError
 from dynarch.train import train
 
-SMALL = ["data=mnist_subset", "data.limit_train=600", "data.limit_test=200", "trainer.verbose=0",
-         "trainer.steps_per_execution=4", "trainer.batch_size=32", "trainer.checkpoint_every=8"]
+SMALL = [
+    "data=mnist_subset",
+    "data.limit_train=600",
+    "data.limit_test=200",
+    "trainer.verbose=0",
+    "trainer.steps_per_execution=4",
+    "trainer.batch_size=32",
+    "trainer.checkpoint_every=8",
+]
 
 
 def sha(run_dir):
@@ -25,8 +33,9 @@ def boundary_report(run_dir, k=1):
     return json.loads((run_dir / f"migration-phase-{k}.json").read_text())
 
 
-@pytest.mark.parametrize("optimizer", [[], ["optimizer=adam_cosine", "optimizer.warmup_steps=20",
-                                            "optimizer.decay_steps=60"]])
+@pytest.mark.parametrize(
+    "optimizer", [[], ["optimizer=adam_cosine", "optimizer.warmup_steps=20", "optimizer.decay_steps=60"]]
+)
 def test_a_boundary_that_changes_nothing_is_invisible(tmp_path, optimizer):
     """Weights, optimizer slots, step (so the learning-rate schedule's position), RNG and data position all
     cross the boundary exactly."""
@@ -39,11 +48,14 @@ def test_a_boundary_that_changes_nothing_is_invisible(tmp_path, optimizer):
     assert report["output_change"] == 0.0 and [p["epochs"] for p in metrics["phases"]] == [2, 1]
 
 
-@pytest.mark.parametrize("overrides,schedule", [
-    ([], "grow"),
-    (["model=cnn", "data.limit_train=200"], "cnn_widen"),
-    (["model=resnet_mlp"], "{phases:[{epochs:1},{model:{blocks:{res2:{enabled:true}}},epochs:1}]}"),
-])
+@pytest.mark.parametrize(
+    "overrides,schedule",
+    [
+        ([], "grow"),
+        (["model=cnn", "data.limit_train=200"], "cnn_widen"),
+        (["model=resnet_mlp"], "{phases:[{epochs:1},{model:{blocks:{res2:{enabled:true}}},epochs:1}]}"),
+    ],
+)
 def test_growth_preserves_the_function_at_the_boundary(tmp_path, overrides, schedule):
     metrics = train(run_config([*SMALL, *overrides, f"+schedule={schedule}"]), tmp_path / "run")
     report = boundary_report(tmp_path / "run")
@@ -83,8 +95,9 @@ def test_optimizer_slots_of_copied_variables_are_carried_exactly():
     rng = np.random.default_rng(0)
     x, y = rng.random((64, 28, 28, 1), np.float32), rng.integers(0, 10, 64)
     models[0].fit(x, y, batch_size=16, epochs=1, verbose=0)
-    migrate_boundary(models[0], models[1], run.phases[0], run.phases[1], new_blocks="identity", seed=1,
-                     lr_changed=False)
+    migrate_boundary(
+        models[0], models[1], run.phases[0], run.phases[1], new_blocks="identity", seed=1, lr_changed=False
+    )
     old, new = (optimizer_state_variables(m.optimizer) for m in models)
     assert int(new["iteration"].numpy()) == 4
     for key in ("dense_kernel_momentum", "dense_kernel_velocity", "head_bias_momentum", "head_kernel_velocity"):
@@ -94,11 +107,13 @@ def test_optimizer_slots_of_copied_variables_are_carried_exactly():
 
 def test_killed_during_the_migration_resumes_to_the_same_weights(tmp_path, monkeypatch):
     import dynarch.boundary
+
     reference, out = tmp_path / "ref", tmp_path / "run"
     train(run_config([*SMALL, "+schedule=grow"]), reference)
 
     def die(*args, **kwargs):
         raise RuntimeError("killed inside the boundary")
+
     with monkeypatch.context() as m:
         m.setattr(dynarch.boundary, "migrate_boundary", die)
         with pytest.raises(RuntimeError, match="killed inside the boundary"):
@@ -111,14 +126,16 @@ def test_killed_during_the_migration_resumes_to_the_same_weights(tmp_path, monke
 def test_plateau_ends_a_phase_and_the_run_grows(tmp_path):
     # min_delta 1.0 on val_accuracy: no epoch can improve on the first by that much, so the phase ends
     # after 1 + patience epochs, before its cap of 4.
-    schedule = ("{phases:[{until:{plateau:{monitor:val_accuracy,patience:1,min_delta:1.0},max_epochs:4}},"
-                "{arch:deep,epochs:1}]}")
+    schedule = (
+        "{phases:[{until:{plateau:{monitor:val_accuracy,patience:1,min_delta:1.0},max_epochs:4}},{arch:deep,epochs:1}]}"
+    )
     metrics = train(run_config([*SMALL, f"+schedule={schedule}"]), tmp_path / "run")
     assert [p["epochs"] for p in metrics["phases"]] == [2, 1] and metrics["epochs"] == 3
 
 
 def test_plateau_rule():
     from dynarch.schedule import Plateau
+
     rule = Plateau(monitor="val_loss", patience=2, min_delta=0.01)
     assert not rule.reached([1.0, 0.9, 0.895])
     assert rule.reached([1.0, 0.9, 0.895, 0.899])
@@ -133,18 +150,23 @@ def test_early_stopping_keeps_its_state_across_epochs(tmp_path):
     assert len((tmp_path / "run" / "history.csv").read_text().splitlines()) == 3
 
 
-@pytest.mark.parametrize("override,needles", [
-    ("schedule.phases.1.arch=nope", ["schedule.phases[1].arch", "no variant named 'nope'"]),
-    ("+schedule.phases.1.model={blocks:{extra:{units:-1}}}", ["schedule.phases[1].model.blocks.extra.units"]),
-    ("+schedule.phases.0.until={max_epochs:3}", ["schedule.phases[0]", "exactly one"]),
-    ("+schedule.phases.1.optimizer={lr:-1}", ["schedule.phases[1].optimizer.lr"]),
-])
+@pytest.mark.parametrize(
+    "override,needles",
+    [
+        ("schedule.phases.1.arch=nope", ["schedule.phases[1].arch", "no variant named 'nope'"]),
+        ("+schedule.phases.1.model={blocks:{extra:{units:-1}}}", ["schedule.phases[1].model.blocks.extra.units"]),
+        ("+schedule.phases.0.until={max_epochs:3}", ["schedule.phases[0]", "exactly one"]),
+        ("+schedule.phases.1.optimizer={lr:-1}", ["schedule.phases[1].optimizer.lr"]),
+    ],
+)
 def test_a_bad_schedule_fails_fast_without_tensorflow(tmp_path, override, needles):
-    code = ("import sys, runpy\n"
-            f"sys.argv = ['dynarch', '+schedule=grow', {override!r}, 'hydra.run.dir={tmp_path}/r']\n"
-            "try:\n    runpy.run_module('dynarch', run_name='__main__')\n"
-            "except SystemExit as e:\n    print('EXIT', e.code)\n"
-            "print('TF_IMPORTED' if 'tensorflow' in sys.modules else 'NO_TF')\n")
+    code = (
+        "import sys, runpy\n"
+        f"sys.argv = ['dynarch', '+schedule=grow', {override!r}, 'hydra.run.dir={tmp_path}/r']\n"
+        "try:\n    runpy.run_module('dynarch', run_name='__main__')\n"
+        "except SystemExit as e:\n    print('EXIT', e.code)\n"
+        "print('TF_IMPORTED' if 'tensorflow' in sys.modules else 'NO_TF')\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip().endswith("EXIT 2\nNO_TF"), proc.stdout[-800:] + proc.stderr[-800:]
     for needle in needles:
@@ -158,9 +180,22 @@ def test_schedule_errors_name_the_phase():
 
 
 def _cli(out, *extra):
-    return subprocess.Popen([sys.executable, "-m", "dynarch", *SMALL, "data.limit_train=1200", "+schedule=grow",
-                             f"hydra.run.dir={out}", *extra], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dynarch",
+            *SMALL,
+            "data.limit_train=1200",
+            "+schedule=grow",
+            f"hydra.run.dir={out}",
+            *extra,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.mark.slow
@@ -170,6 +205,7 @@ def test_sigkill_anywhere_in_a_scheduled_run_then_resume_is_bitwise_identical(tm
     import time
 
     from dynarch.resume import STATE_DIR, load_latest_state
+
     ref = tmp_path / "ref"
     assert _cli(ref).wait(timeout=300) == 0
     rng, phases_hit = random.Random(11), set()
@@ -197,10 +233,12 @@ def test_sigkill_anywhere_in_a_scheduled_run_then_resume_is_bitwise_identical(tm
 
 
 def test_inspect_shows_every_phase_without_tensorflow():
-    code = ("import sys, runpy\nsys.argv = ['inspect', '+schedule=grow']\n"
-            "try:\n    runpy.run_module('dynarch.inspect', run_name='__main__')\nexcept SystemExit as e:\n"
-            "    print('EXIT', e.code)\n"
-            "print('TF_IMPORTED' if 'tensorflow' in sys.modules else 'NO_TF')\n")
+    code = (
+        "import sys, runpy\nsys.argv = ['inspect', '+schedule=grow']\n"
+        "try:\n    runpy.run_module('dynarch.inspect', run_name='__main__')\nexcept SystemExit as e:\n"
+        "    print('EXIT', e.code)\n"
+        "print('TF_IMPORTED' if 'tensorflow' in sys.modules else 'NO_TF')\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     out = proc.stdout
     assert "EXIT 0" in out and out.strip().endswith("NO_TF"), out + proc.stderr
@@ -210,7 +248,10 @@ def test_inspect_shows_every_phase_without_tensorflow():
 
 
 def test_a_rest_phase_must_be_left_some_epochs():
-    with pytest.raises(ConfigError, match=r"(?s)trainer.epochs: the phases before the last.*can take 4 epochs"
-                                          r".*expected: trainer.epochs > 4"):
+    with pytest.raises(
+        ConfigError,
+        match=r"(?s)trainer.epochs: the phases before the last.*can take 4 epochs"
+        r".*expected: trainer.epochs > 4",
+    ):
         run_config(["+schedule=grow_on_plateau", "trainer.epochs=2"])
     assert run_config(["+schedule=grow_on_plateau", "trainer.epochs=5"]).total_epochs == 5

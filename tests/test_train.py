@@ -1,17 +1,24 @@
 """End to end: compose -> validate -> train -> run dir; and the real CLI in a subprocess."""
+
 import csv
 import json
 
 import numpy as np
-
 from conftest import TINY, cli
+
 from dynarch.checkpoint import load_checkpoint
 
 
 def test_tiny_run_writes_every_artifact_and_learns(tiny_run):
     metrics, out = tiny_run(["trainer.epochs=3"])
-    for name in ("model.md", "metrics.json", "history.csv", "curves.png", "checkpoint/weights.safetensors",
-                 "checkpoint/manifest.json"):
+    for name in (
+        "model.md",
+        "metrics.json",
+        "history.csv",
+        "curves.png",
+        "checkpoint/weights.safetensors",
+        "checkpoint/manifest.json",
+    ):
         assert (out / name).is_file(), name
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == metrics
@@ -58,7 +65,9 @@ def test_cli_trains_offline_into_hydra_run_dir(tmp_path):
 
 def test_fast_defaults_pick_threads_by_model_size():
     from conftest import run_config
+
     from dynarch.runtime.tensorflow import SMALL_MODEL_FLOPS, intra_op_threads
+
     mlp, cnn = run_config([]), run_config(["model=cnn"])
     assert mlp.arch.forward_flops == 2 * (784 * 128 + 128 * 10) < SMALL_MODEL_FLOPS < cnn.arch.forward_flops
     assert intra_op_threads(mlp.trainer, mlp.arch.forward_flops, has_gpu=False) == 1
@@ -70,8 +79,10 @@ def test_fast_defaults_pick_threads_by_model_size():
 
 def test_mixed_precision_keeps_a_float32_head(tiny_run):
     import keras
-    from dynarch.build import build_model
     from conftest import run_config
+
+    from dynarch.build import build_model
+
     metrics, out = tiny_run(["trainer.precision=mixed_bfloat16", "trainer.epochs=1"])
     try:
         assert keras.config.dtype_policy().name == "mixed_bfloat16"

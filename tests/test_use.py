@@ -3,6 +3,7 @@
 One tiny run is trained per module and shared; every command runs on it in-process (main(argv)) except one
 subprocess check per command for the `python -m` wiring.
 """
+
 import csv
 import importlib.util
 import json
@@ -14,7 +15,6 @@ import warnings
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, TINY
 
 from dynarch import evaluate, export, predict
@@ -28,6 +28,7 @@ def train_tiny(out, overrides=()):
 
     from dynarch.compose import compose_config, resolve_config
     from dynarch.train import train
+
     cfg, context = compose_config([*TINY, "trainer.epochs=1", *overrides])
     run, container = resolve_config(cfg, **context)
     return train(run, out, resolved_config=OmegaConf.to_yaml(container))
@@ -42,7 +43,9 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="module")
 def test_images():
     from conftest import run_config
+
     from dynarch.data import load_arrays
+
     arrays = load_arrays(run_config(TINY).data, 42)
     return arrays.test[0][:12], arrays.test[1][:12]
 
@@ -84,8 +87,12 @@ def test_evaluate_reproduces_the_runs_test_metrics_and_writes_a_report(trained, 
     rc, out, err = run_cli(evaluate, [run_dir], capsys)
     assert rc == 0, err
     (report_dir,) = sorted(run_dir.glob("eval-*"))
-    assert sorted(p.name for p in report_dir.iterdir()) == ["confusion.csv", "confusion.png", "report.json",
-                                                            "report.md"]
+    assert sorted(p.name for p in report_dir.iterdir()) == [
+        "confusion.csv",
+        "confusion.png",
+        "report.json",
+        "report.md",
+    ]
     report = json.loads((report_dir / "report.json").read_text())
     assert report["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
     assert report["loss"] == pytest.approx(metrics["test_loss"], rel=1e-4)
@@ -114,6 +121,7 @@ def test_evaluate_on_other_data_from_overrides_into_out(trained, tmp_path, capsy
 
 def test_predict_npz_images_and_folder(trained, test_images, tmp_path, capsys):
     from PIL import Image
+
     run_dir, _ = trained
     x, _ = test_images
     model, _ = load_run(run_dir)
@@ -122,14 +130,21 @@ def test_predict_npz_images_and_folder(trained, test_images, tmp_path, capsys):
     rc, out, err = run_cli(predict, [run_dir, "--input", tmp_path / "batch.npz", "--top-k", 3], capsys)
     assert rc == 0, err
     rows = list(csv.reader(out.splitlines()))
-    assert rows[0] == ["input", "top1_class", "top1_probability", "top2_class", "top2_probability", "top3_class",
-                       "top3_probability"]
+    assert rows[0] == [
+        "input",
+        "top1_class",
+        "top1_probability",
+        "top2_class",
+        "top2_probability",
+        "top3_class",
+        "top3_probability",
+    ]
     assert [int(r[1]) for r in rows[1:]] == expected.argmax(axis=1).tolist()
     assert [float(r[2]) for r in rows[1:]] == pytest.approx(expected.max(axis=1).tolist(), abs=1e-6)
     folder = tmp_path / "images"
     folder.mkdir()
-    Image.fromarray(x[0, :, :, 0]).save(folder / "a.png")                                   # exact size, gray
-    Image.fromarray(np.repeat(x[1], 3, axis=2)).save(folder / "b.jpg", quality=100)         # RGB -> gray
+    Image.fromarray(x[0, :, :, 0]).save(folder / "a.png")  # exact size, gray
+    Image.fromarray(np.repeat(x[1], 3, axis=2)).save(folder / "b.jpg", quality=100)  # RGB -> gray
     Image.fromarray(x[2, :, :, 0]).resize((56, 42), Image.Resampling.NEAREST).save(folder / "c.png")  # resized
     (folder / "notes.txt").write_text("ignored")
     out_json = tmp_path / "pred.json"
@@ -149,6 +164,7 @@ def test_export_keras_saved_model_and_litert_give_the_same_outputs(trained, test
     import tensorflow as tf
 
     from dynarch.checkpoint import load_keras
+
     run_dir, _ = trained
     model, _ = load_run(run_dir)
     x = scale_images(test_images[0])
@@ -187,6 +203,7 @@ def test_export_keras_saved_model_and_litert_give_the_same_outputs(trained, test
 def test_export_onnx_with_the_extra(trained, test_images, tmp_path, capsys):
     import onnx
     from onnx.reference import ReferenceEvaluator
+
     run_dir, _ = trained
     x = scale_images(test_images[0])
     rc, _, err = run_cli(export, [run_dir, "--format", "onnx", "--out", tmp_path / "m.onnx"], capsys)
@@ -214,16 +231,34 @@ def test_a_scheduled_run_loads_its_last_phase(tmp_path, capsys):
     assert json.loads(report.read_text())["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
 
 
-@pytest.mark.parametrize("module,args", [("evaluate", ["--out", "{tmp}/r"]), ("predict", ["--input", "{npz}"]),
-                                         ("export", ["--format", "keras", "--out", "{tmp}/m.keras"])])
+@pytest.mark.parametrize(
+    "module,args",
+    [
+        ("evaluate", ["--out", "{tmp}/r"]),
+        ("predict", ["--input", "{npz}"]),
+        ("export", ["--format", "keras", "--out", "{tmp}/m.keras"]),
+    ],
+)
 def test_python_m_entry_points(trained, tmp_path, module, args):
     np.savez(tmp_path / "one.npz", x=np.zeros((1, 28, 28, 1), np.uint8))
     argv = [a.format(tmp=tmp_path, npz=tmp_path / "one.npz") for a in args]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    ok = subprocess.run([sys.executable, "-m", f"dynarch.{module}", str(trained[0]), *argv], cwd=ROOT,
-                        capture_output=True, text=True, timeout=300, env=env)
+    ok = subprocess.run(
+        [sys.executable, "-m", f"dynarch.{module}", str(trained[0]), *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert ok.returncode == 0, ok.stderr[-2000:]
-    bad = subprocess.run([sys.executable, "-m", f"dynarch.{module}", str(tmp_path / "nope"), *argv], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300, env=env)
+    bad = subprocess.run(
+        [sys.executable, "-m", f"dynarch.{module}", str(tmp_path / "nope"), *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert bad.returncode == 2 and "error:" in bad.stderr and "fix:" in bad.stderr
     assert "Traceback" not in bad.stderr

@@ -5,6 +5,7 @@ import TensorFlow.
     arrays = load(run.data, run.seed)          # checked against data.input_shape / data.num_classes
     data = Pipelines(arrays, batch_size, seed) # .train(epoch, skip), .epoch_dataset(get_epoch), .val(), .test()
 """
+
 from __future__ import annotations
 
 import functools
@@ -15,8 +16,20 @@ from .catalog import KNOWN
 from .pipeline import Pipelines
 from .registry import check_config, get_source, sources
 
-__all__ = ["Arrays", "DataError", "KNOWN", "Pipelines", "Splits", "check_config", "epoch_order", "get_source",
-           "load", "load_arrays", "load_splits", "sources"]
+__all__ = [
+    "Arrays",
+    "DataError",
+    "KNOWN",
+    "Pipelines",
+    "Splits",
+    "check_config",
+    "epoch_order",
+    "get_source",
+    "load",
+    "load_arrays",
+    "load_splits",
+    "sources",
+]
 
 
 @functools.lru_cache(maxsize=2)

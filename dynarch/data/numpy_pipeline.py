@@ -14,6 +14,7 @@ config is validated, before the Keras backend is chosen.
 Augmentation (`data.augment`) is refused under these backends at config validation (config.py): its
 per-batch stateless seeding lives in tf.data today.
 """
+
 from __future__ import annotations
 
 import functools
@@ -39,8 +40,7 @@ def _batches_class() -> type:
         """Batches `0, 1, ...` of an order over (x, y); `order_of()` is read per batch (the epoch's order,
         cached by NumpyPipelines), so one instance serves every epoch of a `fit`."""
 
-        def __init__(self, xy: XY, batch_size: int, n_batches: int,
-                     order_of: Callable[[], np.ndarray]):
+        def __init__(self, xy: XY, batch_size: int, n_batches: int, order_of: Callable[[], np.ndarray]):
             super().__init__(workers=1, use_multiprocessing=False)  # in the training thread: no read-ahead
             self._x, self._y = xy
             self._batch_size, self._n_batches, self._order_of = batch_size, n_batches, order_of
@@ -51,8 +51,9 @@ def _batches_class() -> type:
         def __getitem__(self, index: int) -> XY:
             if index >= self._n_batches:
                 raise IndexError(index)
-            rows = self._order_of()[index * self._batch_size:(index + 1) * self._batch_size]
+            rows = self._order_of()[index * self._batch_size : (index + 1) * self._batch_size]
             return scale(self._x[rows]), self._y[rows]
+
     return Batches
 
 
@@ -81,7 +82,7 @@ class NumpyPipelines:
 
     def train(self, epoch: int, skip_batches: int = 0):
         """Epoch `epoch`'s batches, starting after `skip_batches` already-trained ones."""
-        order = self._order(epoch)[skip_batches * self.batch_size:]
+        order = self._order(epoch)[skip_batches * self.batch_size :]
         return _batches(self._train, self.batch_size, -(-len(order) // self.batch_size), lambda: order)
 
     def epoch_dataset(self, get_epoch: Callable[[], int]):

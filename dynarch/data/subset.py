@@ -5,6 +5,7 @@ The file `mnist_5k.npz` (x: 5000x28x28 uint8, y: 5000 uint8, in the original row
 from MNIST by Y. LeCun and C. Cortes, licensed CC BY-SA 3.0 (http://yann.lecun.com/exdb/mnist/).
 It is also the offline stand-in for `data.name=mnist`, and for nothing else.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 from ..errors import DataError
 from .arrays import Splits
 
-KEYS: tuple[str, ...] = ()         # no keys beyond the common ones
+KEYS: tuple[str, ...] = ()  # no keys beyond the common ones
 FILE = Path(__file__).with_name("mnist_5k.npz")
 NAME = "subset:mnist_5k"
 
@@ -25,8 +26,13 @@ def load_mnist_5k() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np
         with np.load(FILE, allow_pickle=False) as f:
             x, y = f["x"][..., None], f["y"].astype(np.int64)
     except (OSError, KeyError, ValueError) as e:
-        raise DataError(str(FILE), f"the shipped MNIST subset cannot be read ({e})", expected="the package's file",
-                        received="a missing or damaged file", fix="reinstall dynarch (pip install -e .)") from None
+        raise DataError(
+            str(FILE),
+            f"the shipped MNIST subset cannot be read ({e})",
+            expected="the package's file",
+            received="a missing or damaged file",
+            fix="reinstall dynarch (pip install -e .)",
+        ) from None
     rng = np.random.default_rng(0)  # fixed: the test split must not depend on the run's seed
     test_idx = np.concatenate([rng.choice(np.flatnonzero(y == c), 100, replace=False) for c in range(10)])
     train_mask = np.ones(len(y), bool)
@@ -38,9 +44,14 @@ def load_mnist_5k() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np
 def check(cfg) -> None:
     if cfg.name not in ("mnist_subset", "mnist_5k"):
         from ..errors import ConfigError
-        raise ConfigError("data.name", "the subset source holds only the 5,000 MNIST digits",
-                          expected="mnist_subset", received=cfg.name,
-                          fix="drop data.name, or use data=mnist data.name=NAME for a TFDS dataset")
+
+        raise ConfigError(
+            "data.name",
+            "the subset source holds only the 5,000 MNIST digits",
+            expected="mnist_subset",
+            received=cfg.name,
+            fix="drop data.name, or use data=mnist data.name=NAME for a TFDS dataset",
+        )
 
 
 def load_splits(cfg) -> Splits:

@@ -5,6 +5,7 @@ dataset's own metadata once it is loaded. The download host is probed first beca
 minutes offline. Offline and not prepared, only MNIST has a stand-in (the shipped 5,000 digits, recorded
 as such in metrics.json); every other dataset is a clear error with the remedies.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +14,9 @@ import re
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
 import dynarch.data.catalog as catalog
+
+from ..errors import ConfigError, DataError
 from .arrays import Splits
 from .probe import probe
 
@@ -32,46 +34,64 @@ def base_name(name: str) -> str:
 def resolve(cfg):
     """Fill data.input_shape / data.num_classes from the table when left null; refuse unknown names."""
     if not NAME.match(cfg.name):
-        raise ConfigError("data.name", f"'{cfg.name}' is not a TFDS dataset name",
-                          expected="a TFDS name such as mnist, cifar10 or emnist/digits (optionally :VERSION)",
-                          received=cfg.name, fix="set data.name=cifar10 (see dynarch/data/catalog.py for the table)")
+        raise ConfigError(
+            "data.name",
+            f"'{cfg.name}' is not a TFDS dataset name",
+            expected="a TFDS name such as mnist, cifar10 or emnist/digits (optionally :VERSION)",
+            received=cfg.name,
+            fix="set data.name=cifar10 (see dynarch/data/catalog.py for the table)",
+        )
     entry = catalog.known(base_name(cfg.name))
     if entry is None and (cfg.input_shape is None or cfg.num_classes is None):
         near = catalog.closest(base_name(cfg.name))
         hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
-        raise ConfigError("data.name", f"'{cfg.name}' is not in dynarch's table of datasets, so its shape and "
-                          f"classes are not known before loading.{hint}",
-                          expected=f"one of {', '.join(catalog.KNOWN)}; or any TFDS image-classification dataset "
-                                   "with data.input_shape and data.num_classes set", received=cfg.name,
-                          fix=(f"data.name={near[0]}" if near else "pick a listed name") + ", or add "
-                              "data.input_shape=[H,W,C] data.num_classes=N for another TFDS dataset")
+        raise ConfigError(
+            "data.name",
+            f"'{cfg.name}' is not in dynarch's table of datasets, so its shape and "
+            f"classes are not known before loading.{hint}",
+            expected=f"one of {', '.join(catalog.KNOWN)}; or any TFDS image-classification dataset "
+            "with data.input_shape and data.num_classes set",
+            received=cfg.name,
+            fix=(f"data.name={near[0]}" if near else "pick a listed name") + ", or add "
+            "data.input_shape=[H,W,C] data.num_classes=N for another TFDS dataset",
+        )
     if entry is not None:
-        cfg = dataclasses.replace(cfg, input_shape=cfg.input_shape or entry.input_shape,
-                                  num_classes=cfg.num_classes or entry.num_classes)
+        cfg = dataclasses.replace(
+            cfg, input_shape=cfg.input_shape or entry.input_shape, num_classes=cfg.num_classes or entry.num_classes
+        )
     return cfg
 
 
 def _remedies(cfg, where: str, why: str) -> DataError:
     name = cfg.name
     stand_in = " (offline stand-in disabled: data.offline_fallback=false)" if name in catalog.OFFLINE_STAND_IN else ""
-    return DataError("data.name", f"TFDS '{name}' is not prepared in {where} and the network is unreachable: "
-                     f"{why}{stand_in}. Only MNIST has an offline stand-in; dynarch never trains on other data "
-                     "than the one asked for", expected="a prepared dataset or network access", received="neither",
-                     fix=f"data.data_dir=DIR of a prepared TFDS folder (`tfds build {name}` on a connected machine, "
-                         "then copy ~/tensorflow_datasets), or your own files: data=idx|npz|folder data.path=...")
+    return DataError(
+        "data.name",
+        f"TFDS '{name}' is not prepared in {where} and the network is unreachable: "
+        f"{why}{stand_in}. Only MNIST has an offline stand-in; dynarch never trains on other data "
+        "than the one asked for",
+        expected="a prepared dataset or network access",
+        received="neither",
+        fix=f"data.data_dir=DIR of a prepared TFDS folder (`tfds build {name}` on a connected machine, "
+        "then copy ~/tensorflow_datasets), or your own files: data=idx|npz|folder data.path=...",
+    )
 
 
 def _builder(cfg):
     import tensorflow_datasets as tfds
+
     try:
         return tfds.builder(cfg.name, data_dir=cfg.data_dir)
     except (tfds.core.registered.DatasetNotFoundError, ValueError, KeyError) as e:
         known = tfds.list_builders(with_community_datasets=False)
         near = catalog.closest(base_name(cfg.name).split("/")[0], known)
-        raise DataError("data.name", f"TFDS has no dataset '{cfg.name}' ({str(e).splitlines()[0][:200]}).",
-                        expected="a TFDS builder name, e.g. " + ", ".join(near or ["mnist", "cifar10"]),
-                        received=cfg.name, fix=f"data.name={near[0]}" if near else "pick a name from "
-                        "https://www.tensorflow.org/datasets/catalog") from None
+        raise DataError(
+            "data.name",
+            f"TFDS has no dataset '{cfg.name}' ({str(e).splitlines()[0][:200]}).",
+            expected="a TFDS builder name, e.g. " + ", ".join(near or ["mnist", "cifar10"]),
+            received=cfg.name,
+            fix=f"data.name={near[0]}" if near else "pick a name from https://www.tensorflow.org/datasets/catalog",
+        ) from None
 
 
 def _check_metadata(cfg, builder) -> tuple[str, str]:
@@ -79,23 +99,35 @@ def _check_metadata(cfg, builder) -> tuple[str, str]:
     info = builder.info
     keys = info.supervised_keys
     if not keys or len(keys) != 2 or not all(isinstance(k, str) for k in keys):
-        raise DataError("data.name", f"TFDS '{cfg.name}' is not an (image, label) dataset",
-                        expected="an image-classification dataset", received=f"supervised keys {keys}",
-                        fix="use an image-classification dataset, or data=npz/folder with your own arrays")
+        raise DataError(
+            "data.name",
+            f"TFDS '{cfg.name}' is not an (image, label) dataset",
+            expected="an image-classification dataset",
+            received=f"supervised keys {keys}",
+            fix="use an image-classification dataset, or data=npz/folder with your own arrays",
+        )
     shape = tuple(info.features[keys[0]].shape)
     classes = getattr(info.features[keys[1]], "num_classes", None)
     if shape != tuple(cfg.input_shape) or classes != cfg.num_classes:
-        raise DataError("data.name", f"TFDS '{cfg.name}' holds {list(shape)} images in {classes} classes, but the "
-                        f"config says data.input_shape={list(cfg.input_shape)}, data.num_classes={cfg.num_classes}",
-                        expected=f"input_shape {list(cfg.input_shape)}, {cfg.num_classes} classes",
-                        received=f"input_shape {list(shape)}, {classes} classes",
-                        fix=f"set data.input_shape={list(shape)} data.num_classes={classes} (or leave both null)"
-                        if None not in shape else "a variable-size dataset: resize it into data=folder or data=npz")
+        raise DataError(
+            "data.name",
+            f"TFDS '{cfg.name}' holds {list(shape)} images in {classes} classes, but the "
+            f"config says data.input_shape={list(cfg.input_shape)}, data.num_classes={cfg.num_classes}",
+            expected=f"input_shape {list(cfg.input_shape)}, {cfg.num_classes} classes",
+            received=f"input_shape {list(shape)}, {classes} classes",
+            fix=f"set data.input_shape={list(shape)} data.num_classes={classes} (or leave both null)"
+            if None not in shape
+            else "a variable-size dataset: resize it into data=folder or data=npz",
+        )
     missing = [s for s in ("train", "test") if s not in info.splits]
     if missing and list(info.splits):  # empty: split metadata unknown here (e.g. mock data); reading will tell
-        raise DataError("data.name", f"TFDS '{cfg.name}' has no {' or '.join(missing)} split",
-                        expected="train and test splits", received=f"splits {list(info.splits)}",
-                        fix="export the splits you want into data=npz (x_train, y_train, x_test, y_test)")
+        raise DataError(
+            "data.name",
+            f"TFDS '{cfg.name}' has no {' or '.join(missing)} split",
+            expected="train and test splits",
+            received=f"splits {list(info.splits)}",
+            fix="export the splits you want into data=npz (x_train, y_train, x_test, y_test)",
+        )
     return keys[0], keys[1]
 
 
@@ -111,16 +143,26 @@ def _prepare(cfg, builder) -> Splits | None:
         try:
             builder.download_and_prepare()
         except Exception as e:  # network drop mid-download, checksum, disk: TFDS raises many kinds
-            raise DataError("data.name", f"downloading TFDS '{cfg.name}' failed: {type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:300] if str(e) else ''}", expected="a completed download",
-                            received="an error", fix="retry, or prepare it elsewhere and set data.data_dir") from None
+            raise DataError(
+                "data.name",
+                f"downloading TFDS '{cfg.name}' failed: {type(e).__name__}: "
+                f"{str(e).splitlines()[0][:300] if str(e) else ''}",
+                expected="a completed download",
+                received="an error",
+                fix="retry, or prepare it elsewhere and set data.data_dir",
+            ) from None
         return None
     stand_in = catalog.OFFLINE_STAND_IN.get(cfg.name)
     if stand_in is None or not cfg.offline_fallback:
         raise _remedies(cfg, str(builder.data_dir), why)
     from .subset import load_mnist_5k
-    log.warning("TFDS %s is not prepared and %s: using the 5,000 real MNIST digits shipped with dynarch "
-                "instead (recorded as the data source in metrics.json)", cfg.name, why)
+
+    log.warning(
+        "TFDS %s is not prepared and %s: using the 5,000 real MNIST digits shipped with dynarch "
+        "instead (recorded as the data source in metrics.json)",
+        cfg.name,
+        why,
+    )
     train, test = load_mnist_5k()
     return Splits(train, test, f"{stand_in} (offline stand-in for tfds:{cfg.name})")
 
@@ -138,9 +180,13 @@ def load_splits(cfg) -> Splits:
         try:
             ds = builder.as_dataset(split=name, as_supervised=True)
         except (ValueError, KeyError) as e:  # e.g. no such split
-            raise DataError("data.name", f"TFDS '{cfg.name}' cannot give the {split} split ({str(e)[:200]})",
-                            expected="train and test splits", received=f"splits {list(builder.info.splits)}",
-                            fix="export the splits you want into data=npz (x_train, y_train, x_test, y_test)") from None
+            raise DataError(
+                "data.name",
+                f"TFDS '{cfg.name}' cannot give the {split} split ({str(e)[:200]})",
+                expected="train and test splits",
+                received=f"splits {list(builder.info.splits)}",
+                fix="export the splits you want into data=npz (x_train, y_train, x_test, y_test)",
+            ) from None
         # Large batches, then concatenate: batch_size=-1 aborts inside TF under tfds.testing.mock_data.
         batches = list(_numpy(ds.batch(8192)))
         x = np.concatenate([b[0] for b in batches]).astype(np.uint8)
@@ -151,4 +197,5 @@ def load_splits(cfg) -> Splits:
 
 def _numpy(ds):
     import tensorflow_datasets as tfds
+
     return tfds.as_numpy(ds)

@@ -4,6 +4,7 @@ Like Keras' own `backend/<name>/` layout, each backend is one module implementin
 below; nothing outside `dynarch/runtime/` touches `tf.`/`jax.` directly: tensorflow.py and jax.py today;
 another backend is another module and one line in `get_runtime`.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ContextManager, Protocol
@@ -46,8 +47,10 @@ def get_runtime(name: str = "tensorflow") -> Runtime:
     use_backend(name)
     if name == "tensorflow":
         from .tensorflow import TensorFlowRuntime
+
         return TensorFlowRuntime()
     if name == "jax":
         from .jax import JaxRuntime
+
         return JaxRuntime()
     raise ValueError(f"no runtime for backend {name!r}")

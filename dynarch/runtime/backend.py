@@ -1,5 +1,6 @@
 """Which Keras backend a run uses, decided from the config alone before any framework is imported
 (config.py calls `resolve_backend`; the entry point and `get_runtime` call `use_backend`). Pure Python."""
+
 from __future__ import annotations
 
 import os
@@ -9,12 +10,13 @@ from typing import Any
 from ..errors import ConfigError, DataError
 
 BACKENDS = ("tensorflow", "jax")
-EXTRA = {"jax": "jax", "tensorflow": "tensorflow"}   # the package each backend needs (pip install 'dynarch[jax]')
+EXTRA = {"jax": "jax", "tensorflow": "tensorflow"}  # the package each backend needs (pip install 'dynarch[jax]')
 
 
 def _installed(module: str) -> bool:
     """Whether `module` can be imported, without importing it (a module blocked in sys.modules counts as absent)."""
     import importlib.util
+
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # ValueError: sys.modules[module] is None or has no spec
@@ -37,28 +39,51 @@ def resolve_backend(value: Any, data: Any) -> str:
         env = os.environ.get("KERAS_BACKEND", "").strip()
         value, where = (env, "KERAS_BACKEND") if env else ("tensorflow", where)
     if value not in BACKENDS:
-        why = ("the PyTorch backend is not supported by dynarch yet" if value == "torch"
-               else f"unknown Keras backend '{value}'")
-        raise ConfigError(where, why, expected=" or ".join(BACKENDS), received=value,
-                          fix="set backend=tensorflow or backend=jax" + (" (or unset KERAS_BACKEND)"
-                                                                         if where == "KERAS_BACKEND" else ""))
+        why = (
+            "the PyTorch backend is not supported by dynarch yet"
+            if value == "torch"
+            else f"unknown Keras backend '{value}'"
+        )
+        raise ConfigError(
+            where,
+            why,
+            expected=" or ".join(BACKENDS),
+            received=value,
+            fix="set backend=tensorflow or backend=jax"
+            + (" (or unset KERAS_BACKEND)" if where == "KERAS_BACKEND" else ""),
+        )
     if not _installed(EXTRA[value]):
-        raise ConfigError(where, f"the {value} backend is not installed", expected=f"the '{EXTRA[value]}' package",
-                          received="not importable", fix=f"pip install 'dynarch[{value}]'" if value != "tensorflow"
-                          else "pip install dynarch (TensorFlow is its default dependency)")
+        raise ConfigError(
+            where,
+            f"the {value} backend is not installed",
+            expected=f"the '{EXTRA[value]}' package",
+            received="not importable",
+            fix=f"pip install 'dynarch[{value}]'"
+            if value != "tensorflow"
+            else "pip install dynarch (TensorFlow is its default dependency)",
+        )
     if value != "tensorflow":
         if getattr(data, "augment", None):
-            raise ConfigError("data.augment", f"augmentation runs in the tf.data pipeline, which backend={value} "
-                              "does not use", expected="no data.augment with this backend", received="augment layers",
-                              fix="drop data.augment (data.augment=null), or use backend=tensorflow")
-        if getattr(data, "loader", None) == "tfds" and not (_installed("tensorflow_datasets") and
-                                                            _installed("tensorflow")):
-            raise DataError("data", f"data.loader=tfds ('{getattr(data, 'name', '?')}') needs TensorFlow and "
-                            f"tensorflow-datasets, which are not installed here (backend={value} does not need "
-                            "them otherwise)", expected="a source without TensorFlow: data=idx|npz|folder|mnist_subset",
-                            received="data.loader=tfds",
-                            fix="export the dataset to files on a machine with TFDS and use data=npz data.path=FILE "
-                                "(or data=idx / data=folder), or install tensorflow and tensorflow-datasets")
+            raise ConfigError(
+                "data.augment",
+                f"augmentation runs in the tf.data pipeline, which backend={value} does not use",
+                expected="no data.augment with this backend",
+                received="augment layers",
+                fix="drop data.augment (data.augment=null), or use backend=tensorflow",
+            )
+        if getattr(data, "loader", None) == "tfds" and not (
+            _installed("tensorflow_datasets") and _installed("tensorflow")
+        ):
+            raise DataError(
+                "data",
+                f"data.loader=tfds ('{getattr(data, 'name', '?')}') needs TensorFlow and "
+                f"tensorflow-datasets, which are not installed here (backend={value} does not need "
+                "them otherwise)",
+                expected="a source without TensorFlow: data=idx|npz|folder|mnist_subset",
+                received="data.loader=tfds",
+                fix="export the dataset to files on a machine with TFDS and use data=npz data.path=FILE "
+                "(or data=idx / data=folder), or install tensorflow and tensorflow-datasets",
+            )
     return value
 
 
@@ -71,7 +96,11 @@ def use_backend(name: str) -> None:
         return
     current = keras.backend.backend()
     if current != name:
-        raise ConfigError("backend", f"Keras already runs on {current} in this process; it cannot switch to {name}",
-                          expected=f"backend={current} (or a fresh process)", received=name,
-                          fix=f"run `python -m dynarch backend={name} ...` in its own process (not in one sweep with "
-                              f"another backend), or set KERAS_BACKEND={name} before importing keras")
+        raise ConfigError(
+            "backend",
+            f"Keras already runs on {current} in this process; it cannot switch to {name}",
+            expected=f"backend={current} (or a fresh process)",
+            received=name,
+            fix=f"run `python -m dynarch backend={name} ...` in its own process (not in one sweep with "
+            f"another backend), or set KERAS_BACKEND={name} before importing keras",
+        )

@@ -5,6 +5,7 @@ On a CPU-only machine `trainer.logical_cpus=N` splits the CPU into N logical dev
 mirrored path runs (and is tested) exactly as on N GPUs. Several machines (MultiWorkerMirroredStrategy)
 are refused at config validation: Keras 3's fit cannot run it (keras-team/keras#20585).
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,13 +50,19 @@ def make_strategy(trainer: TrainerConfig) -> tuple[Any, str]:
         kind = "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "default"
     if kind == "multi_worker":  # refused at config validation too; never silently fall back to one device
         from ..errors import ConfigError
-        raise ConfigError("trainer.strategy", "multi_worker is not supported by Keras 3's fit in this version",
-                          expected="default or mirrored", received="multi_worker",
-                          fix="use mirrored on each machine, or spread a sweep over machines with "
-                              "hydra/launcher=slurm (keras-team/keras#20585 tracks multi-worker fit)")
+
+        raise ConfigError(
+            "trainer.strategy",
+            "multi_worker is not supported by Keras 3's fit in this version",
+            expected="default or mirrored",
+            received="multi_worker",
+            fix="use mirrored on each machine, or spread a sweep over machines with "
+            "hydra/launcher=slurm (keras-team/keras#20585 tracks multi-worker fit)",
+        )
     if kind == "mirrored":
-        devices = ([d.name for d in tf.config.list_logical_devices("GPU")]
-                   or [d.name for d in tf.config.list_logical_devices("CPU")])
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [
+            d.name for d in tf.config.list_logical_devices("CPU")
+        ]
         strategy = tf.distribute.MirroredStrategy(devices=devices)
         return strategy, f"mirrored over {strategy.num_replicas_in_sync} devices ({', '.join(devices)})"
     return tf.distribute.get_strategy(), "default (one device)"
@@ -74,8 +81,11 @@ class TensorFlowRuntime:
             try:
                 tf.config.threading.set_intra_op_parallelism_threads(threads)
             except RuntimeError:  # TF fixes its thread pools at first use: later jobs in a process keep them
-                log.warning("intra-op threads stay at %d for this process (asked for %d): TensorFlow is already "
-                            "initialized", tf.config.threading.get_intra_op_parallelism_threads(), threads)
+                log.warning(
+                    "intra-op threads stay at %d for this process (asked for %d): TensorFlow is already initialized",
+                    tf.config.threading.get_intra_op_parallelism_threads(),
+                    threads,
+                )
         self._strategy, self._strategy_text = make_strategy(trainer)
         keras.backend.clear_session()  # several jobs in one process (sweeps) must not share graph state
         keras.mixed_precision.set_global_policy(trainer.precision)  # after clear_session, which resets it
@@ -106,8 +116,11 @@ class TensorFlowRuntime:
         if requested > 1 and replicas > 1:
             # Keras 3.15 on TF 2.21 fails with "You must feed a value for placeholder tensor 'while/cond/...'"
             # when several steps run per call under a multi-replica strategy (keras-team/keras#19246).
-            log.warning("steps_per_execution=%d is not supported with several replicas in this Keras version "
-                        "(keras-team/keras#19246): using 1", requested)
+            log.warning(
+                "steps_per_execution=%d is not supported with several replicas in this Keras version "
+                "(keras-team/keras#19246): using 1",
+                requested,
+            )
             return 1
         return requested
 

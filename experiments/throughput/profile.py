@@ -1,7 +1,8 @@
 """Where the time goes in one MLP run of the dynarch runner: pyinstrument over `dynarch.train.train`.
 
-    .venv/bin/python experiments/throughput/profile.py      # writes profile.txt beside this file
+.venv/bin/python experiments/throughput/profile.py      # writes profile.txt beside this file
 """
+
 import os
 import sys
 import tempfile
@@ -23,9 +24,9 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="dynarch-profile-"))
     write_idx(tmp, 48000)
-    run = compose_run(["data=idx", f"data.path={tmp}", "data.val_fraction=0", "trainer.epochs=4",
-                       "trainer.verbose=0"])
+    run = compose_run(["data=idx", f"data.path={tmp}", "data.val_fraction=0", "trainer.epochs=4", "trainer.verbose=0"])
     import tensorflow  # noqa: F401  (import time is not the runner's)
+
     profiler = Profiler(interval=0.001)
     profiler.start()
     metrics = train(run, tmp / "run")
@@ -33,8 +34,9 @@ def main() -> None:
     text = profiler.output_text(unicode=False, color=False, show_all=False)
     (HERE / "profile.txt").write_text(text)
     print(text[:6000])
-    print(f"samples/s {metrics['samples_per_s']:,.0f}, train {metrics['train_time_s']} s, "
-          f"wall {metrics['wall_time_s']} s")
+    print(
+        f"samples/s {metrics['samples_per_s']:,.0f}, train {metrics['train_time_s']} s, wall {metrics['wall_time_s']} s"
+    )
 
 
 if __name__ == "__main__":

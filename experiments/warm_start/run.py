@@ -5,6 +5,7 @@ Test accuracy is measured before training (epoch 0) and after every epoch. Offli
 
     .venv/bin/python experiments/warm_start/run.py [--epochs 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,6 +52,7 @@ def main() -> None:
     common = ["data=mnist_subset", "trainer.verbose=0"]
 
     from dynarch.train import train
+
     base_dir = HERE / "_base_run"
     shutil.rmtree(base_dir, ignore_errors=True)  # the study's own scratch run, rebuilt every time
     base_metrics = train(compose_run([*common, f"trainer.epochs={args.epochs}"]), base_dir)
@@ -67,19 +69,32 @@ def main() -> None:
             rows.append((label, mode, accs, reach, counts))
             print(label, mode, [round(a, 4) for a in accs], "reach:", reach, counts, flush=True)
 
-    header = "| variant | start | " + " | ".join(f"ep {i}" for i in range(args.epochs + 1)) + \
-             " | epochs to base acc | migration (copied/adapted/reinit/dropped) |"
+    header = (
+        "| variant | start | "
+        + " | ".join(f"ep {i}" for i in range(args.epochs + 1))
+        + " | epochs to base acc | migration (copied/adapted/reinit/dropped) |"
+    )
     lines = [header, "|" + "---|" * (args.epochs + 5)]
     for label, mode, accs, reach, counts in rows:
-        mig = "—" if counts is None else "/".join(str(counts[k]) for k in ("copied", "adapted", "reinitialized", "dropped"))
-        lines.append(f"| {label} | {mode} | " + " | ".join(f"{a:.4f}" for a in accs) +
-                     f" | {'not reached' if reach is None else reach} | {mig} |")
+        mig = (
+            "—"
+            if counts is None
+            else "/".join(str(counts[k]) for k in ("copied", "adapted", "reinitialized", "dropped"))
+        )
+        lines.append(
+            f"| {label} | {mode} | "
+            + " | ".join(f"{a:.4f}" for a in accs)
+            + f" | {'not reached' if reach is None else reach} | {mig} |"
+        )
     table = "\n".join(lines)
-    (HERE / "results.json").write_text(json.dumps({"base_test_accuracy": target, "curves": curves,
-                                                   "epochs": args.epochs}, indent=2))
+    (HERE / "results.json").write_text(
+        json.dumps({"base_test_accuracy": target, "curves": curves, "epochs": args.epochs}, indent=2)
+    )
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, accs in curves.items():
         ax.plot(range(len(accs)), accs, "-o" if "migrated" in name else "--x", label=name, markersize=4)
