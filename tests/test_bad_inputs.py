@@ -387,6 +387,7 @@ def test_ctrl_c_while_hydra_starts_is_one_line_and_exit_130(tmp_path, monkeypatc
 
     def interrupted():
         raise KeyboardInterrupt
+
     monkeypatch.setattr(entry, "hydra_main", interrupted)
     monkeypatch.setattr(sys, "argv", ["dynarch", *TINY, f"hydra.run.dir={tmp_path}/run"])
     with pytest.raises(SystemExit) as exit_:
