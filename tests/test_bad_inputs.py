@@ -15,20 +15,9 @@ import numpy as np
 import pytest
 from conftest import ROOT, TINY, run_config
 from datagen import make_idx_folder
-from test_migrate import make_source
+from helpers import Case, make_source, snapshot
 
 from dynarch.errors import DynarchError
-
-
-def snapshot(root):
-    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-class Case:
-    """prepare(tmp) -> extra overrides (files made outside the run dir); then act(tmp, extra) must fail."""
-
-    def __init__(self, act, prepare=None):
-        self.act, self.prepare = act, prepare or (lambda tmp: [])
 
 
 def config_case(*overrides):
@@ -237,10 +226,6 @@ def test_cli_errors_have_no_traceback(tmp_path, args, needle):
     assert proc.returncode == 2
     assert needle in proc.stderr and "fix:" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "run" / "checkpoint").exists()
-
-
-def test_catalogue_is_big_enough():
-    assert len(CASES) + 1 >= 25
 
 
 # Command lines refused before Hydra runs (pre-flight): config folders whose files would reach hydra.* (callbacks

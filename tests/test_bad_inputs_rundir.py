@@ -12,7 +12,7 @@ from unittest import mock
 
 import pytest
 from conftest import ROOT
-from test_bad_inputs import Case, snapshot
+from helpers import Case, snapshot
 
 from dynarch import artifacts
 from dynarch.errors import DynarchError

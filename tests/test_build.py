@@ -4,12 +4,12 @@ import keras
 import numpy as np
 import pytest
 from conftest import ARCHS, MODELS, run_config
-from test_spec import _fits
+from helpers import fits
 
 from dynarch import blocks, build
 from dynarch.build import build_model, find_layer, model_table
 
-VALID = [(m, a) for m in MODELS for a in [None, *ARCHS] if _fits(m, a)]
+VALID = [(m, a) for m in MODELS for a in [None, *ARCHS] if fits(m, a)]
 
 
 def spec_for(model, arch=None):

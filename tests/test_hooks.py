@@ -5,31 +5,16 @@ its metric and loads, ReduceLROnPlateau's state round-trips, TensorBoard writes 
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import CONF, ROOT, TINY, run_config
+from helpers import compose_groups
 
 from dynarch.hooks import CallbackSpec, callback_states, parse_callbacks, restore_callback_states
-
-
-def compose_groups(tmp_path: Path, overrides: list[str]) -> dict:
-    """Compose conf/callbacks and conf/logger under a primary config with the defaults the lead wires in
-    (`- callbacks: default`, `- logger: null`), independent of conf/config.yaml."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    conf = tmp_path / "conf"
-    for group in ("callbacks", "logger"):
-        shutil.copytree(CONF / group, conf / group, dirs_exist_ok=True)
-    (conf / "config.yaml").write_text("defaults:\n  - callbacks: default\n  - logger: null\n  - _self_\n")
-    with initialize_config_dir(str(conf), version_base="1.3"):
-        return OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
 
 
 def test_shipped_callbacks_compose_and_parse(tmp_path):

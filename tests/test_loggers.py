@@ -10,7 +10,7 @@ import logging
 
 import pytest
 from conftest import TINY, run_config
-from test_hooks import compose_groups
+from helpers import compose_groups
 
 from dynarch.loggers import build_loggers, close_loggers, flatten_config, parse_loggers
 

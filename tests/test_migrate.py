@@ -8,32 +8,12 @@ import keras
 import numpy as np
 import pytest
 from conftest import ROOT, run_config
+from helpers import make_source
 
 from dynarch.build import build_model
 from dynarch.checkpoint import load_checkpoint, model_tensors, save_checkpoint
 from dynarch.errors import CheckpointError
 from dynarch.migrate import migrate_model
-
-
-def make_source(tmp_path, overrides=(), name="src"):
-    """A checkpoint of a built (untrained, biases perturbed) model: as a real run would leave it."""
-    run = run_config(list(overrides))
-    model = build_model(run.arch)
-    rng = np.random.default_rng(1)
-    for v in model.weights:
-        if v.path.endswith("bias"):
-            v.assign(rng.normal(0, 0.1, v.shape).astype("float32"))
-    save_checkpoint(
-        tmp_path / name / "checkpoint",
-        model_tensors(model),
-        {
-            "model": run.arch.name,
-            "variant": run.variant,
-            "num_classes": run.arch.num_classes,
-            "input_shape": list(run.arch.input_shape),
-        },
-    )
-    return tmp_path / name, model
 
 
 def logits(model, x):

@@ -4,7 +4,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ARCHS, MODELS, ROOT, cli, compose_cfg, run_config
+from conftest import ARCHS, MODELS, ROOT, cli, run_config
+from helpers import fits
 
 from dynarch.errors import ConfigError
 from dynarch.spec import describe, parse_arch, table_rows
@@ -132,16 +133,11 @@ def test_bad_run_config(overrides, needles):
         assert needle in str(err.value), str(err.value)
 
 
-def _fits(model, arch):
-    """From the layout: conf/arch/<model>/NAME.yaml fits <model>."""
-    return arch is None or arch.split("/")[0] == model
-
-
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("arch", [None, *ARCHS])
 def test_every_model_arch_combination_validates_or_says_why(model, arch):
     overrides = [f"model={model}"] + ([f"+arch={arch}"] if arch else [])
-    if _fits(model, arch):
+    if fits(model, arch):
         run = run_config(overrides)
         assert run.arch.output_shape in ((10,), None)
         assert run.variant == (arch or "base").split("/")[-1]
@@ -198,12 +194,15 @@ def test_cfg_job_prints_the_patched_config():
 
 
 def test_arch_is_not_in_primary_defaults():
-    cfg = compose_cfg([])
-    assert "arch" not in cfg
-    text = (ROOT / "conf" / "config.yaml").read_text()
-    assert "arch" not in [
-        line.strip(" -").split(":")[0] for line in text.split("defaults:")[1].split("\n\n")[0].splitlines()
-    ]
+    """`+arch=NAME` appends a variant only while `arch` is not in the defaults list; Hydra's recorded choices
+    show it (a `- arch: mlp/deep` default would put `arch` there; the composed config would not show it,
+    since a variant is `@package _global_`)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        choices = compose("config", return_hydra_config=True).hydra.runtime.choices
+        appended = compose("config", overrides=["+arch=mlp/deep"], return_hydra_config=True).hydra.runtime.choices
+    assert "arch" not in choices and appended["arch"] == "mlp/deep"
 
 
 def test_inspect_prints_the_table_without_tensorflow():

@@ -1,0 +1,65 @@
+"""Helpers shared by several test modules (test modules never import each other)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+from conftest import CONF, run_config
+
+
+def snapshot(root):
+    """SHA-256 of every file under `root`: compare before/after to prove nothing was touched."""
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+class Case:
+    """prepare(tmp) -> extra overrides (files made outside the run dir); then act(tmp, extra) must fail."""
+
+    def __init__(self, act, prepare=None):
+        self.act, self.prepare = act, prepare or (lambda tmp: [])
+
+
+def fits(model, arch):
+    """From the layout: conf/arch/<model>/NAME.yaml fits <model>."""
+    return arch is None or arch.split("/")[0] == model
+
+
+def make_source(tmp_path, overrides=(), name="src"):
+    """A checkpoint of a built (untrained, biases perturbed) model: as a real run would leave it."""
+    from dynarch.build import build_model
+    from dynarch.checkpoint import model_tensors, save_checkpoint
+
+    run = run_config(list(overrides))
+    model = build_model(run.arch)
+    rng = np.random.default_rng(1)
+    for v in model.weights:
+        if v.path.endswith("bias"):
+            v.assign(rng.normal(0, 0.1, v.shape).astype("float32"))
+    save_checkpoint(
+        tmp_path / name / "checkpoint",
+        model_tensors(model),
+        {
+            "model": run.arch.name,
+            "variant": run.variant,
+            "num_classes": run.arch.num_classes,
+            "input_shape": list(run.arch.input_shape),
+        },
+    )
+    return tmp_path / name, model
+
+
+def compose_groups(tmp_path: Path, overrides: list[str]) -> dict:
+    """Compose conf/callbacks and conf/logger under a primary config with the defaults the lead wires in
+    (`- callbacks: default`, `- logger: null`), independent of conf/config.yaml."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    conf = tmp_path / "conf"
+    for group in ("callbacks", "logger"):
+        shutil.copytree(CONF / group, conf / group, dirs_exist_ok=True)
+    (conf / "config.yaml").write_text("defaults:\n  - callbacks: default\n  - logger: null\n  - _self_\n")
+    with initialize_config_dir(str(conf), version_base="1.3"):
+        return OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
