@@ -57,6 +57,18 @@ def run_main(run: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
         return 2
 
 
+def check_batch_size(batch_size: int) -> None:
+    """`--batch-size` of the evaluate / predict CLIs: a positive integer."""
+    if batch_size < 1:
+        raise ConfigError(
+            "--batch-size",
+            "must be a positive integer",
+            expected=">= 1",
+            received=batch_size,
+            fix="pass e.g. --batch-size 256",
+        )
+
+
 def check_new_output(path: Path, force: bool, what: str, flag: str = "--out") -> None:
     """`path` is where a command will write: refuse an existing one unless `force` (then it is replaced
     atomically at the end), and a missing parent folder (nothing is created outside the output)."""

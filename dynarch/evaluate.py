@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .clikit import ArgParser, move_into_place, remove_temp, run_main, temp_sibling
+from .clikit import ArgParser, check_batch_size, move_into_place, remove_temp, run_main, temp_sibling
 from .errors import ConfigError, DataError
 from .load import RunMetadata, check_input_shape, load_run, scale_images
 
@@ -304,14 +304,7 @@ def _parser() -> ArgParser:
 
 def _run_cli(argv: Sequence[str] | None) -> int:
     args = _parser().parse_intermixed_args(argv)
-    if args.batch_size < 1:
-        raise ConfigError(
-            "--batch-size",
-            "must be a positive integer",
-            expected=">= 1",
-            received=args.batch_size,
-            fix="pass e.g. --batch-size 256",
-        )
+    check_batch_size(args.batch_size)
     result, out = evaluate(args.run, args.overrides, args.split, args.batch_size, args.out)
     print(report_markdown(result, result["classes"]))
     print(f"report written to {out}")

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .clikit import ArgParser, check_new_output, run_main
+from .clikit import ArgParser, check_batch_size, check_new_output, run_main
 from .errors import ConfigError, DataError
 from .load import RunMetadata, check_input_shape, load_run, scale_images
 
@@ -193,14 +193,7 @@ def _parser() -> ArgParser:
 
 def _run_cli(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise ConfigError(
-            "--batch-size",
-            "must be a positive integer",
-            expected=">= 1",
-            received=args.batch_size,
-            fix="pass e.g. --batch-size 256",
-        )
+    check_batch_size(args.batch_size)
     if args.out is not None:
         if args.out.suffix.lower() not in (".csv", ".json"):
             raise ConfigError(

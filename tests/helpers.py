@@ -63,3 +63,20 @@ def compose_groups(tmp_path: Path, overrides: list[str]) -> dict:
     (conf / "config.yaml").write_text("defaults:\n  - callbacks: default\n  - logger: null\n  - _self_\n")
     with initialize_config_dir(str(conf), version_base="1.3"):
         return OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
+
+
+def run_module_reporting_tf(module: str, argv: list[str]):
+    """Run `python -m module argv...` in a fresh process via runpy; stdout ends with `EXIT <code>` (when it
+    exits) and then `TF_IMPORTED` or `NO_TF`, telling whether TensorFlow was imported on the way."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = (
+        f"import sys, runpy\nsys.argv = [{module!r}, *{argv!r}]\n"
+        f"try:\n    runpy.run_module({module!r}, run_name='__main__')\nexcept SystemExit as e:\n"
+        "    print('EXIT', e.code)\n"
+        "print('TF_IMPORTED' if 'tensorflow' in sys.modules else 'NO_TF')\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import ROOT, run_config
+from helpers import run_module_reporting_tf
 
 from dynarch.checkpoint import load_checkpoint
 from dynarch.errors import ConfigError
@@ -233,13 +234,7 @@ def test_sigkill_anywhere_in_a_scheduled_run_then_resume_is_bitwise_identical(tm
 
 
 def test_inspect_shows_every_phase_without_tensorflow():
-    code = (
-        "import sys, runpy\nsys.argv = ['inspect', '+schedule=grow']\n"
-        "try:\n    runpy.run_module('dynarch.inspect', run_name='__main__')\nexcept SystemExit as e:\n"
-        "    print('EXIT', e.code)\n"
-        "print('TF_IMPORTED' if 'tensorflow' in sys.modules else 'NO_TF')\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = run_module_reporting_tf("dynarch.inspect", ["+schedule=grow"])
     out = proc.stdout
     assert "EXIT 0" in out and out.strip().endswith("NO_TF"), out + proc.stderr
     assert "schedule grow: 2 phases, 5 epochs in all" in out

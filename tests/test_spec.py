@@ -5,7 +5,7 @@ import sys
 
 import pytest
 from conftest import ARCHS, MODELS, ROOT, cli, run_config
-from helpers import fits
+from helpers import fits, run_module_reporting_tf
 
 from dynarch.errors import ConfigError
 from dynarch.spec import describe, parse_arch, table_rows
@@ -206,13 +206,7 @@ def test_arch_is_not_in_primary_defaults():
 
 
 def test_inspect_prints_the_table_without_tensorflow():
-    code = (
-        "import sys, runpy\nsys.argv = ['inspect', 'model=cnn', '+arch=no_conv2']\n"
-        "try:\n    runpy.run_module('dynarch.inspect', run_name='__main__')\nexcept SystemExit as e:\n"
-        "    print('EXIT', e.code)\n"
-        "print('TF_IMPORTED' if 'tensorflow' in sys.modules else 'NO_TF')\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = run_module_reporting_tf("dynarch.inspect", ["model=cnn", "+arch=no_conv2"])
     out = proc.stdout
     assert "EXIT 0" in out and out.strip().endswith("NO_TF"), out + proc.stderr
     assert "  stage2/conv   conv2d      identity  (14, 14, 16)  0" in out
