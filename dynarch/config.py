@@ -71,18 +71,11 @@ class TrainerConfig:
     export_keras: bool = False
     strategy: str = "auto"
     logical_cpus: int = 0
-
-    def __post_init__(self):
-        # Decided from the config alone, so it fails in well under a second, before TensorFlow is imported.
-        if self.strategy == "multi_worker":
-            raise ConfigError(
-                "trainer.strategy",
-                "multi_worker is not supported by Keras 3's fit in this version",
-                expected="auto, default or mirrored",
-                received="multi_worker",
-                fix="use mirrored on each machine, or spread a sweep over machines with "
-                "hydra/launcher=slurm (keras-team/keras#20585 tracks multi-worker fit)",
-            )
+    loop: str = "auto"  # keras (one fit per phase) | fused (K steps per compiled call, data on the device) | auto
+    device_data_mb: int = 1024  # fused loop: the training split is placed on the device only below this size
+    # JAX persistent compilation cache: auto (the sweep dir, else RUN/.cache) | off. Never a path from a config:
+    # configs cannot write outside the run; DYNARCH_COMPILE_CACHE (the user's environment) may name a directory.
+    compile_cache: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -195,8 +188,11 @@ RULES: dict[str, tuple[Any, str]] = {
     "trainer.keep_checkpoints": (lambda v: 1 <= v <= 1000, "an integer in [1, 1000]"),
     "trainer.strategy": (
         lambda v: v in ("auto", "default", "mirrored", "multi_worker"),
-        "auto, default or mirrored (multi_worker is refused with the reason)",
+        "auto, default, mirrored or multi_worker",
     ),
+    "trainer.loop": (lambda v: v in ("auto", "keras", "fused"), "auto, keras or fused"),
+    "trainer.device_data_mb": (lambda v: 0 <= v <= 1_048_576, "an integer in [0, 1048576] (MiB; 0 = always stream)"),
+    "trainer.compile_cache": (lambda v: v in ("auto", "off"), "auto or off (a directory: DYNARCH_COMPILE_CACHE=DIR)"),
     "trainer.logical_cpus": (lambda v: 0 <= v <= 64, "an integer in [0, 64] (0 = no split)"),
     "trainer.precision": (
         lambda v: v in ("float32", "mixed_float16", "mixed_bfloat16"),

@@ -160,8 +160,8 @@ CASES = {  # name: (action, substrings of the message)
         model_file({"bn": {"type": "batchnorm", "epsilon": float("inf")}}),
         ["model.blocks.bn.epsilon", "finite"],
     ),
-    # multi_worker: decided from the config, before TensorFlow (was refused only after the import).
-    "multi_worker": (config("trainer.strategy=multi_worker"), ["trainer.strategy", "keras-team/keras#20585"]),
+    "unknown loop": (config("trainer.loop=scan"), ["trainer.loop", "auto, keras or fused"]),
+    "compile cache path": (config("trainer.compile_cache=/etc"), ["trainer.compile_cache", "DYNARCH_COMPILE_CACHE"]),
     # Optimizer (keras.optimizers.get from plain data, validated first).
     "unknown optimizer": (config("optimizer.name=adamx"), ["optimizer.name", "Did you mean 'adam"]),
     "negative lr": (config("optimizer.lr=-0.1"), ["optimizer.lr", "> 0"]),
@@ -232,7 +232,7 @@ def test_these_cases_fail_without_importing_tensorflow():
         "import sys\nsys.path.insert(0, 'tests')\nfrom conftest import run_config\n"
         "from dynarch.errors import DynarchError\n"
         "for o in [['+model.blocks.x={_target_: keras.layers.TFSMLayer, filepath: /tmp/x}'],\n"
-        "          ['trainer.strategy=multi_worker'], ['seed=4294967296'], ['model.blocks.dense.units=1000000000'],\n"
+        "          ['trainer.loop=scan'], ['seed=4294967296'], ['model.blocks.dense.units=1000000000'],\n"
         "          ['optimizer=adam_cosine', 'optimizer.clipnorm=1'], ['model.name=a/b']]:\n"
         "    try:\n        run_config(o)\n        print('ACCEPTED', o)\n"
         "    except DynarchError:\n        pass\n"
