@@ -9,8 +9,10 @@ from typing import Any
 
 from ..errors import ConfigError, DataError
 
-BACKENDS = ("tensorflow", "jax")
-EXTRA = {"jax": "jax", "tensorflow": "tensorflow"}  # the package each backend needs (pip install 'dynarch[jax]')
+BACKENDS = ("tensorflow", "jax", "torch")
+# The module each backend needs importable; the extra that installs it is named after the backend
+# (pip install 'dynarch[jax]', 'dynarch[torch]').
+EXTRA = {"jax": "jax", "tensorflow": "tensorflow", "torch": "torch"}
 
 
 def _installed(module: str) -> bool:
@@ -39,17 +41,12 @@ def resolve_backend(value: Any, data: Any) -> str:
         env = os.environ.get("KERAS_BACKEND", "").strip()
         value, where = (env, "KERAS_BACKEND") if env else ("tensorflow", where)
     if value not in BACKENDS:
-        why = (
-            "the PyTorch backend is not supported by dynarch yet"
-            if value == "torch"
-            else f"unknown Keras backend '{value}'"
-        )
         raise ConfigError(
             where,
-            why,
-            expected=" or ".join(BACKENDS),
+            f"unknown Keras backend '{value}'",
+            expected=", ".join(BACKENDS[:-1]) + " or " + BACKENDS[-1],
             received=value,
-            fix="set backend=tensorflow or backend=jax"
+            fix="set backend=tensorflow, backend=jax or backend=torch"
             + (" (or unset KERAS_BACKEND)" if where == "KERAS_BACKEND" else ""),
         )
     if not _installed(EXTRA[value]):
