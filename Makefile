@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,sweep,mlflow,tensorboard,jax]'
+	$(PY) -m pip install -q torch==2.13.0  # first: the local CPU wheel, so '.[torch]' below downloads no CUDA build
+	$(PY) -m pip install -q -e '.[dev,sweep,mlflow,tensorboard,jax,torch]'
 	touch $(STAMP)
 
 install: $(STAMP)
