@@ -142,6 +142,7 @@ class RunConfig:
     loggers: tuple = ()  # loggers.LoggerSpec per `logger.<name>`
     phases: tuple[PhaseSpec, ...] = ()  # filled in by __post_init__ or schedule.attach_schedule
     backend: str = "tensorflow"  # the `backend` key, else KERAS_BACKEND (runtime/backend.py)
+    loop: str = "keras"  # trainer.loop resolved (resolve_loop): keras | fused
 
     def __post_init__(self):
         if not self.phases:  # a plain run is one phase with the run's own architecture
@@ -384,10 +385,11 @@ def load_run_config(cfg: Mapping[str, Any], variant: str = "base") -> RunConfig:
             received=arch.input_shape,
             fix="leave model.input_shape as ${data.input_shape}",
         )
+    trainer = from_mapping(TrainerConfig, cfg.get("trainer"), "trainer")
     return RunConfig(
         arch=arch,
         data=data,
-        trainer=from_mapping(TrainerConfig, cfg.get("trainer"), "trainer"),
+        trainer=trainer,
         optimizer=from_mapping(OptimizerConfig, cfg.get("optimizer"), "optimizer"),
         seed=seed,
         init_from=init_from,
@@ -398,7 +400,38 @@ def load_run_config(cfg: Mapping[str, Any], variant: str = "base") -> RunConfig:
         callbacks=parse_callbacks(cfg.get("callbacks")),
         loggers=parse_loggers(cfg.get("logger")),
         backend=backend,
+        loop=resolve_loop(trainer, backend, data),
     )
+
+
+# trainer.loop=auto, by measurement (experiments/throughput/README.md, "fused loop"): where the fused loop
+# trained faster than Keras `fit` for both shipped models at batch 128 and 1024 on 2 CPU cores.
+AUTO_FUSED_BACKENDS = ("jax",)
+
+
+def resolve_loop(trainer: TrainerConfig, backend: str, data: DataConfig) -> str:
+    """`trainer.loop` -> keras | fused, from the config alone; `fused` where it cannot run is refused."""
+    if trainer.strategy == "multi_worker":
+        return "fused"  # the custom loop under MultiWorkerMirroredStrategy (fit cannot drive it)
+    several = trainer.strategy == "mirrored" or trainer.logical_cpus >= 2
+    reasons = [
+        (backend == "torch", "backend=torch", "the PyTorch backend trains with Keras fit only"),
+        (bool(data.augment), "data.augment", "augmentation runs in the tf.data pipeline of the Keras loop"),
+        (several, "trainer.strategy", "the fused loop runs on one device"),
+    ]
+    blocked = [(key, why) for hit, key, why in reasons if hit]
+    if trainer.loop == "fused" and blocked:
+        key, why = blocked[0]
+        raise ConfigError(
+            "trainer.loop",
+            f"trainer.loop=fused cannot run with {key}: {why}",
+            expected="trainer.loop=keras or auto with this setting",
+            received="fused",
+            fix=f"set trainer.loop=auto (it picks the Keras loop here), or drop {key}",
+        )
+    if trainer.loop == "auto":
+        return "fused" if backend in AUTO_FUSED_BACKENDS and not blocked else "keras"
+    return trainer.loop
 
 
 def _resume_flag(value: Any) -> bool:

@@ -43,6 +43,8 @@ class PhaseLoop:
         self.rates: list[float] = []
         self.first_epoch_of_fit = 0
         self.restored_callback_states: dict | None = None  # from the state checkpoint a resume started at
+        self.arrays = None  # the in-memory splits (the fused loop places them on the device)
+        self._stepper = None  # trainer.loop=fused: the step loop's stepper for the current model
 
     # -- state shared with the keeper ------------------------------------------------------------------
     @property
@@ -146,6 +148,11 @@ class PhaseLoop:
         if pos.phase_done or pos.epoch >= end:
             return
         verbose = 1 if self.run.trainer.verbose == 1 else 0
+        if self.run.loop == "fused":  # one driver call per phase, mid-epoch resume included
+            from .steploop import fit_phase_steps
+
+            fit_phase_steps(self, self.stepper(), end, self.user_callbacks, verbose)
+            return
         if pos.batches_done:  # finish the interrupted epoch first: its batch count differs
             skip = pos.batches_done
             self._fit(self.data.train(pos.epoch, skip), pos.epoch, pos.epoch + 1, verbose, skip, self.user_callbacks)
@@ -155,6 +162,22 @@ class PhaseLoop:
         else:
             callbacks = self.user_callbacks
         self._fit(self.data.epoch_dataset(lambda: self.position.epoch), pos.epoch, end, verbose, 0, callbacks)
+
+    def stepper(self):
+        """The step loop's stepper for the current model (rebuilt when a boundary replaced the model)."""
+        if self._stepper is None or self._stepper.model is not self.model:
+            from .steploop import make_stepper
+
+            self._stepper = make_stepper(self)
+        return self._stepper
+
+    def evaluate_test(self) -> tuple[float, float]:
+        """(loss, accuracy) on the test split, with the loop that trained."""
+        if self.run.loop == "fused":
+            result = self.stepper().evaluate("test")
+            return result["loss"], result["accuracy"]
+        loss, accuracy = self.model.evaluate(self.data.test(), verbose=0)
+        return loss, accuracy
 
     def _fit(self, dataset, first: int, end: int, verbose: int, skip: int, callbacks) -> None:
         n = self.data.n_train

@@ -57,6 +57,7 @@ def fingerprint(run: RunConfig) -> dict[str, Any]:
         "data": {k: v for k, v in dataclasses.asdict(run.data).items() if not k.startswith("probe")},
         "schedule": [p.fingerprint() for p in run.phases] if run.schedule else None,
         "backend": run.backend,
+        "loop": run.loop,  # the fused and Keras loops agree to float tolerance, not bit for bit
     }
     return json.loads(json.dumps(fp, default=str))  # as it reads back from a manifest (tuples become lists)
 
@@ -226,8 +227,8 @@ def read_position(ckpt: Checkpoint) -> Position:
 def check_compatible(ckpt: Checkpoint, run: RunConfig) -> Position:
     """Refuse a checkpoint of another config, or one that already trained past this run's end."""
     saved, now = ckpt.manifest.get("fingerprint", {}), fingerprint(run)
-    if isinstance(saved, dict) and "backend" not in saved:  # written before the backend was recorded
-        saved = {**saved, "backend": "tensorflow"}
+    if isinstance(saved, dict):  # written before the backend / loop were recorded
+        saved = {"backend": "tensorflow", "loop": "keras", **saved}
     diff = [k for k in now if not isinstance(saved, dict) or saved.get(k) != now[k]]
     if diff:
         saved = saved if isinstance(saved, dict) else {}

@@ -157,7 +157,7 @@ def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbac
             fix="resume from another checkpoint of this run, or start a new run",
         )
     loop = PhaseLoop(run, out_dir, runtime, data, callbacks)
-    loop.stop = stop
+    loop.stop, loop.arrays = stop, arrays
     migrated_from = None
     if ckpt is not None:
         loop.position = position
@@ -210,7 +210,7 @@ def _finish(loop: PhaseLoop, arrays, runtime, migrated_from, resume, train_time,
     from . import artifacts, checkpoint
 
     run, model, out_dir, history = loop.run, loop.model, loop.out_dir, loop.position.history
-    test_loss, test_acc = model.evaluate(loop.data.test(), verbose=0)
+    test_loss, test_acc = loop.evaluate_test()
     steady = loop.rates
     final = loop.phase
     metrics = {
@@ -234,6 +234,7 @@ def _finish(loop: PhaseLoop, arrays, runtime, migrated_from, resume, train_time,
         "versions": runtime.versions(),
         "strategy": runtime.strategy_text(),
         "backend": runtime.name,
+        "loop": run.loop,
     }
     if run.schedule:
         metrics["schedule"] = run.schedule

@@ -38,6 +38,12 @@ class Arrays:
         }
 
 
+def fits_device(arrays: Arrays, budget_mb: int) -> bool:
+    """Whether the training split (images + labels, as stored) fits a device-memory budget in MiB."""
+    x, y = arrays.train
+    return (x.nbytes + y.nbytes) / 2**20 <= budget_mb
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """The sample order of one epoch: a function of (seed, epoch) only, so a resumed run replays it."""
     return np.random.default_rng([seed, epoch]).permutation(n)

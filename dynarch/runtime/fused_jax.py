@@ -1,0 +1,146 @@
+"""The fused training loop on JAX: a chunk of K steps is ONE compiled call (`lax.fori_loop` over Keras' own
+stateless `train_step`), with the training split resident on the device as uint8.
+
+Why not Keras `fit` here: Keras 3 on JAX runs `steps_per_execution` as a Python loop of one-step compiled
+calls (keras/src/backend/jax/trainer.py `_make_function`), so every step pays a dispatch; for dynarch's small
+models that dispatch is most of the step. Here the loop runs inside XLA:
+
+- the state is the one Keras' JAX trainer passes around (trainable, non-trainable — seed generators
+  included, so Dropout's RNG is checkpointed — optimizer and metric variables), read from the model's
+  variables at the start of a chunk and written back at its end: between chunks the model is an ordinary
+  Keras model (callbacks, checkpoints, migration read it as usual);
+- a batch is `order[b*B:(b+1)*B]` gathered on the device and scaled like the NumPy pipeline (uint8 / 255 in
+  float32), with the per-epoch order computed on the host by `epoch_order(n, seed, epoch)` (the SAME batches
+  as the Keras loop: the two give the same loss curve, and positions are interchangeable) and sent once per
+  epoch (4 bytes a sample);
+- the trip count is a traced argument (`fori_loop` with a dynamic bound lowers to a while loop), so one
+  compilation serves every chunk length; the partial last batch of an epoch has its own one-step function;
+- when the split exceeds `trainer.device_data_mb`, it streams instead: blocks of STREAM_STEPS batches are
+  gathered on the host and sent per call (same batches, same compiled loop, padded to one shape).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..data.arrays import epoch_order, fits_device
+
+log = logging.getLogger(__name__)
+STREAM_STEPS = 64  # batches per host->device block when the split is streamed
+
+
+def _scale(x):
+    """uint8 / 255 in float32 (IEEE division: the bits of numpy_pipeline.scale); float as is."""
+    return x.astype(jnp.float32) / jnp.float32(255.0) if x.dtype == jnp.uint8 else x.astype(jnp.float32)
+
+
+class JaxFusedStepper:
+    """Trains chunks of batches of one phase's model; see the module docstring and steploop.Stepper."""
+
+    def __init__(self, model, arrays, run, runtime):
+        self.model, self.arrays, self.run = model, arrays, run
+        self.batch = run.trainer.batch_size
+        self.n = len(arrays.train[1])
+        self.seed = run.seed
+        self.resident = fits_device(arrays, run.trainer.device_data_mb)
+        if self.resident:
+            if getattr(arrays, "_jax_resident", None) is None:  # one device copy, shared by the phases
+                x, y = arrays.train
+                arrays._jax_resident = (jax.device_put(x), jax.device_put(y.astype(np.int32)))
+            self.x, self.y = arrays._jax_resident
+        else:
+            log.info(
+                "fused loop: the training split (%.0f MiB) exceeds trainer.device_data_mb=%d: streaming it in "
+                "blocks of %d batches",
+                (arrays.train[0].nbytes + arrays.train[1].nbytes) / 2**20,
+                run.trainer.device_data_mb,
+                STREAM_STEPS,
+            )
+        self._order_epoch, self._order = None, None
+        x0, y0 = arrays.train[0][:1], arrays.train[1][:1].astype(np.int32)
+        model._symbolic_build(data_batch=(_scale(jnp.asarray(x0)), jnp.asarray(y0)))  # metric variables exist
+        self._chunk = jax.jit(self._chunk_fn, donate_argnums=0)
+        self._step = jax.jit(self._step_fn, donate_argnums=0)
+
+    # -- compiled parts ----------------------------------------------------------------------------------
+    def _chunk_fn(self, state, x, y, order, first, count):
+        batch = self.batch
+
+        def body(i, state):
+            rows = jax.lax.dynamic_slice_in_dim(order, (first + i) * batch, batch)
+            _, state = self.model.train_step(state, (_scale(x[rows]), y[rows]))
+            return state
+
+        return jax.lax.fori_loop(0, count, body, state)
+
+    def _step_fn(self, state, x, y):
+        _, state = self.model.train_step(state, (_scale(x), y))
+        return state
+
+    # -- state in and out of the model -------------------------------------------------------------------
+    def _variables(self):
+        m = self.model
+        return (m.trainable_variables, m.non_trainable_variables, m.optimizer.variables, m.metrics_variables)
+
+    def _pull(self):
+        return tuple([v.value for v in group] for group in self._variables())
+
+    def _push(self, state) -> None:
+        for group, values in zip(self._variables(), state):
+            for ref, value in zip(group, values):
+                ref.assign(value)
+
+    # -- the Stepper interface ---------------------------------------------------------------------------
+    def reset_metrics(self) -> None:
+        self.model.reset_metrics()
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        if self._order_epoch != epoch:
+            self._order_epoch = epoch
+            self._order = epoch_order(self.n, self.seed, epoch).astype(np.int32)
+            self._device_order = jax.device_put(self._order) if self.resident else None
+        return self._order
+
+    def train(self, epoch: int, first: int, count: int) -> dict[str, float]:
+        order, batch = self._epoch_order(epoch), self.batch
+        full = self.n // batch  # batches of full size; a partial one follows when n % batch
+        n_full = max(0, min(first + count, full) - first)
+        state = self._pull()
+        if n_full:
+            state = self._full_batches(state, first, n_full)
+        if first + count > full:  # the partial last batch
+            rows = order[full * batch :]
+            x, y = self.arrays.train
+            state = self._step(state, jnp.asarray(x[rows]), jnp.asarray(y[rows].astype(np.int32)))
+        self._push(state)
+        return self.logs()
+
+    def _full_batches(self, state, first: int, count: int):
+        if self.resident:
+            return self._chunk(state, self.x, self.y, self._device_order, first, count)
+        x, y = self.arrays.train
+        batch = self.batch
+        for start in range(first, first + count, STREAM_STEPS):
+            steps = min(STREAM_STEPS, first + count - start)
+            rows = self._order[start * batch : (start + steps) * batch]
+            pad = STREAM_STEPS * batch - len(rows)  # one block shape: one compilation
+            rows = np.concatenate([rows, np.zeros(pad, np.int32)]) if pad else rows
+            block = np.arange(STREAM_STEPS * batch, dtype=np.int32)
+            state = self._chunk(state, jnp.asarray(x[rows]), jnp.asarray(y[rows].astype(np.int32)), block, 0, steps)
+        return state
+
+    def logs(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.model.get_metrics_result().items()}
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        xy = self.arrays.val if split == "val" else self.arrays.test
+        if xy is None:
+            return {}
+        from ..data.numpy_pipeline import scale
+
+        result = self.model.evaluate(scale(xy[0]), xy[1], batch_size=self.batch, verbose=0, return_dict=True)
+        return {k: float(v) for k, v in result.items()}

@@ -1,0 +1,114 @@
+"""The step loop: one phase trained WITHOUT Keras `fit`, as chunks of steps run by a backend *stepper*.
+
+Used by `trainer.loop=fused` (runtime/fused_jax.py, runtime/fused_tf.py: K steps per compiled call, the
+data resident on the device) and by `trainer.strategy=multi_worker` (runtime/multiworker.py: a custom loop
+under MultiWorkerMirroredStrategy, which `fit` cannot drive). The stepper trains; this driver keeps the
+contract of the Keras path (phases.py + callbacks.Keeper) at chunk boundaries:
+
+- user callbacks through a keras CallbackList (on_train_begin once per phase, epoch and per-chunk batch
+  hooks, `model.stop_training`), history and the per-epoch line, plateau ends;
+- train-state checkpoints: a chunk ends exactly where the global step reaches a multiple of
+  `trainer.checkpoint_every` (and at the epoch end), so the same chunks — the same compiled calls — run
+  whether or not the run was resumed in between: a resume is bitwise identical;
+- a signal or a NaN loss stops at the next chunk boundary (the NaN check reads the epoch's running loss);
+- only the chief writes (another worker keeps position and history but saves nothing).
+
+A stepper (see the backends) has `reset_metrics()`, `train(epoch, first, count) -> logs` (batches
+first..first+count-1 of that epoch; the model's variables are live when it returns) and `evaluate(split)`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Protocol, Sequence
+
+import keras
+
+
+class Stepper(Protocol):
+    def reset_metrics(self) -> None: ...
+
+    def train(self, epoch: int, first: int, count: int) -> dict[str, float]: ...
+
+    def evaluate(self, split: str) -> dict[str, float]: ...
+
+
+def make_stepper(loop) -> Stepper:
+    """The stepper for the loop's current model: by strategy and backend (the choice is made in loops.py)."""
+    run, runtime, model = loop.run, loop.runtime, loop.model
+    if run.trainer.strategy == "multi_worker":
+        from .runtime.multiworker import MultiWorkerStepper
+
+        return MultiWorkerStepper(model, loop.arrays, run, runtime)
+    if run.backend == "jax":
+        from .runtime.fused_jax import JaxFusedStepper
+
+        return JaxFusedStepper(model, loop.arrays, run, runtime)
+    from .runtime.fused_tf import TfFusedStepper
+
+    return TfFusedStepper(model, loop.arrays, run, runtime)
+
+
+def chunk_length(step: int, first: int, steps_per_epoch: int, every: int) -> int:
+    """Batches in the next chunk: up to the epoch end and to the next multiple of `every` global steps."""
+    left = steps_per_epoch - first
+    return min(left, every - step % every) if every else left
+
+
+def fit_phase_steps(loop, stepper: Stepper, end: int, callbacks: Sequence, verbose: int) -> None:
+    """Train the loop's current phase from its position to epoch `end` (or a stop), chunk by chunk."""
+    model, pos, stop, run = loop.model, loop.position, loop.stop, loop.run
+    spe, n, batch = loop.steps_per_epoch, loop.data.n_train, run.trainer.batch_size
+    every, chief = run.trainer.checkpoint_every, loop.runtime.is_chief()
+    hooks = keras.callbacks.CallbackList(
+        list(callbacks), add_history=False, add_progbar=verbose == 1, model=model, verbose=verbose, epochs=end, steps=spe
+    )
+    model.stop_training = False
+    loop.first_epoch_of_fit = pos.epoch
+    logs: dict[str, Any] = {}
+    hooks.on_train_begin()
+    while pos.epoch < end and not model.stop_training:
+        epoch, first = pos.epoch, pos.batches_done
+        hooks.on_epoch_begin(epoch)
+        stepper.reset_metrics()
+        t0 = time.perf_counter()
+        batch_at = first
+        while batch_at < spe:
+            count = chunk_length(_global_step(model), batch_at, spe, every)
+            logs = stepper.train(epoch, batch_at, count)
+            batch_at += count
+            hooks.on_train_batch_end(batch_at - 1, logs)
+            if not math.isfinite(logs.get("loss", 0.0)):
+                stop.nan_at, stop.mid_epoch = (epoch, batch_at), True
+                break
+            crossed = every and _global_step(model) % every == 0
+            if batch_at < spe and (stop.signal or crossed):
+                pos.batches_done = batch_at
+                if chief:
+                    stop.saved = loop.save(model)
+                if stop.signal:
+                    stop.mid_epoch = True
+                    break
+        if stop.mid_epoch:
+            break
+        seconds = time.perf_counter() - t0
+        logs = dict(logs)
+        logs.update({f"val_{k}": v for k, v in stepper.evaluate("val").items()})
+        logs["epoch_time_s"] = seconds
+        logs["samples_per_s"] = (n - min(n, first * batch)) / seconds
+        hooks.on_epoch_end(epoch, logs)
+        loop.record_epoch(epoch, logs)
+        if loop.phase_should_end():
+            model.stop_training = True
+        if model.stop_training and not stop.signal:
+            pos.phase_done = True  # a plateau or a stock callback (EarlyStopping) ended the phase
+        if chief:
+            stop.saved = loop.save(model)
+        if stop.signal:
+            break
+    hooks.on_train_end(logs)
+
+
+def _global_step(model) -> int:
+    return int(model.optimizer.iterations.numpy())
