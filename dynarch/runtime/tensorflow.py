@@ -2,13 +2,15 @@
 
 `trainer.batch_size` is the global batch: each of N replicas sees batch_size / N examples per step.
 On a CPU-only machine `trainer.logical_cpus=N` splits the CPU into N logical devices, so that the
-mirrored path runs (and is tested) exactly as on N GPUs. Several machines (MultiWorkerMirroredStrategy)
-are refused at config validation: Keras 3's fit cannot run it (keras-team/keras#20585).
+mirrored path runs (and is tested) exactly as on N GPUs. Several machines: MultiWorkerMirroredStrategy
+(`trainer.strategy=multi_worker`), its cluster from TF_CONFIG or from Slurm (SlurmClusterResolver); Keras'
+`fit` cannot drive it (keras-team/keras#20585), so runtime/multiworker.py trains with a custom loop.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import platform
 from typing import Any, ContextManager
 
@@ -42,23 +44,67 @@ def configure_devices(trainer: TrainerConfig) -> None:
         log.warning("logical CPU devices stay at %d for this process", len(tf.config.list_logical_devices("CPU")))
 
 
+def slurm_resolver() -> Any:
+    """TensorFlow's SlurmClusterResolver for this srun step. On nodes without GPUs its default GPU split
+    (nvidia-smi, then gpus_per_node // tasks_per_node) yields no tasks at all, so CPU nodes are described
+    as one pseudo-GPU per task with CUDA_VISIBLE_DEVICES left alone."""
+    resolver_class = tf.distribute.cluster_resolver.SlurmClusterResolver
+    port = int(os.environ.get("DYNARCH_SLURM_PORT", "8888"))  # the first port on each node (one per task)
+    if tf.config.list_physical_devices("GPU"):
+        return resolver_class(port_base=port)
+    return resolver_class(port_base=port, gpus_per_node=1024, gpus_per_task=1, auto_set_gpu=False)
+
+
+def multi_worker_strategy(trainer: TrainerConfig) -> tuple[Any, str]:
+    """MultiWorkerMirroredStrategy over the cluster in TF_CONFIG, else Slurm's srun step. It must be created
+    before TensorFlow runs any op (it configures collectives at start-up): configure() calls it first."""
+    from ..cluster import require_cluster, task_from_env
+    from ..errors import ConfigError
+
+    task = task_from_env(multi_worker=True)  # validates TF_CONFIG / Slurm's variables (pure Python)
+    require_cluster(task, trainer.batch_size)
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)  # one INFO line per all-reduce otherwise
+    resolver = (
+        tf.distribute.cluster_resolver.TFConfigClusterResolver() if task.source == "TF_CONFIG" else slurm_resolver()
+    )
+    try:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(
+            "trainer.strategy",
+            f"MultiWorkerMirroredStrategy could not start ({e})",
+            expected="a fresh process per worker, started before TensorFlow ran anything",
+            received="multi_worker",
+            fix="run each worker as its own `python -m dynarch` process (python -m dynarch.launch_local starts "
+            "them), not inside another TensorFlow program or a sweep",
+        ) from None
+    replicas = strategy.num_replicas_in_sync
+    if trainer.batch_size % replicas:
+        raise ConfigError(
+            "trainer.batch_size",
+            f"the global batch {trainer.batch_size} does not split evenly over {replicas} replicas "
+            f"({task.num_workers} workers)",
+            expected=f"a multiple of {replicas}",
+            received=trainer.batch_size,
+            fix=f"set trainer.batch_size to a multiple of {replicas}",
+        )
+    if task.num_workers == 1:
+        log.warning("multi_worker with a cluster of one worker: it runs, but on one machine `mirrored` is faster")
+    text = (
+        f"multi_worker over {task.num_workers} workers, {replicas} replicas "
+        f"(this is {task.type} {task.index}, from {task.source})"
+    )
+    return strategy, text
+
+
 def make_strategy(trainer: TrainerConfig) -> tuple[Any, str]:
     """The tf.distribute strategy for `trainer.strategy` and a one-line description."""
     # Physical, not logical, devices: listing logical ones starts the runtime too early.
     kind = trainer.strategy
     if kind == "auto":
         kind = "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "default"
-    if kind == "multi_worker":  # refused at config validation too; never silently fall back to one device
-        from ..errors import ConfigError
-
-        raise ConfigError(
-            "trainer.strategy",
-            "multi_worker is not supported by Keras 3's fit in this version",
-            expected="default or mirrored",
-            received="multi_worker",
-            fix="use mirrored on each machine, or spread a sweep over machines with "
-            "hydra/launcher=slurm (keras-team/keras#20585 tracks multi-worker fit)",
-        )
+    if kind == "multi_worker":
+        return multi_worker_strategy(trainer)
     if kind == "mirrored":
         devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [
             d.name for d in tf.config.list_logical_devices("CPU")
@@ -73,9 +119,15 @@ class TensorFlowRuntime:
 
     def __init__(self) -> None:
         self._strategy, self._strategy_text = None, "default (one device)"
+        self._chief = True
+
+    @property
+    def strategy(self) -> Any:
+        """The tf.distribute strategy configure() made (the multi-worker stepper runs under it)."""
+        return self._strategy or tf.distribute.get_strategy()
 
     def configure(self, trainer: TrainerConfig, seed: int, forward_flops: int | None = None) -> None:
-        configure_devices(trainer)  # before anything initializes the TF runtime
+        configure_devices(trainer)  # before anything initializes the TF runtime (MWMS too: it runs no op)
         threads = intra_op_threads(trainer, forward_flops, bool(tf.config.list_physical_devices("GPU")))
         if threads != tf.config.threading.get_intra_op_parallelism_threads():
             try:
@@ -86,7 +138,11 @@ class TensorFlowRuntime:
                     tf.config.threading.get_intra_op_parallelism_threads(),
                     threads,
                 )
-        self._strategy, self._strategy_text = make_strategy(trainer)
+        self._strategy, self._strategy_text = make_strategy(trainer)  # before any op: MWMS needs that
+        if trainer.strategy == "multi_worker":
+            from ..cluster import task_from_env
+
+            self._chief = task_from_env(multi_worker=True).is_chief
         keras.backend.clear_session()  # several jobs in one process (sweeps) must not share graph state
         keras.mixed_precision.set_global_policy(trainer.precision)  # after clear_session, which resets it
         self.reseed(seed)
@@ -109,10 +165,13 @@ class TensorFlowRuntime:
         return f"CPU only ({platform.processor() or platform.machine()})"
 
     def is_chief(self) -> bool:
-        return True  # one machine; a multi-worker runtime decides from its cluster resolver
+        return self._chief  # one machine: always; multi_worker: the chief, or worker 0 without one
 
     def steps_per_execution(self, requested: int) -> int:
-        replicas = (self._strategy or tf.distribute.get_strategy()).num_replicas_in_sync
+        strategy = self._strategy or tf.distribute.get_strategy()
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return requested  # fit never runs it: the custom loop (runtime/multiworker.py) loops K steps itself
+        replicas = strategy.num_replicas_in_sync
         if requested > 1 and replicas > 1:
             # Keras 3.15 on TF 2.21 fails with "You must feed a value for placeholder tensor 'while/cond/...'"
             # when several steps run per call under a multi-replica strategy (keras-team/keras#19246).
