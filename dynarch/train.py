@@ -77,9 +77,14 @@ def train(
 
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
+    scratch = _worker_scratch(run, out_dir, resume)  # a multi-worker non-chief: writes only here
     stop, loop_running = StopState(), [False]
     previous = _signal_handlers(stop, loop_running)
     try:
+        if scratch is not None:  # no lock, no run-dir checks: the chief owns the run dir
+            return _train_locked(
+                run, scratch, resume, resume_command, resolved_config, callbacks, stop, loop_running, t_start
+            )
         with RunDirLock(out_dir):
             if resume:
                 removed = clean_stale_temps(out_dir)
@@ -110,6 +115,44 @@ def train(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if scratch is not None:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _worker_scratch(run: RunConfig, out_dir: Path, resume: bool) -> Path | None:
+    """For a multi-worker process that is not the chief: a scratch dir (removed when train() ends) that
+    stands in for the run dir, holding a copy of the chief's train-state checkpoints when resuming (read
+    from DYNARCH_CHIEF_RUN_DIR, set by launch_local, else the run dir). None for the chief and one process."""
+    if run.trainer.strategy != "multi_worker":
+        return None
+    import os
+    import shutil
+    import tempfile
+
+    from .cluster import task_from_env
+    from .resume import STATE_DIR
+
+    task = task_from_env(multi_worker=True)
+    if task.is_chief:
+        return None
+    scratch = Path(tempfile.mkdtemp(prefix=f"dynarch-{task.type}{task.index}-"))
+    source = Path(os.environ.get("DYNARCH_CHIEF_RUN_DIR") or out_dir) / STATE_DIR
+    if resume and source.is_dir():
+        # Complete checkpoints only (step-*/ and the `latest` pointer); a killed save's temps are the chief's
+        # to clean. load_latest_state then picks the same checkpoint the chief picks.
+        (scratch / STATE_DIR).mkdir()
+        for entry in sorted(source.iterdir()):
+            try:
+                if entry.name.startswith("step-") and entry.is_dir():
+                    shutil.copytree(entry, scratch / STATE_DIR / entry.name)
+                elif entry.name == "latest":
+                    shutil.copy2(entry, scratch / STATE_DIR / entry.name)
+            except (OSError, shutil.Error):  # removed by the chief's clean-up meanwhile: not a checkpoint
+                shutil.rmtree(scratch / STATE_DIR / entry.name, ignore_errors=True)
+    log.info("worker %s %d of %d: writing only to scratch %s", task.type, task.index, task.num_workers, scratch)
+    return scratch
 
 
 def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbacks, stop, loop_running, t_start):
