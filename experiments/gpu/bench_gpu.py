@@ -1,0 +1,515 @@
+"""GPU benchmark without TensorFlow: `python -m dynarch backend=jax data=idx` against plain Keras on JAX.
+
+Made for a GPU box that has JAX (CUDA), NumPy, h5py, safetensors, matplotlib and rich but no TensorFlow and
+no network, where keras, optree, namex, hydra-core, omegaconf and antlr4-python3-runtime arrive as wheels.
+It runs on CPU JAX too (the figures are then labelled as such). TensorFlow and tensorflow_datasets are
+*blocked* in every process it runs (an import raises ModuleNotFoundError, as on that box) and every attempt
+is recorded with the frame that made it; every non-standard top-level module imported is listed, so the
+results page says whether anything beyond the box's packages was needed.
+
+For each repeat (interleaved, the order rotated every repeat) and model:
+  - dynarch, `trainer.loop=keras` and `trainer.loop=fused`: the real CLI (`runpy` of `dynarch` as
+    `python -m dynarch` does, in a fresh process, TensorFlow blocked); a loop that fails is reported, not fatal
+  - plain Keras on JAX, in this process: the same model as conf/model/*.yaml, Adam 1e-3, same batch, same
+    train/validation/test arrays (dynarch's loader), `steps_per_execution` 1 (Keras' default) and 64
+Time-to-target = training seconds (epoch 1's compilation included, validation excluded) until the end of the
+first epoch whose validation accuracy reaches --target; samples/s = median over epochs 2.. of training time.
+
+Data: --data DIR (any MNIST-format IDX folder: Fashion-MNIST, MNIST) or, by default, a generated one: the
+4,000 real training digits shipped with dynarch (dynarch/data/mnist_5k.npz) tiled to --train-size, every
+copy after the first shifted by up to 2 pixels (seeded), plus the 1,000 real held-out test digits.
+
+    python experiments/gpu/bench_gpu.py                       # writes experiments/gpu/README.md + results.json
+    python experiments/gpu/bench_gpu.py --tiny --out /tmp/x   # seconds: 1 epoch, 2,000 samples (the test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import importlib.abc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+BLOCKED = ("tensorflow", "tensorflow_datasets")
+# Importable names of the GPU box's packages (device KINDS.md's list, 2026-11-17), the wheels that travel there
+# (keras optree namex hydra omegaconf antlr4) and dynarch. Any other non-standard top-level module is refused
+# too, so a run here needs what a run there can have, and no more.
+GPU_BOX = set(
+    """absl accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated_doc anyio attr attrs botorch build
+    certifi charset_normalizer chex click cloudpickle cmake colorama contourpy coverage cuda cupy cycler Cython
+    cython diffrax e3nn einops equinox etils execnet filelock flatbuffers flax fontTools formulaic frozenlist
+    fsspec gpytorch grpc h11 h5py hf_xet httpcore httpx huggingface_hub humanize hypothesis idna imageio iniconfig
+    interface_meta jax jax_plugins jax_cuda13_plugin jax_cuda13_pjrt jaxlib jaxtyping jinja2 joblib kiwisolver
+    lazy_loader ml_dtypes lightning lightning_utilities linear_operator lineax llvmlite lxml markdown markdown_it markupsafe
+    matplotlib mpl_toolkits pylab meson mpi4py mpmath msgpack multidict multipledispatch mypy_extensions nanobind
+    narwhals networkx ninja numba numba_cuda numpy numpyro nvidia onnx onnx_ir onnxruntime onnxscript cv2 optax
+    opt_einsum opt_einsum_fx optimistix orbax packaging pandas pathspec patsy peft PIL pip pluggy portalocker
+    prometheus_client propcache google psutil pyarrow pybind11 cpuinfo pygments pyparsing pyproject_hooks pyre_extensions pytest dateutil
+    pytorch_lightning yaml regex requests rich sacrebleu safetensors scikit_build_core skimage sklearn scipy
+    seaborn sentencepiece sentence_transformers setuptools pkg_resources shellingham simplejson six
+    sortedcontainers statsmodels sympy tabulate tensorboard tensorboard_data_server tensorstore threadpoolctl
+    tifffile tiktoken timm tokenizers toolz tlz torch torchaudio torchdiffeq torch_geometric torchmetrics
+    torchvision tqdm transformers treescope triton typer typing_extensions typing_inspect urllib3 uvloop
+    wadler_lindig werkzeug wheel wrapt xarray xxhash yarl zipp
+    keras optree namex hydra omegaconf antlr4 dynarch""".split()
+)
+
+
+def allowed(top: str) -> bool:
+    return top in GPU_BOX or top in sys.stdlib_module_names or top.startswith("_") or top in sys.builtin_module_names
+
+
+class ImportGuard(importlib.abc.MetaPathFinder):
+    """Refuses TensorFlow (and any package the GPU box lacks) like a machine without them: ModuleNotFoundError.
+    Each refusal is logged at once with the frames that asked (so the record survives an os._exit); a library
+    probing for an optional package gets the same answer it would get there."""
+
+    def __init__(self, log_path: str):
+        self.log_path = log_path
+
+    def find_spec(self, name, path=None, target=None):
+        if refused(name):
+            stack = [fr for fr in traceback.extract_stack()[:-1] if not fr.filename.startswith("<")]
+            frames = [f"{Path(fr.filename).name}:{fr.lineno}" for fr in stack]
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps({"module": name, "stack": frames[-6:]}) + "\n")
+            raise ModuleNotFoundError(f"No module named {name!r} (refused: not on the GPU box)", name=name)
+        return None
+
+
+def refused(name: str) -> bool:
+    top = name.partition(".")[0]
+    return top in BLOCKED or not allowed(top)
+
+
+def install_guard(log_path: str) -> None:
+    """The import system, importlib.util.find_spec and importlib.metadata all answer 'not installed' for a refused
+    package, as they would on the GPU box (libraries probe with all three)."""
+    import importlib.metadata
+    import importlib.util
+
+    Path(log_path).touch()
+    sys.meta_path.insert(0, ImportGuard(log_path))
+    find_spec, distribution = importlib.util.find_spec, importlib.metadata.distribution
+
+    def guarded_find_spec(name, package=None):
+        return None if refused(importlib.util.resolve_name(name, package)) else find_spec(name, package)
+
+    def guarded_distribution(name):
+        if refused(name.replace("-", "_").lower()) and name.replace("-", "_") not in GPU_BOX:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return distribution(name)
+
+    importlib.util.find_spec = guarded_find_spec
+    importlib.metadata.distribution = guarded_distribution
+    importlib.metadata.version = lambda name: guarded_distribution(name).version
+
+
+def read_guard(log_path: Path) -> dict:
+    """tensorflow_attempts: every refused TensorFlow import (module and asking frames); probed_absent: other
+    packages something asked for that the box does not have (optional probes: the run still has to succeed)."""
+    refused = [json.loads(ln) for ln in (log_path.read_text().splitlines() if log_path.exists() else []) if ln]
+    tf = [r for r in refused if r["module"].partition(".")[0] in BLOCKED]
+    others = sorted({r["module"].partition(".")[0] for r in refused} - set(BLOCKED))
+    return {"tensorflow_attempts": tf, "probed_absent": others}
+
+
+# ---------------------------------------------------------------- data
+
+
+def write_idx(folder: Path, train_size: int, seed: int) -> str:
+    """MNIST-format IDX files from the shipped digits; returns a one-line description."""
+    import numpy as np
+
+    from dynarch.data.idx import IDX_FILES
+    from dynarch.data.subset import load_mnist_5k
+
+    (x, y), (tx, ty) = load_mnist_5k()
+    x, tx = x[..., 0], tx[..., 0]
+    rng = np.random.default_rng(seed)
+    parts, labels, n = [x], [y], len(y)
+    while n < train_size:  # shifted copies: distinct images, same digits
+        dy, dx = rng.integers(-2, 3, size=2)
+        parts.append(np.roll(x, (int(dy), int(dx)), axis=(1, 2)))
+        labels.append(y)
+        n += len(y)
+    x, y = np.concatenate(parts)[:train_size], np.concatenate(labels)[:train_size]
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, arr in (("train_x", x), ("train_y", y), ("test_x", tx), ("test_y", ty)):
+        header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+        (folder / f"{IDX_FILES[key]}.gz").write_bytes(gzip.compress(header + arr.astype(np.uint8).tobytes(), 1))
+    return (
+        f"generated: the 4,000 shipped real MNIST training digits tiled to {train_size:,} (copies shifted by up to "
+        f"2 px), the 1,000 shipped real test digits"
+    )
+
+
+# ---------------------------------------------------------------- dynarch (subprocess, the real CLI)
+
+
+def dynarch_overrides(args, model: str, loop: str, run_dir: Path) -> list[str]:
+    return [
+        "backend=jax",
+        "data=idx",
+        f"data.path={args.data}",
+        f"model={model}",
+        f"trainer.batch_size={args.batch}",
+        f"trainer.epochs={args.epochs}",
+        f"trainer.loop={loop}",
+        "trainer.verbose=0",
+        f"seed={args.seed}",
+        f"hydra.run.dir={run_dir}",
+    ]
+
+
+def run_dynarch(args, model: str, loop: str, work: Path) -> dict:
+    run_dir = work / f"run-{model}-{loop}-{time.time_ns()}"
+    guard = work / f"guard-{time.time_ns()}.log"
+    cmd = [sys.executable, str(Path(__file__)), "--dynarch-child", str(guard), "--"]
+    cmd += dynarch_overrides(args, model, loop, run_dir)
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "jax",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work)
+    wall = time.perf_counter() - t0
+    out = {"rc": proc.returncode, "wall_s": wall, **read_guard(guard)}
+    if proc.returncode or not (run_dir / "metrics.json").exists():
+        tail = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        return {**out, "error": " | ".join(tail[-3:])[-600:]}
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    history = read_history(run_dir / "history.csv")
+    return {
+        **out,
+        **curve(history["epoch_time_s"], history.get("val_accuracy", []), metrics["data_sizes"]["train"], args.target),
+        "test_accuracy": metrics["test_accuracy"],
+        "devices": metrics.get("devices"),
+        "compile_s": metrics.get("compile_time_s"),
+        "versions": metrics.get("versions", {}),
+    }
+
+
+def read_history(path: Path) -> dict[str, list[float]]:
+    import csv
+
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return {k: [float(r[k]) for r in rows if r.get(k) not in (None, "")] for k in (rows[0] if rows else {})}
+
+
+def curve(epoch_s: list[float], val_acc: list[float], n_train: int, target: float) -> dict:
+    """samples/s (median over epochs 2.., or epoch 1 alone) and time-to-target from per-epoch figures."""
+    steady = epoch_s[1:] or epoch_s
+    hit = next((i for i, a in enumerate(val_acc) if a >= target), None)
+    return {
+        "epoch_s": epoch_s,
+        "val_accuracy": val_acc,
+        "samples_per_s": n_train / statistics.median(steady),
+        "first_epoch_s": epoch_s[0],
+        "time_to_target_s": sum(epoch_s[: hit + 1]) if hit is not None else None,
+        "train_s": sum(epoch_s),
+    }
+
+
+def dynarch_child(guard_log: str, argv: list[str]) -> None:
+    """`python -m dynarch ARGV` with TensorFlow blocked: runpy is what `-m` does."""
+    install_guard(guard_log)
+    import runpy
+
+    sys.argv = ["dynarch", *argv]
+    runpy.run_module("dynarch", run_name="__main__", alter_sys=True)
+
+
+# ---------------------------------------------------------------- plain Keras (this process)
+
+
+def plain_model(name: str):
+    """conf/model/{mlp,cnn}.yaml written the way a Keras user would."""
+    import keras
+
+    L = keras.layers
+    if name == "mlp":
+        body = [L.Flatten(), L.Dense(128, activation="relu"), L.Dropout(0.2)]
+    else:
+        body = [L.Conv2D(16, 3, padding="same", activation="relu"), L.MaxPooling2D(2)]
+        body += [L.Conv2D(32, 3, padding="same", activation="relu"), L.MaxPooling2D(2), L.Flatten(), L.Dropout(0.25)]
+    return keras.Sequential([keras.Input((28, 28, 1)), *body, L.Dense(10, activation="softmax")])
+
+
+def load_arrays(args):
+    from dynarch.compose import compose_run
+    from dynarch.data import load_arrays as load
+
+    run = compose_run(["data=idx", f"data.path={args.data}", f"seed={args.seed}"])
+    a = load(run.data, run.seed)
+    f = lambda x: x.astype("float32") / 255.0  # noqa: E731
+    return (f(a.train[0]), a.train[1]), (f(a.val[0]), a.val[1]), (f(a.test[0]), a.test[1])
+
+
+def run_plain(args, model_name: str, arrays, spe: int) -> dict:
+    import keras
+
+    class Timer(keras.callbacks.Callback):  # training part of each epoch, as dynarch's Throughput
+        def __init__(self):
+            super().__init__()
+            self.epoch_s, self.t0, self.t_end = [], None, None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0, self.t_end = time.perf_counter(), None
+
+        def on_test_begin(self, logs=None):
+            if self.t0 is not None and self.t_end is None:
+                self.t_end = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epoch_s.append((self.t_end or time.perf_counter()) - self.t0)
+            self.t0 = None
+
+    (x, y), val, test = arrays
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(args.seed)
+    t0 = time.perf_counter()
+    model = plain_model(model_name)
+    model.compile(
+        keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"], steps_per_execution=spe
+    )
+    timer = Timer()
+    hist = model.fit(x, y, batch_size=args.batch, epochs=args.epochs, validation_data=val, callbacks=[timer], verbose=0)
+    acc = model.evaluate(*test, batch_size=args.batch, verbose=0)[1]
+    wall = time.perf_counter() - t0
+    return {
+        "rc": 0,
+        "wall_s": wall,
+        **curve(timer.epoch_s, hist.history["val_accuracy"], len(y), args.target),
+        "test_accuracy": acc,
+    }
+
+
+# ---------------------------------------------------------------- driver
+
+
+def configs(args) -> list[tuple[str, str]]:
+    rows = [("dynarch", loop) for loop in args.loops.split(",") if loop]
+    return rows + [("plain", f"spe={spe}") for spe in args.plain_spe.split(",") if spe]
+
+
+def label(kind: str, variant: str) -> str:
+    return (
+        f"dynarch CLI, trainer.loop={variant}"
+        if kind == "dynarch"
+        else f"plain Keras fit, steps_per_execution={variant[4:]}"
+    )
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--dynarch-child"]:  # bench_gpu.py --dynarch-child GUARD_LOG -- OVERRIDES...
+        return dynarch_child(sys.argv[2], sys.argv[4:])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, help="IDX folder (MNIST format); default: generate one")
+    p.add_argument("--train-size", type=int, default=60000)
+    p.add_argument("--models", default="mlp,cnn")
+    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--target", type=float, default=0.95, help="validation accuracy (0.85 suits Fashion-MNIST)")
+    p.add_argument("--loops", default="keras,fused", help="dynarch trainer.loop values, one row each")
+    p.add_argument("--plain-spe", default="1,64", help="plain Keras steps_per_execution values, one row each")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--out", type=Path, default=HERE, help="where README.md and results.json go")
+    p.add_argument("--label", default=None, help="device label on the page (default: from JAX)")
+    p.add_argument("--tiny", action="store_true", help="2,000 samples, 1 epoch, 1 repeat, MLP (a smoke test)")
+    args = p.parse_args()
+    if args.tiny:
+        args.train_size, args.epochs, args.repeats, args.models = 2000, 1, 1, "mlp"
+    run_bench(args)
+
+
+def run_bench(args) -> None:
+    work = Path(tempfile.mkdtemp(prefix="dynarch-gpu-bench-"))
+    os.environ["KERAS_BACKEND"] = "jax"
+    sys.path.insert(0, str(ROOT))
+    install_guard(str(work / "guard-main.log"))
+    data_note = f"IDX files in {args.data}"
+    if args.data is None:
+        args.data = work / "idx"
+        data_note = write_idx(args.data, args.train_size, args.seed)
+    import jax
+    import keras
+
+    device = args.label or describe_device(jax)
+    arrays = load_arrays(args)
+    rows = configs(args)
+    results = {m: {f"{k}:{v}": [] for k, v in rows} for m in args.models.split(",")}
+    for r in range(args.repeats):
+        order = rows[r % len(rows) :] + rows[: r % len(rows)]  # rotate: no configuration always goes first
+        for model in results:
+            for kind, variant in order:
+                res = (
+                    run_dynarch(args, model, variant, work)
+                    if kind == "dynarch"
+                    else run_plain(args, model, arrays, int(variant[4:]))
+                )
+                results[model][f"{kind}:{variant}"].append(res)
+                print(f"repeat {r} {model} {label(kind, variant)}: " + short(res), flush=True)
+    main_guard = read_guard(work / "guard-main.log")
+    page = {
+        "device": device,
+        "data": data_note,
+        "command": " ".join(sys.argv),
+        "versions": {"python": platform.python_version(), "jax": jax.__version__, "keras": keras.__version__},
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "tensorflow_in_this_process": "tensorflow" in sys.modules,
+        "guard_this_process": main_guard,
+        "results": results,
+        "summary": summarize(results, rows),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(page, indent=1, default=str) + "\n")
+    (args.out / "README.md").write_text(render(page, args))
+    print(f"wrote {args.out / 'README.md'}")
+
+
+def describe_device(jax) -> str:
+    d = jax.devices()[0]
+    if d.platform == "cpu":
+        return f"CPU ({os.cpu_count()} cores), JAX, not a GPU"
+    return f"{getattr(d, 'device_kind', d.platform)} ({d.platform}), JAX"
+
+
+def short(res: dict) -> str:
+    if "error" in res:
+        return f"FAILED rc={res['rc']}: {res['error'][:200]}"
+    ttt = res["time_to_target_s"]
+    return (
+        f"{res['samples_per_s']:,.0f} samples/s, first epoch {res['first_epoch_s']:.2f}s, "
+        f"to target {'-' if ttt is None else f'{ttt:.2f}s'}, test acc {res['test_accuracy']:.4f}, wall {res['wall_s']:.1f}s"
+    )
+
+
+def med(xs: list) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def summarize(results: dict, rows) -> dict:
+    out = {}
+    for model, by in results.items():
+        s = {}
+        for key, runs in by.items():
+            ok = [r for r in runs if "error" not in r]
+            s[key] = {
+                "ok": len(ok),
+                "runs": len(runs),
+                "error": next((r["error"] for r in runs if "error" in r), None),
+                "samples_per_s": med([r["samples_per_s"] for r in ok]),
+                "time_to_target_s": med([r["time_to_target_s"] for r in ok])
+                if ok and all(r["time_to_target_s"] is not None for r in ok)
+                else None,
+                "first_epoch_s": med([r["first_epoch_s"] for r in ok]),
+                "wall_s": med([r["wall_s"] for r in ok]),
+                "test_accuracy": med([r["test_accuracy"] for r in ok]),
+                "tensorflow_attempts": sum(len(r.get("tensorflow_attempts", [])) for r in runs),
+                "probed_absent": sorted({m for r in runs for m in r.get("probed_absent", [])}),
+            }
+        plain = [k for k in by if k.startswith("plain")]
+        for key in [k for k in by if k.startswith("dynarch")]:
+            for pk in plain:  # per-repeat ratios, then their median (same-repeat pairs share the machine's mood)
+                pairs = list(zip(by[key], by[pk]))
+                rate = [a["samples_per_s"] / b["samples_per_s"] for a, b in pairs if "error" not in a]
+                ttt = [
+                    b["time_to_target_s"] / a["time_to_target_s"]
+                    for a, b in pairs
+                    if "error" not in a and a["time_to_target_s"] and b["time_to_target_s"]
+                ]
+                s[key][f"ratio_samples_per_s_vs_{pk}"] = med(rate)
+                s[key][f"speedup_time_to_target_vs_{pk}"] = med(ttt)
+        out[model] = s
+    return out
+
+
+def fmt(x, spec=",.0f", none="–") -> str:
+    return none if x is None else format(x, spec)
+
+
+def render(page: dict, args) -> str:
+    a = page["args"]
+    lines = [
+        "# GPU benchmark without TensorFlow: dynarch on JAX vs plain Keras on JAX",
+        "",
+        f"**Device: {page['device']}.** Versions: " + ", ".join(f"{k} {v}" for k, v in page["versions"].items()) + ".",
+        "",
+        f"Command: `{page['command']}` (script: `experiments/gpu/bench_gpu.py`; its docstring says what each row is).",
+        f"Data: {page['data']}. Batch {a['batch']}, {a['epochs']} epochs, {a['repeats']} repeats interleaved "
+        f"(order rotated per repeat), seed {a['seed']}, target validation accuracy {a['target']}.",
+        "dynarch rows are whole `python -m dynarch backend=jax data=idx ...` processes (wall = the command); plain "
+        "Keras rows run in the script's own process (wall = model build + fit + evaluate, no imports).",
+        "Samples/s: median over epochs 2.. of the training part of each epoch; time-to-target: training seconds up to "
+        "the first epoch at the target (epoch 1's compilation included); values are medians over repeats. "
+        "The validation split is 10% of the training set: with the generated data it holds shifted copies of "
+        "training digits, so it is optimistic; test accuracy is on held-out digits.",
+        "",
+    ]
+    for model, s in page["summary"].items():
+        lines += [
+            f"## {model}",
+            "",
+            "| configuration | samples/s | first epoch s | time-to-target s | wall s | test acc | runs ok | TF import attempts |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for key, r in s.items():
+            kind, _, variant = key.partition(":")
+            lines.append(
+                f"| {label(kind, variant)} | {fmt(r['samples_per_s'])} | {fmt(r['first_epoch_s'], '.2f')} | "
+                f"{fmt(r['time_to_target_s'], '.2f', 'not reached')} | {fmt(r['wall_s'], '.1f')} | "
+                f"{fmt(r['test_accuracy'], '.4f')} | {r['ok']}/{r['runs']} | {r['tensorflow_attempts']} |"
+            )
+        lines += [
+            "",
+            "| dynarch row | vs plain row | samples/s ratio (dynarch/plain) | time-to-target speed-up (plain/dynarch) |",
+            "|---|---|---:|---:|",
+        ]
+        for key, r in s.items():
+            for rk, v in r.items():
+                if rk.startswith("ratio_samples_per_s_vs_"):
+                    pk = rk.removeprefix("ratio_samples_per_s_vs_")
+                    lines.append(
+                        f"| {label(*key.split(':', 1))} | {label(*pk.split(':', 1))} | {fmt(v, '.2f')} | "
+                        f"{fmt(r['speedup_time_to_target_vs_' + pk], '.2f')} |"
+                    )
+        errors = [(k, r["error"]) for k, r in s.items() if r["error"]]
+        lines += [""] + [f"- `{k}` failed: {e}" for k, e in errors] + ([""] if errors else [])
+    probed = sorted(
+        {m for s in page["summary"].values() for r in s.values() for m in r["probed_absent"]}
+        | set(page["guard_this_process"]["probed_absent"])
+    )
+    tf_here = page["guard_this_process"]["tensorflow_attempts"]
+    lines += [
+        "## What it needed",
+        "",
+        f"- TensorFlow blocked in every process; attempts to import it: dynarch runs "
+        f"{sum(r['tensorflow_attempts'] for s in page['summary'].values() for r in s.values())}, this process "
+        f"{len(tf_here)}"
+        + (f" (from {tf_here[0]['stack'][-3:]})" if tf_here else "")
+        + f"; `tensorflow` in this process's modules: {page['tensorflow_in_this_process']}.",
+        "- Every other package the GPU box lacks is refused the same way; the runs above succeeded without them. "
+        f"Optional imports that were asked for and refused: {', '.join(probed) or 'none'}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""experiments/gpu/bench_gpu.py in its tiny mode: the real `python -m dynarch backend=jax data=idx` path and plain
+Keras on JAX, with TensorFlow (and every package the GPU box lacks) refused; the page and JSON it writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+SCRIPT = ROOT / "experiments" / "gpu" / "bench_gpu.py"
+
+
+def test_tiny_gpu_bench_runs_without_tensorflow_and_writes_its_page(tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--loops", "keras", "--plain-spe", "64", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    page = json.loads((tmp_path / "results.json").read_text())
+    assert page["device"] and page["versions"]["jax"] and page["versions"]["keras"]
+    assert page["tensorflow_in_this_process"] is False
+    summary = page["summary"]["mlp"]
+    assert set(summary) == {"dynarch:keras", "plain:spe=64"}
+    for key, row in summary.items():
+        assert row["ok"] == row["runs"] == 1, (key, row["error"])
+        assert row["samples_per_s"] > 0 and row["first_epoch_s"] > 0 and 0 <= row["test_accuracy"] <= 1
+    assert summary["dynarch:keras"]["ratio_samples_per_s_vs_plain:spe=64"] > 0
+    # TensorFlow was refused, and the only import attempted is Keras' optional seeding probe
+    # (keras.utils.set_random_seed -> module_utils.tensorflow.available), which a machine without TF answers too.
+    for run in page["results"]["mlp"]["dynarch:keras"] + [page["guard_this_process"]]:
+        for attempt in run["tensorflow_attempts"]:
+            assert any(frame.startswith("rng_utils.py:") for frame in attempt["stack"]), attempt
+    text = (tmp_path / "README.md").read_text()
+    for needle in (
+        "Device:",
+        "Command:",
+        "samples/s",
+        "time-to-target",
+        "dynarch CLI, trainer.loop=keras",
+        "plain Keras fit, steps_per_execution=64",
+        "TF import attempts",
+    ):
+        assert needle in text
