@@ -51,11 +51,13 @@ GPU_BOX = set(
     cython diffrax e3nn einops equinox etils execnet filelock flatbuffers flax fontTools formulaic frozenlist
     fsspec gpytorch grpc h11 h5py hf_xet httpcore httpx huggingface_hub humanize hypothesis idna imageio iniconfig
     interface_meta jax jax_plugins jax_cuda13_plugin jax_cuda13_pjrt jaxlib jaxtyping jinja2 joblib kiwisolver
-    lazy_loader ml_dtypes lightning lightning_utilities linear_operator lineax llvmlite lxml markdown markdown_it markupsafe
+    lazy_loader ml_dtypes lightning lightning_utilities linear_operator lineax llvmlite lxml markdown
+    markdown_it markupsafe
     matplotlib mpl_toolkits pylab meson mpi4py mpmath msgpack multidict multipledispatch mypy_extensions nanobind
     narwhals networkx ninja numba numba_cuda numpy numpyro nvidia onnx onnx_ir onnxruntime onnxscript cv2 optax
     opt_einsum opt_einsum_fx optimistix orbax packaging pandas pathspec patsy peft PIL pip pluggy portalocker
-    prometheus_client propcache google psutil pyarrow pybind11 cpuinfo pygments pyparsing pyproject_hooks pyre_extensions pytest dateutil
+    prometheus_client propcache google psutil pyarrow pybind11 cpuinfo pygments pyparsing
+    pyproject_hooks pyre_extensions pytest dateutil
     pytorch_lightning yaml regex requests rich sacrebleu safetensors scikit_build_core skimage sklearn scipy
     seaborn sentencepiece sentence_transformers setuptools pkg_resources shellingham simplejson six
     sortedcontainers statsmodels sympy tabulate tensorboard tensorboard_data_server tensorstore threadpoolctl
@@ -395,7 +397,8 @@ def short(res: dict) -> str:
     ttt = res["time_to_target_s"]
     return (
         f"{res['samples_per_s']:,.0f} samples/s, first epoch {res['first_epoch_s']:.2f}s, "
-        f"to target {'-' if ttt is None else f'{ttt:.2f}s'}, test acc {res['test_accuracy']:.4f}, wall {res['wall_s']:.1f}s"
+        f"to target {'-' if ttt is None else f'{ttt:.2f}s'}, test acc {res['test_accuracy']:.4f}, "
+        f"wall {res['wall_s']:.1f}s"
     )
 
 
@@ -466,7 +469,8 @@ def render(page: dict, args) -> str:
         lines += [
             f"## {model}",
             "",
-            "| configuration | samples/s | first epoch s | time-to-target s | wall s | test acc | runs ok | TF import attempts |",
+            "| configuration | samples/s | first epoch s | time-to-target s | wall s | test acc | runs ok "
+            "| TF import attempts |",
             "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for key, r in s.items():
@@ -478,7 +482,8 @@ def render(page: dict, args) -> str:
             )
         lines += [
             "",
-            "| dynarch row | vs plain row | samples/s ratio (dynarch/plain) | time-to-target speed-up (plain/dynarch) |",
+            "| dynarch row | vs plain row | samples/s ratio (dynarch/plain) "
+            "| time-to-target speed-up (plain/dynarch) |",
             "|---|---|---:|---:|",
         ]
         for key, r in s.items():
