@@ -62,7 +62,13 @@ def fit_phase_steps(loop, stepper: Stepper, end: int, callbacks: Sequence, verbo
     spe, n, batch = loop.steps_per_epoch, loop.data.n_train, run.trainer.batch_size
     every, chief = run.trainer.checkpoint_every, loop.runtime.is_chief()
     hooks = keras.callbacks.CallbackList(
-        list(callbacks), add_history=False, add_progbar=verbose == 1, model=model, verbose=verbose, epochs=end, steps=spe
+        list(callbacks),
+        add_history=False,
+        add_progbar=verbose == 1,
+        model=model,
+        verbose=verbose,
+        epochs=end,
+        steps=spe,
     )
     model.stop_training = False
     loop.first_epoch_of_fit = pos.epoch

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import shutil
+import signal
 from pathlib import Path
 
+import keras
 import numpy as np
 from conftest import CONF, run_config
 
@@ -80,3 +84,33 @@ def run_module_reporting_tf(module: str, argv: list[str]):
         "print('TF_IMPORTED' if 'tensorflow' in sys.modules else 'NO_TF')\n"
     )
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+# Small batches and frequent checkpoints: many steps, so that a stop lands mid-epoch.
+RESUMABLE = [
+    "data=mnist_subset",
+    "trainer.verbose=0",
+    "trainer.batch_size=32",
+    "trainer.steps_per_execution=4",
+    "trainer.checkpoint_every=8",
+]
+
+
+def weights_sha(run_dir):
+    return json.loads((run_dir / "checkpoint" / "manifest.json").read_text())["weights_sha256"]
+
+
+class SignalAtStep(keras.callbacks.Callback):
+    """Sends SIGTERM to this process once training reaches `step` — a condition, not a timer. It refuses
+    to signal unless dynarch's handler is installed, so the test runner itself can never be killed."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step, self.sent = step, False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.sent and int(self.model.optimizer.iterations.numpy()) >= self.step:
+            handler = signal.getsignal(signal.SIGTERM)
+            assert getattr(handler, "__module__", "") == "dynarch.train", f"no dynarch handler: {handler}"
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)

@@ -8,28 +8,15 @@ import subprocess
 import sys
 import time
 
-import keras
 import numpy as np
 import pytest
 from conftest import ROOT, run_config
+from helpers import RESUMABLE, SignalAtStep, weights_sha
 
 from dynarch.checkpoint import load_checkpoint
 from dynarch.errors import CheckpointError
 from dynarch.resume import STATE_DIR, load_latest_state
 from dynarch.train import TrainingStopped, train
-
-# Small batches and frequent checkpoints: many steps, so that a stop lands mid-epoch.
-RESUMABLE = [
-    "data=mnist_subset",
-    "trainer.verbose=0",
-    "trainer.batch_size=32",
-    "trainer.steps_per_execution=4",
-    "trainer.checkpoint_every=8",
-]
-
-
-def weights_sha(run_dir):
-    return json.loads((run_dir / "checkpoint" / "manifest.json").read_text())["weights_sha256"]
 
 
 @pytest.fixture(scope="module")
@@ -37,22 +24,6 @@ def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "run"
     train(run_config([*RESUMABLE, "trainer.epochs=3"]), out)
     return out
-
-
-class SignalAtStep(keras.callbacks.Callback):
-    """Sends SIGTERM to this process once training reaches `step` — a condition, not a timer. It refuses
-    to signal unless dynarch's handler is installed, so the test runner itself can never be killed."""
-
-    def __init__(self, step):
-        super().__init__()
-        self.step, self.sent = step, False
-
-    def on_train_batch_end(self, batch, logs=None):
-        if not self.sent and int(self.model.optimizer.iterations.numpy()) >= self.step:
-            handler = signal.getsignal(signal.SIGTERM)
-            assert getattr(handler, "__module__", "") == "dynarch.train", f"no dynarch handler: {handler}"
-            self.sent = True
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def test_sigterm_mid_epoch_then_resume_is_bitwise_identical(tmp_path, reference):

@@ -11,7 +11,6 @@ When the split exceeds `trainer.device_data_mb`, each chunk's rows are gathered 
 
 from __future__ import annotations
 
-
 import numpy as np
 import tensorflow as tf
 
