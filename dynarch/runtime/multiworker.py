@@ -42,6 +42,10 @@ class MultiWorkerStepper:
         self.batch = run.trainer.batch_size
         self.per_call = max(1, int(run.trainer.steps_per_execution))
         self.totals = np.zeros(3)  # global sums since reset: loss, correct, rows
+        # uint8 pixels travel as uint8 (scaled on the device); every split shares the train split's dtype
+        self._x_dtype = np.uint8 if arrays.train[0].dtype == np.uint8 else np.float32
+        ids = self.strategy.experimental_distribute_values_from_function(lambda ctx: ctx.replica_id_in_sync_group)
+        self._local = sorted(int(i) for i in self.strategy.experimental_local_results(ids))  # this worker's
         self._train_call = self._compile(training=True)
         self._eval_call = self._compile(training=False)
         self._fault = _fault_step(runtime)
@@ -63,8 +67,8 @@ class MultiWorkerStepper:
         data = getattr(self.arrays, split)
         if data is None or len(data[1]) == 0:
             return {}
-        if split == "test":  # the end of the run: say what this worker ended with (they must all agree)
-            log.info("final weights on this worker: %s", self.fingerprint())
+        if split == "test":  # the end of the run: every worker must hold the same weights
+            self.check_in_sync()
         x, y = data
         steps = -(-len(y) // self.batch)
         totals = np.zeros(3)
@@ -90,31 +94,53 @@ class MultiWorkerStepper:
             digest.update(v.path.encode() + np.ascontiguousarray(np.asarray(v.numpy())).tobytes())
         return "sha256:" + digest.hexdigest()[:16]
 
+    def check_in_sync(self) -> None:
+        """All-reduce 40 bits of the fingerprint (exact in float64): the sum is workers x own only when every
+        worker holds the same bits. Logged on success; a divergence is an error, never silently written."""
+        own = self.fingerprint()
+        value = float(int(own[7:17], 16))
+        total = self.strategy.reduce(
+            tf.distribute.ReduceOp.SUM,
+            self.strategy.experimental_distribute_values_from_function(lambda ctx: tf.constant(value, tf.float64)),
+            axis=None,
+        )
+        workers = self.strategy.extended._num_workers if hasattr(self.strategy.extended, "_num_workers") else 1
+        if float(total.numpy()) != value * self.replicas:
+            from ..errors import DynarchError
+
+            raise DynarchError(
+                "trainer.strategy=multi_worker",
+                "the workers ended with different weights (a dynarch bug, or workers with different code/data)",
+                expected=f"the same weights on all {workers} workers",
+                received=f"{own} here",
+                fix="run every worker with the same dynarch version, data and overrides",
+            )
+        log.info("final weights identical on all %d workers (%s)", workers, own)
+
     # -- batches ---------------------------------------------------------------------------------------
     def _calls(self, order: np.ndarray, first: int, end: int) -> Iterator[np.ndarray]:
         """Global batches first..end-1 grouped per compiled call: [k, B] index arrays of full batches (up to
         `per_call` of them), and a partial last batch alone as [1, b]."""
-        B, n = self.batch, len(order)
+        B, n, K = self.batch, len(order), self.per_call
         full_end = min(end, n // B)
-        for start in range(first, full_end, self.per_call):
-            stop = min(full_end, start + self.per_call)
-            yield order[start * B : stop * B].reshape(stop - start, B)
+        start = first
+        while start < full_end:  # K steps per call, the remainder one step per call: at most 3 shapes to trace
+            k = K if full_end - start >= K else 1
+            yield order[start * B : (start + k) * B].reshape(k, B)
+            start += k
         if end > full_end and full_end * B < n and first <= full_end:
             yield order[full_end * B :][None, :]
 
     def _run(self, call, x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """One compiled call: each local replica gets its slice of every global batch in `rows`."""
-        bounds = np.linspace(0, rows.shape[1], self.replicas + 1).round().astype(int)
-
-        def shard(ctx):  # called once per LOCAL replica; its id is global across workers
-            r = ctx.replica_id_in_sync_group
-            take = rows[:, bounds[r] : bounds[r + 1]]
-            return x[take], y[take]  # [k, b_r, ...], [k, b_r]
-
-        xs, ys = self.strategy.experimental_distribute_values_from_function(lambda ctx: shard(ctx)[0]), (
-            self.strategy.experimental_distribute_values_from_function(lambda ctx: shard(ctx)[1])
+        """One compiled call on this worker's columns of `rows` (its local replicas' slices of each batch)."""
+        bounds = np.linspace(0, rows.shape[1], self.replicas + 1).round().astype(np.int32)
+        mine = rows[:, bounds[self._local[0]] : bounds[self._local[-1] + 1]]
+        sums = call(
+            tf.constant(x[mine].astype(self._x_dtype, copy=False)),
+            tf.constant(y[mine].astype(np.int64, copy=False)),
+            tf.constant(bounds - bounds[self._local[0]]),
+            tf.constant(float(rows.shape[1]), tf.float32),
         )
-        sums = call(xs, ys, tf.constant(float(rows.shape[1]), tf.float32))
         return sums.numpy().astype(np.float64)
 
     # -- compiled calls --------------------------------------------------------------------------------
@@ -148,12 +174,23 @@ class MultiWorkerStepper:
 
         step = train_step if training else eval_step
 
-        @tf.function(reduce_retracing=True)
-        def call(xs, ys, global_rows):
-            k = tf.shape(strategy.experimental_local_results(ys)[0])[0]
+        def replica_fn(xs, ys, bounds, i, global_rows):  # this replica's columns of batch i
+            r = tf.distribute.get_replica_context().replica_id_in_sync_group
+            lo, hi = bounds[r], bounds[r + 1]
+            return step(xs[i, lo:hi], ys[i, lo:hi], global_rows)
+
+        signature = [
+            tf.TensorSpec([None, None, *self.arrays.train[0].shape[1:]], self._x_dtype),
+            tf.TensorSpec([None, None], tf.int64),
+            tf.TensorSpec([replicas + 1], tf.int32),
+            tf.TensorSpec([], tf.float32),
+        ]
+
+        @tf.function(input_signature=signature)  # one trace for every chunk shape
+        def call(xs, ys, bounds, global_rows):
             total = tf.zeros([3], tf.float32)
-            for i in tf.range(k):
-                per_replica = strategy.run(lambda a, b: step(a[i], b[i], global_rows), args=(xs, ys))
+            for i in tf.range(tf.shape(xs)[0]):
+                per_replica = strategy.run(replica_fn, args=(xs, ys, bounds, i, global_rows))
                 total += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
             return total
 
