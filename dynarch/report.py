@@ -36,6 +36,7 @@ SUMMARY_FIELDS = (
     "test_loss",
     "val_accuracy",
     "train_time_s",
+    "compile_s",
     "wall_time_s",
     "samples_per_s",
     "migrated_from",
@@ -47,6 +48,7 @@ _NUMBERS = {
     "test_loss": float,
     "val_accuracy": float,
     "train_time_s": float,
+    "compile_s": float,
     "wall_time_s": float,
     "samples_per_s": float,
 }
@@ -70,6 +72,7 @@ class JobRow:
     test_loss: float | None = None
     val_accuracy: float | None = None
     train_time_s: float | None = None
+    compile_s: float | None = None  # XLA compile (JAX) / first-epoch tracing (TF), inside train_time_s
     wall_time_s: float | None = None
     samples_per_s: float | None = None
     migrated_from: str | None = None
@@ -219,6 +222,7 @@ def render_markdown(rows: list[JobRow], extra: dict[str, Any]) -> str:
         "test_accuracy",
         "test_loss",
         "train_time_s",
+        "compile_s",
         "samples_per_s",
         "migrated_from",
         "error",

@@ -167,6 +167,9 @@ def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbac
 
         check_source_before_build(run)  # strict / incompatible source: fail before any TensorFlow work
     runtime = get_runtime(run.backend)
+    cache = compile_cache_dir(run, out_dir)
+    if cache is not None and hasattr(runtime, "enable_compile_cache"):
+        runtime.enable_compile_cache(cache)  # sweeps and reruns of a variant load compiled steps, not recompile
     flops = [p.arch.forward_flops for p in run.phases]
     runtime.configure(run.trainer, run.seed, None if None in flops else max(flops))
     log.info(
@@ -236,6 +239,7 @@ def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbac
             migrated_from = report.source
 
     t_fit = time.perf_counter()
+    compiled_before = runtime.compile_seconds() if hasattr(runtime, "compile_seconds") else None
     while True:
         loop_running[0] = True
         loop.fit_phase()
@@ -245,7 +249,35 @@ def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbac
             break
         loop.boundary()
     train_time = time.perf_counter() - t_fit
+    if compiled_before is not None:
+        loop.compile_s = runtime.compile_seconds() - compiled_before
     return _finish(loop, arrays, runtime, migrated_from, resume, train_time, t_start)
+
+
+def compile_cache_dir(run: RunConfig, out_dir: Path) -> Path | None:
+    """Where JAX keeps compiled programs between processes: DYNARCH_COMPILE_CACHE (the user's environment,
+    never a config: configs cannot write outside the run), else the sweep dir a Hydra multirun job runs in
+    (its jobs share one cache), else the run dir. None when off or the backend has no such cache."""
+    import os
+
+    if run.backend != "jax" or run.trainer.compile_cache == "off":
+        return None
+    if os.environ.get("DYNARCH_COMPILE_CACHE"):
+        return Path(os.environ["DYNARCH_COMPILE_CACHE"]).expanduser()
+    sweep = out_dir.parent
+    return (sweep if (sweep / "multirun.yaml").is_file() else out_dir) / ".cache" / "jax"
+
+
+def first_epoch_excess(history: dict[str, list]) -> float | None:
+    """Seconds the first epoch of each phase took beyond the steady epochs' median: on TensorFlow, where
+    no compile event is reported, the cost of tracing the step (an estimate; None with no steady epoch)."""
+    times, phases = history.get("epoch_time_s", []), history.get("phase") or [0] * len(history.get("epoch_time_s", []))
+    firsts = {i for i in range(len(times)) if i == 0 or phases[i] != phases[i - 1]}
+    steady = [t for i, t in enumerate(times) if i not in firsts]
+    if not steady:
+        return None
+    median = statistics.median(steady)
+    return sum(max(0.0, times[i] - median) for i in firsts)
 
 
 def _finish(loop: PhaseLoop, arrays, runtime, migrated_from, resume, train_time, t_start) -> dict[str, Any]:
@@ -263,6 +295,8 @@ def _finish(loop: PhaseLoop, arrays, runtime, migrated_from, resume, train_time,
         "params": int(model.count_params()),
         "epochs": loop.position.epoch,
         "train_time_s": round(train_time, 3),
+        # inside train_time_s: XLA compilation (JAX, measured), or the first epochs' excess (TF, estimated)
+        "compile_s": _round(getattr(loop, "compile_s", None) if run.backend == "jax" else first_epoch_excess(history)),
         "samples_per_s": round(statistics.median(steady), 1) if steady else None,
         "wall_time_s": None,
         "data_source": arrays.source,
@@ -313,6 +347,10 @@ def _finish(loop: PhaseLoop, arrays, runtime, migrated_from, resume, train_time,
         out_dir,
     )
     return metrics
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def _migration_counts(out_dir: Path, index: int) -> dict[str, int] | None:
