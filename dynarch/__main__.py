@@ -144,7 +144,19 @@ def backend_override(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    """Pre-flight the config files named on the command line, then hand over to Hydra."""
+    """Pre-flight the config files named on the command line, hand over to Hydra, then exit with its code.
+
+    As the process's own entry point (`python -m dynarch`, the `dynarch` script) the exit skips the interpreter's
+    teardown once everything that a normal exit does that matters is done (see exit_now); imported and called
+    by other code, it raises SystemExit as before."""
+    code = run_cli()
+    if fast_exit_wanted():
+        exit_now(code)
+    sys.exit(code)
+
+
+def run_cli() -> int | str | None:
+    """The whole command, every job of a sweep included; returns the exit code (SystemExit's `code`)."""
     try:
         sys.argv[1:] = qualify_arch_overrides(backend_override(sys.argv[1:]))  # +arch=deep -> +arch=mlp/deep
         preflight(sys.argv[1:])
@@ -153,9 +165,9 @@ def main() -> None:
         check_cli_run_dir(sys.argv[1:])  # Hydra creates and writes the run dir before our code runs
     except DynarchError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     except KeyboardInterrupt:
-        sys.exit(130)
+        return 130
     try:
         hydra_main()
     except SystemExit as e:
@@ -165,10 +177,59 @@ def main() -> None:
                 "keys; a new key needs a leading +)",
                 file=sys.stderr,
             )
-        raise
-    except KeyboardInterrupt:  # Ctrl-C while Hydra starts (scanning plugins, composing), before any job ran
+        return e.code
+    except KeyboardInterrupt:  # Ctrl-C while Hydra starts (scanning plugins, composition), before any job ran
         print("error: interrupted during start-up; nothing was trained\n  fix: run the command again", file=sys.stderr)
-        sys.exit(130)
+        return 130
+    return 0
+
+
+def fast_exit_wanted() -> bool:
+    """True when this process is the dynarch command itself: `python -m dynarch` or the `dynarch` console script.
+
+    Not when dynarch.__main__ is run from other Python code (runpy in a test, an embedding script): that code
+    may go on after SystemExit. DYNARCH_FAST_EXIT=0 turns it off, =1 forces it (a wrapper that is itself the
+    whole process, e.g. a benchmark's child)."""
+    forced = os.environ.get("DYNARCH_FAST_EXIT", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    argv = list(getattr(sys, "orig_argv", []))
+    if "-m" in argv[:-1] and argv[argv.index("-m") + 1] == "dynarch":
+        return True
+    entry = getattr(sys.modules.get("__main__"), "__file__", None) or ""
+    return Path(entry).name == "dynarch" and Path(sys.argv[0]).name == "dynarch"
+
+
+def exit_now(code: int | str | None) -> None:
+    """Exit with `code` as sys.exit would, without the interpreter's teardown.
+
+    With TensorFlow loaded, tearing the interpreter down (collecting every module, C++ static destructors) took
+    1.1-3.2 s on 2 CPU cores after the command's work was done (experiments/throughput/fixed_costs.py). Everything
+    an ordinary exit does that has an effect outside the process is done first, in the same order: non-daemon
+    threads are joined, atexit handlers run (logging.shutdown flushes and closes the log files; Hydra, MLflow,
+    joblib register theirs there), stdout and stderr are flushed. Every artifact was already written atomically
+    and fsynced by dynarch.artifacts before this point.
+    """
+    import atexit
+    import threading
+
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # sys.exit("message"): printed to stderr, exit status 1
+        print(code, file=sys.stderr)
+        code = 1
+    main_thread = threading.main_thread()
+    for thread in threading.enumerate():
+        if thread is not main_thread and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # what Py_Finalize runs first; it clears the list, so nothing runs twice
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # a closed pipe: Python exits 120 when its final flush fails
+            code = code or 120
+    os._exit(code & 0xFF if code >= 0 else code % 256)
 
 
 if __name__ == "__main__":
