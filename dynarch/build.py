@@ -13,6 +13,16 @@ from .errors import ConfigError
 from .spec import ArchSpec, BlockSpec, table_rows
 
 
+def _layer_seed(rate: float) -> int | None:
+    """The seed Keras would draw itself (`make_default_seed`: the same call on the same Python RNG), made
+    explicit: under the torch backend a Dropout without a seed draws from torch's global RNG, which
+    train-state checkpoints do not hold (resume would not be bitwise); with a seed it uses its own
+    seed-generator variable, which they do. TF and JAX models are bit-identical either way."""
+    import random
+
+    return random.randint(1, int(1e9)) if rate > 0 else None
+
+
 @keras.saving.register_keras_serializable(package="dynarch")
 class BlockGroup(keras.layers.Layer):
     """Named sub-blocks applied in order; with `residual=True` returns x + f(x).
@@ -62,7 +72,7 @@ LAYER_FACTORIES: dict[str, Callable[[dict, str], keras.layers.Layer]] = {
     ),
     "pool": _pool,
     "flatten": lambda p, n: keras.layers.Flatten(name=n),
-    "dropout": lambda p, n: keras.layers.Dropout(p["rate"], name=n),
+    "dropout": lambda p, n: keras.layers.Dropout(p["rate"], seed=_layer_seed(p["rate"]), name=n),
     "batchnorm": lambda p, n: keras.layers.BatchNormalization(momentum=p["momentum"], epsilon=p["epsilon"], name=n),
     "identity": lambda p, n: keras.layers.Identity(name=n),
 }
