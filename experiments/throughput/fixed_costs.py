@@ -89,7 +89,7 @@ class PatchOnImport(importlib.abc.MetaPathFinder):
             if spec is not None:
                 exec_module, log = spec.loader.exec_module, self.log
 
-                def exec_and_patch(module, exec_module=exec_module, name=name):
+                def exec_and_patch(module, exec_module=exec_module, name=name, log=log):
                     exec_module(module)
                     for attr, span in PATCHES[name]:
                         owner_path, _, leaf = attr.rpartition(".")
