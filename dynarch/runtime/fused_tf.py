@@ -11,10 +11,14 @@ When the split exceeds `trainer.device_data_mb`, each chunk's rows are gathered 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import tensorflow as tf
 
 from ..data.arrays import epoch_order, fits_device
+
+log = logging.getLogger(__name__)
 
 
 def _scale(x):
@@ -30,6 +34,12 @@ class TfFusedStepper:
         self.n = len(arrays.train[1])
         self.seed = run.seed
         self.resident = fits_device(arrays, run.trainer.device_data_mb)
+        if not self.resident:
+            log.info(
+                "fused loop: the training split exceeds trainer.device_data_mb=%d: each chunk's batches are "
+                "gathered on the host and sent with the call",
+                run.trainer.device_data_mb,
+            )
         with runtime.scope():
             if self.resident:
                 if getattr(arrays, "_tf_resident", None) is None:  # one device copy, shared by the phases
