@@ -105,7 +105,9 @@ class Worker:
         self.tail: collections.deque[str] = collections.deque(maxlen=40)
         if not chief:
             self.scratch = tempfile.mkdtemp(prefix=f"dynarch-worker{index}-")
-            env = {**env, CHIEF_DIR_ENV: str(Path(run_dir).resolve())}
+            tmp = Path(self.scratch) / "tmp"  # its temp files too (train()'s scratch): gone even after a SIGKILL
+            tmp.mkdir()
+            env = {**env, CHIEF_DIR_ENV: str(Path(run_dir).resolve()), "TMPDIR": str(tmp)}
             run_dir = str(Path(self.scratch) / "run")
         out, err = (None, None) if chief else (subprocess.PIPE, subprocess.STDOUT)
         self.proc = subprocess.Popen(
