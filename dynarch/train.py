@@ -184,9 +184,10 @@ def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbac
         position = check_compatible(ckpt, run)
     arrays = load_arrays(run.data, run.seed)
     log.info("data: %s %s", arrays.source, arrays.sizes())
-    if run.backend == "tensorflow":
+    if run.backend == "tensorflow" and run.loop == "keras":
         data = Pipelines(arrays, run.trainer.batch_size, run.seed)
-    else:  # same batches, same order, no TensorFlow (augmentation is refused for these backends at validation)
+    else:  # same batches, same order, no TensorFlow (augmentation is refused for these backends at validation);
+        # the fused loop reads the arrays itself and uses this only for sizes and the boundary probe
         from .data.numpy_pipeline import NumpyPipelines
 
         data = NumpyPipelines(arrays, run.trainer.batch_size, run.seed)
