@@ -69,7 +69,7 @@ def parse_tf_config(raw: str) -> Task:
         raise _bad("more than one chief", raw)
     kind, index = task.get("type"), task.get("index")
     if kind not in cluster:
-        raise _bad(f'task type {kind!r} is not a job of the cluster ({sorted(cluster)})', raw)
+        raise _bad(f"task type {kind!r} is not a job of the cluster ({sorted(cluster)})", raw)
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(cluster[kind]):
         raise _bad(f"task index {index!r} is not in [0, {len(cluster[kind])})", raw)
     workers = sum(len(a) for a in cluster.values())

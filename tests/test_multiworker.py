@@ -29,7 +29,7 @@ def tf_config(cluster=CLUSTER, type_="worker", index=0) -> str:
 
 
 def test_tf_config_tasks_and_chief():
-    assert task_from_env({}) .source == "none" and task_from_env({}).is_chief
+    assert task_from_env({}).source == "none" and task_from_env({}).is_chief
     w0, w1 = (task_from_env({"TF_CONFIG": tf_config(index=i)}) for i in (0, 1))
     assert (w0.is_chief, w1.is_chief, w0.num_workers, w1.index) == (True, False, 2, 1)
     with_chief = {"chief": ["h:1"], "worker": ["h:2", "h:3"]}
@@ -135,7 +135,16 @@ SMALL = [
 
 def launch(run_dir: Path, *extra: str, env: dict | None = None, workers: int = 2) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "dynarch.launch_local", "--workers", str(workers), *SMALL, *extra, f"hydra.run.dir={run_dir}"],
+        [
+            sys.executable,
+            "-m",
+            "dynarch.launch_local",
+            "--workers",
+            str(workers),
+            *SMALL,
+            *extra,
+            f"hydra.run.dir={run_dir}",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -165,7 +174,10 @@ def test_two_workers_match_one_process(tmp_path):
     assert "final weights identical on all 2 workers" in p.stderr
     single = subprocess.run(
         [sys.executable, "-m", "dynarch", *SMALL, off, f"hydra.run.dir={tmp_path / 'single'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert single.returncode == 0, single.stderr[-3000:]
     a, b = metrics(tmp_path / "single"), metrics(tmp_path / "multi")
@@ -206,3 +218,44 @@ def test_killed_worker_recovers_to_the_same_weights_and_only_the_chief_writes(tm
                 assert "this is worker 1" not in f.read_text(errors="replace"), f
         logs = (run_dir / "__main__.log").read_text()
         assert "this is worker 0" in logs and "scratch" not in logs
+
+
+@pytest.mark.slow
+def test_slurm_tasks_through_the_slurm_cluster_resolver(tmp_path):
+    """Two `launch_local --slurm` tasks with srun's variables set by hand (one node, 2 tasks): TensorFlow's
+    SlurmClusterResolver builds the cluster; task 0 writes the run dir, task 1 nothing."""
+    from dynarch.launch_local import free_ports
+
+    run_dir = tmp_path / "run"
+    slurm = {
+        "SLURM_JOB_ID": "7",
+        "SLURM_STEP_NUM_TASKS": "2",
+        "SLURM_STEP_NODELIST": "localhost",
+        "SLURM_STEP_TASKS_PER_NODE": "2",
+        "DYNARCH_SLURM_PORT": str(free_ports(1)[0]),
+    }
+    argv = [
+        sys.executable,
+        "-m",
+        "dynarch.launch_local",
+        "--slurm",
+        *SMALL,
+        "trainer.epochs=1",
+        f"hydra.run.dir={run_dir}",
+    ]
+    tasks = [
+        subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **slurm, "SLURM_PROCID": str(i)},
+        )
+        for i in (0, 1)
+    ]
+    outputs = [t.communicate(timeout=600)[0] for t in tasks]
+    assert [t.returncode for t in tasks] == [0, 0], outputs[0][-3000:]
+    assert "this is worker 0, from slurm" in outputs[0] and "final weights identical on all 2 workers" in outputs[0]
+    assert metrics(run_dir)["strategy"].startswith("multi_worker over 2 workers")
+    assert "worker 1" not in (run_dir / "__main__.log").read_text()

@@ -210,4 +210,8 @@ def _fault_step(runtime: Any) -> int | None:
     from ..cluster import task_from_env
 
     worker, step = spec.split(":", 1)
-    return int(step) if worker.isdigit() and step.isdigit() and task_from_env(multi_worker=True).index == int(worker) else None
+    return (
+        int(step)
+        if worker.isdigit() and step.isdigit() and task_from_env(multi_worker=True).index == int(worker)
+        else None
+    )

@@ -49,7 +49,18 @@ def slurm_resolver() -> Any:
     (nvidia-smi, then gpus_per_node // tasks_per_node) yields no tasks at all, so CPU nodes are described
     as one pseudo-GPU per task with CUDA_VISIBLE_DEVICES left alone."""
     resolver_class = tf.distribute.cluster_resolver.SlurmClusterResolver
-    port = int(os.environ.get("DYNARCH_SLURM_PORT", "8888"))  # the first port on each node (one per task)
+    raw = os.environ.get("DYNARCH_SLURM_PORT", "8888").strip()  # the first port on each node (one per task)
+    if not raw.isdigit() or not 1024 <= int(raw) <= 65000:
+        from ..errors import ConfigError
+
+        raise ConfigError(
+            "DYNARCH_SLURM_PORT",
+            "the first worker port on each node is not a usable port number",
+            expected="an integer in [1024, 65000]",
+            received=raw,
+            fix="unset DYNARCH_SLURM_PORT (8888) or set it to a free port, e.g. DYNARCH_SLURM_PORT=29500",
+        )
+    port = int(raw)
     if tf.config.list_physical_devices("GPU"):
         return resolver_class(port_base=port)
     return resolver_class(port_base=port, gpus_per_node=1024, gpus_per_task=1, auto_set_gpu=False)
