@@ -17,7 +17,10 @@ so that each trains on exactly the same samples. Samples/s is the median over th
 quotes the median over repeats with the min-max. Achieved training GFLOP/s (3x the forward FLOPs) is set
 against a float32 matmul peak measured in the same process.
 
-    make bench            # or: .venv/bin/python experiments/throughput/bench.py --repeats 3
+    make bench            # or: .venv/bin/python experiments/throughput/bench.py --repeats 3 [--no-loops]
+
+Then bench_loops.py runs (unless --no-loops): dynarch's fused loop vs its Keras loop vs plain Keras, on
+TensorFlow and JAX, MLP and CNN at batch 128 and 1024 (loops.md / loops.json).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
 
@@ -214,7 +218,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="mlp,cnn")
     parser.add_argument("--epochs", type=int, default=4, help="per run; the first is warm-up")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--no-loops", action="store_true", help="skip bench_loops.py (fused vs keras loop, TF and JAX)")
     parser.add_argument("--train-size", type=int, default=48000)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, default=HERE)
@@ -268,6 +273,10 @@ def main() -> None:
             "flops_per_sample": flops,
         }
     report(results, peak, args)
+    if not args.no_loops:  # the loop comparison (#17): fused vs Keras loop vs plain Keras, TF and JAX, 2 batch sizes
+        import bench_loops
+
+        bench_loops.main(["--out", str(args.out)])
 
 
 def report(results: dict, peak: float, args) -> None:
