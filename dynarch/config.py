@@ -142,7 +142,7 @@ class RunConfig:
     loggers: tuple = ()  # loggers.LoggerSpec per `logger.<name>`
     phases: tuple[PhaseSpec, ...] = ()  # filled in by __post_init__ or schedule.attach_schedule
     backend: str = "tensorflow"  # the `backend` key, else KERAS_BACKEND (runtime/backend.py)
-    loop: str = "keras"  # trainer.loop resolved (resolve_loop): keras | fused
+    loop: str = "keras"  # trainer.loop resolved: keras | fused | auto (decided at start-up: steploop.pick_loop)
 
     def __post_init__(self):
         if not self.phases:  # a plain run is one phase with the run's own architecture
@@ -404,13 +404,9 @@ def load_run_config(cfg: Mapping[str, Any], variant: str = "base") -> RunConfig:
     )
 
 
-# trainer.loop=auto, by measurement (experiments/throughput/README.md, "fused loop"): where the fused loop
-# trained faster than Keras `fit` for both shipped models at batch 128 and 1024 on 2 CPU cores.
-AUTO_FUSED_BACKENDS = ("jax",)
-
-
 def resolve_loop(trainer: TrainerConfig, backend: str, data: DataConfig) -> str:
-    """`trainer.loop` -> keras | fused, from the config alone; `fused` where it cannot run is refused."""
+    """`trainer.loop` -> keras | fused | auto, from the config alone; `fused` where it cannot run is refused.
+    `auto` (where both loops can run) is decided when the devices are known: steploop.pick_loop."""
     if trainer.strategy == "multi_worker":
         return "fused"  # the custom loop under MultiWorkerMirroredStrategy (fit cannot drive it)
     several = trainer.strategy == "mirrored" or trainer.logical_cpus >= 2
@@ -429,8 +425,8 @@ def resolve_loop(trainer: TrainerConfig, backend: str, data: DataConfig) -> str:
             received="fused",
             fix=f"set trainer.loop=auto (it picks the Keras loop here), or drop {key}",
         )
-    if trainer.loop == "auto":
-        return "fused" if backend in AUTO_FUSED_BACKENDS and not blocked else "keras"
+    if trainer.loop == "auto" and blocked:
+        return "keras"
     return trainer.loop
 
 

@@ -20,6 +20,7 @@ first..first+count-1 of that epoch; the model's variables are live when it retur
 from __future__ import annotations
 
 import math
+import signal
 import time
 from typing import Any, Protocol, Sequence
 
@@ -48,6 +49,31 @@ def make_stepper(loop) -> Stepper:
     from .runtime.fused_tf import TfFusedStepper
 
     return TfFusedStepper(model, loop.arrays, run, runtime)
+
+
+# trainer.loop=auto, by measurement (experiments/throughput/README.md, "The fused loop"; 2 CPU cores):
+# TensorFlow: (decided below); JAX on an accelerator: fused (the loop runs inside XLA; the issue's H200 figures:
+# 15x for the MLP by hand); JAX on the CPU: fused unless the model has convolutions — XLA:CPU runs a while
+# loop's body on one thread, and the CNN trained 3-4x slower fused while the MLP trained ~1.1x faster.
+TF_AUTO = "keras"
+
+
+def pick_loop(run, runtime, ckpt=None) -> str:
+    """`trainer.loop=auto` -> keras | fused for this run on these devices. A resumed run keeps the loop it
+    started with (a resume is bitwise only in the same loop; the fingerprint holds it)."""
+    if ckpt is not None:
+        saved = ckpt.manifest.get("fingerprint", {})
+        return saved.get("loop", "keras") if isinstance(saved, dict) else "keras"
+    if run.backend == "tensorflow":
+        return TF_AUTO
+    if run.backend != "jax":
+        return "keras"
+    import jax
+
+    if jax.devices()[0].platform != "cpu":
+        return "fused"
+    convolutions = any(b.type == "conv2d" and b.enabled for p in run.phases for _, b in p.arch.walk())
+    return "keras" if convolutions else "fused"
 
 
 def chunk_length(step: int, first: int, steps_per_epoch: int, every: int) -> int:
@@ -83,6 +109,7 @@ def fit_phase_steps(loop, stepper: Stepper, end: int, callbacks: Sequence, verbo
         while batch_at < spe:
             count = chunk_length(_global_step(model), batch_at, spe, every)
             logs = stepper.train(epoch, batch_at, count)
+            _agree_on_stop(stepper, stop)
             batch_at += count
             hooks.on_train_batch_end(batch_at - 1, logs)
             if not math.isfinite(logs.get("loss", 0.0)):
@@ -111,9 +138,18 @@ def fit_phase_steps(loop, stepper: Stepper, end: int, callbacks: Sequence, verbo
             pos.phase_done = True  # a plateau or a stock callback (EarlyStopping) ended the phase
         if chief:
             stop.saved = loop.save(model)
+        _agree_on_stop(stepper, stop)  # a signal may land during evaluation or the save
         if stop.signal:
             break
     hooks.on_train_end(logs)
+
+
+def _agree_on_stop(stepper: Stepper, stop) -> None:
+    """Several workers stop at the same chunk boundary: a worker that leaves the loop alone would leave the
+    others waiting forever in the next collective. Single-process steppers have no `all_workers`."""
+    agree = getattr(stepper, "all_workers", None)
+    if agree is not None and agree(stop.signal is not None) and stop.signal is None:
+        stop.signal = signal.SIGTERM  # another worker was signalled
 
 
 def _global_step(model) -> int:

@@ -9,6 +9,7 @@ through `dynarch.runtime`; under JAX the input pipeline is data/numpy_pipeline.p
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import statistics
@@ -178,9 +179,12 @@ def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbac
         runtime.strategy_text(),
         run.trainer.precision,
     )
-    ckpt = None
-    if resume:
-        ckpt = load_latest_state(out_dir)
+    ckpt = load_latest_state(out_dir) if resume else None
+    if run.loop == "auto":
+        from .steploop import pick_loop
+
+        run = dataclasses.replace(run, loop=pick_loop(run, runtime, ckpt))
+    if ckpt is not None:
         position = check_compatible(ckpt, run)
     arrays = load_arrays(run.data, run.seed)
     log.info("data: %s %s", arrays.source, arrays.sizes())

@@ -32,8 +32,13 @@ def test_chunks_end_at_checkpoint_multiples_and_epoch_ends():
     assert chunk_length(step=5, first=3, steps_per_epoch=10, every=0) == 7  # no mid-epoch checkpoints
 
 
-def test_auto_picks_by_backend_and_fused_is_refused_where_it_cannot_run():
-    assert run_config(["backend=jax"]).loop == "fused"
+def test_auto_picks_by_measurement_and_fused_is_refused_where_it_cannot_run():
+    from dynarch.steploop import TF_AUTO, pick_loop
+
+    assert run_config(["backend=jax"]).loop == "auto"
+    assert pick_loop(run_config(["backend=jax"]), None) == "fused"  # JAX, CPU, an MLP
+    assert pick_loop(run_config(["backend=jax", "model=cnn"]), None) == "keras"  # XLA:CPU: a conv in a loop body
+    assert pick_loop(run_config([]), None) == TF_AUTO
     assert run_config(["trainer.loop=keras", "backend=jax"]).loop == "keras"
     assert run_config(["trainer.strategy=mirrored"]).loop == "keras"
     with pytest.raises(ConfigError, match=r"(?s)trainer.loop=fused cannot run with trainer.strategy.*fix:"):
