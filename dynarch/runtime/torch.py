@@ -25,6 +25,7 @@ from . import auto_intra_op_threads
 
 log = logging.getLogger(__name__)
 CUBLAS_DETERMINISTIC = ":4096:8"  # PyTorch's reproducibility notes: needed by cuBLAS >= 10.2
+DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice (the cores), before any job changed it
 
 
 def _check_trainer(trainer: TrainerConfig) -> None:
@@ -58,9 +59,9 @@ class TorchRuntime:
         if trainer.deterministic:
             # Read by cuBLAS when CUDA initializes; harmless on CPU and once CUDA has started (then unchanged).
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
-        threads = auto_intra_op_threads(trainer, forward_flops, _device() != "cpu")
-        if threads > 0 and threads != torch.get_num_threads():
-            torch.set_num_threads(threads)  # may change at any time in torch (unlike TF's and XLA's pools)
+        threads = auto_intra_op_threads(trainer, forward_flops, _device() != "cpu") or DEFAULT_THREADS
+        if threads != torch.get_num_threads():  # torch may change it at any time (unlike TF's and XLA's pools):
+            torch.set_num_threads(threads)  # each job of a sweep gets its own, not the previous job's
         keras.backend.clear_session()  # several jobs in one process (sweeps) must not share state
         keras.mixed_precision.set_global_policy(trainer.precision)  # after clear_session, which resets it
         torch.use_deterministic_algorithms(trainer.deterministic, warn_only=True)
