@@ -408,6 +408,9 @@ def resolve_loop(trainer: TrainerConfig, backend: str, data: DataConfig) -> str:
     """`trainer.loop` -> keras | fused | auto, from the config alone; `fused` where it cannot run is refused.
     `auto` (where both loops can run) is decided when the devices are known: steploop.pick_loop."""
     if trainer.strategy == "multi_worker":
+        from .cluster import require_cluster, task_from_env
+
+        require_cluster(task_from_env(multi_worker=True), trainer.batch_size)  # TF_CONFIG / Slurm, before TF
         return "fused"  # the custom loop under MultiWorkerMirroredStrategy (fit cannot drive it)
     several = trainer.strategy == "mirrored" or trainer.logical_cpus >= 2
     reasons = [
