@@ -94,6 +94,20 @@ def test_mirrored_on_two_host_devices_trains_like_one_device(tmp_path):
     # and the run resumes on two devices: its train-state restores into the replicated variables
     ok(jax_cli(*CFG, "backend=jax", *TWO, "trainer.epochs=3", f"hydra.run.dir={two}", "resume=true"))
     assert json.loads((two / "metrics.json").read_text())["epochs"] == 3
+    # and a one-device run's weights migrate into a two-device run (init_from, every variable carried over)
+    warm = tmp_path / "warm"
+    ok(
+        jax_cli(
+            *CFG,
+            "backend=jax",
+            *TWO,
+            "trainer.epochs=1",
+            f"init_from={one}",
+            "migrate.strict=true",
+            f"hydra.run.dir={warm}",
+        )
+    )
+    assert json.loads((warm / "metrics.json").read_text())["migrated_from"]
 
 
 # -- the persistent compilation cache ---------------------------------------------------------------------
