@@ -72,7 +72,7 @@ def test_two_host_devices_refusals_and_no_leak_into_the_next_job():
     assert got["odd_batch"][0] == "trainer.batch_size" and "fix: set trainer.batch_size=32 or 34" in got["odd_batch"][1]
     assert "last batch has 29 examples" in got["odd_tail"] and "fix:" in got["odd_tail"]
     assert "already started in this process with 2 CPU device(s)" in got["recount"] and "fix:" in got["recount"]
-    assert got["multi_worker"].startswith("trainer.strategy")
+    assert "fix:" in got["multi_worker"]
     assert got["after_default_job"] == {"distribution": None, "strategy": "default (one device)", "multiple": 1}
 
 
@@ -152,8 +152,9 @@ def _rules() -> dict:
     out["odd_tail"] = _error(lambda: runtime.check_batches({"train": 541}, 32))[1]
     three = run_config([*CFG, "++backend=jax", "trainer.strategy=mirrored", "trainer.logical_cpus=3"])
     out["recount"] = _error(lambda: runtime.configure(three.trainer, 1))[1]
-    worker = run_config([*CFG, "++backend=jax", "trainer.strategy=multi_worker"])
-    out["multi_worker"] = _error(lambda: runtime.configure(worker.trainer, 1))[1]
+    # refused at validation (no cluster) or by the runtime (JAX has no multi-worker path here): never run
+    worker = [*CFG, "++backend=jax", "trainer.strategy=multi_worker"]
+    out["multi_worker"] = _error(lambda: runtime.configure(run_config(worker).trainer, 1))[1]
     runtime.configure(run_config([*CFG, "++backend=jax", "trainer.strategy=default"]).trainer, 1)
     out["after_default_job"] = {
         "distribution": keras.distribution.distribution(),

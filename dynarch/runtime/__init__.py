@@ -9,22 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ContextManager, Protocol
 
-from .backend import BACKENDS, resolve_backend, use_backend  # noqa: F401  (pure Python: no framework)
+# Pure Python, no framework: re-exported for the entry point and the runtimes.
+from .backend import BACKENDS, auto_intra_op_threads, resolve_backend, use_backend  # noqa: F401
 
 if TYPE_CHECKING:
     from ..config import TrainerConfig
-
-SMALL_MODEL_FLOPS = 1_000_000  # forward FLOPs/sample below which a step is overhead-bound on CPU
-
-
-def auto_intra_op_threads(trainer: TrainerConfig, forward_flops: int | None, has_accelerator: bool) -> int:
-    """Threads for one op (0: the backend's default, all cores). `auto`: 1 for small models on CPU — tiny
-    matmuls gain nothing from splitting and the input pipeline gets a core (measured ~1.3x faster on the
-    MLP with 2 cores under TensorFlow) — else 0, which the compute-bound CNN needs. Pure Python."""
-    if trainer.intra_op_threads != "auto":
-        return int(trainer.intra_op_threads)
-    small = forward_flops is not None and forward_flops < SMALL_MODEL_FLOPS
-    return 1 if small and not has_accelerator else 0
 
 
 class Runtime(Protocol):

@@ -21,7 +21,7 @@ import torch
 
 from ..config import TrainerConfig
 from ..errors import ConfigError
-from . import auto_intra_op_threads
+from .backend import auto_intra_op_threads
 
 log = logging.getLogger(__name__)
 CUBLAS_DETERMINISTIC = ":4096:8"  # PyTorch's reproducibility notes: needed by cuBLAS >= 10.2
