@@ -410,6 +410,16 @@ def resolve_loop(trainer: TrainerConfig, backend: str, data: DataConfig) -> str:
     if trainer.strategy == "multi_worker":
         from .cluster import require_cluster, task_from_env
 
+        if backend != "tensorflow":
+            raise ConfigError(
+                "trainer.strategy",
+                f"multi_worker is not supported on the {backend} backend: it trains under TensorFlow's "
+                "MultiWorkerMirroredStrategy",
+                expected="backend=tensorflow with trainer.strategy=multi_worker",
+                received=f"backend={backend}",
+                fix="set backend=tensorflow, or use trainer.strategy=mirrored/auto on one machine",
+            )
+
         require_cluster(task_from_env(multi_worker=True), trainer.batch_size)  # TF_CONFIG / Slurm, before TF
         return "fused"  # the custom loop under MultiWorkerMirroredStrategy (fit cannot drive it)
     several = trainer.strategy == "mirrored" or trainer.logical_cpus >= 2

@@ -70,7 +70,10 @@ def pick_loop(run, runtime, ckpt=None) -> str:
         return "keras"
     import jax
 
-    if jax.devices()[0].platform != "cpu":
+    devices = jax.devices()
+    if len(devices) > 1 and run.trainer.strategy == "auto":
+        return "keras"  # auto spreads the batch over the devices (DataParallel); the fused loop uses one
+    if devices[0].platform != "cpu":
         return "fused"
     convolutions = any(b.type == "conv2d" and b.enabled for p in run.phases for _, b in p.arch.walk())
     return "keras" if convolutions else "fused"
