@@ -160,18 +160,6 @@ def test_torch_runs_one_step_per_call_and_threads_follow_the_model_size():
     assert auto_intra_op_threads(run_config([*CFG, "trainer.intra_op_threads=3"]).trainer, 1, False) == 3
 
 
-def _dropout_is_seeded() -> bool:
-    """Whether build_model gives Dropout layers a seed (else, under torch, masks come from torch's global RNG)."""
-    import keras
-
-    from dynarch.build import build_model
-
-    model = build_model(run_config(CFG).arch)
-    dropouts = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
-    assert dropouts, "the default MLP has a dropout block: the check below would prove nothing"
-    return all(layer.seed is not None for layer in dropouts)
-
-
 # -- torch end to end (subprocesses) ----------------------------------------------------------------------
 @pytest.mark.slow
 def test_torch_trains_without_tensorflow_and_writes_the_same_artifacts(tf_run, torch_run):
@@ -228,7 +216,9 @@ def test_checkpoints_cross_tf_and_torch_with_identical_outputs(tf_run, torch_run
 @pytest.mark.slow
 def test_torch_sigkill_mid_epoch_then_resume_is_bitwise_identical_on_cpu(torch_run, tmp_path):
     """SIGKILL (no handler runs) after the step-24 checkpoint; `resume=true` continues from it and ends with
-    the uninterrupted run's weights, bit for bit (CPU; see the README for what PyTorch guarantees)."""
+    the uninterrupted run's weights, bit for bit (CPU; see the README for what PyTorch guarantees). It needs
+    build_model's Dropout layers seeded: unseeded, torch draws their masks from its global RNG, which the
+    train-state does not hold."""
     out = tmp_path / "run"
     killed = torch_driver("kill_at", str(KILL_STEP), str(out))
     assert killed.returncode == -9, (killed.stdout + killed.stderr)[-3000:]
@@ -239,11 +229,6 @@ def test_torch_sigkill_mid_epoch_then_resume_is_bitwise_identical_on_cpu(torch_r
     assert not (out / "checkpoint").exists()
     ok(torch_module("dynarch", *CFG, "backend=torch", f"hydra.run.dir={out}", "resume=true"))
     assert json.loads((out / "metrics.json").read_text())["resumed"]
-    if not _dropout_is_seeded():
-        pytest.xfail(
-            "build_model's Dropout has no seed: under torch it draws from torch's global RNG, which the "
-            "train-state does not hold (request R1 in notes/H2-requests.md)"
-        )
     assert weights_sha(out) == weights_sha(torch_run)
 
 
