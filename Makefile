@@ -31,5 +31,5 @@ test-slow: $(STAMP)  ## multi-process and long tests
 clean:
 	rm -rf outputs multirun .pytest_cache
 
-bench: $(STAMP)    ## throughput vs plain Keras (experiments/throughput/), about 5 minutes
-	$(PY) experiments/throughput/bench.py
+bench: $(STAMP)    ## throughput vs plain Keras + the keras/fused loop table (experiments/throughput/), ~10 min; ARGS=--no-loops skips the table
+	$(PY) experiments/throughput/bench.py $(ARGS)

@@ -49,7 +49,9 @@ def hydra_main(cfg: DictConfig) -> float:
         from .loggers import build_loggers, close_loggers
         from .train import train
 
-        hooks = build_callbacks(run.callbacks, out_dir, run) + build_loggers(run.loggers, out_dir, run, resolved)
+        hook_dir = _hook_dir(run, out_dir)
+        hooks = build_callbacks(run.callbacks, hook_dir or out_dir, run)
+        hooks += [] if hook_dir else build_loggers(run.loggers, out_dir, run, resolved)  # loggers: the chief's
         try:
             metrics = train(
                 run,
@@ -62,6 +64,11 @@ def hydra_main(cfg: DictConfig) -> float:
         except BaseException as e:
             close_loggers(hooks, error=e)
             raise
+        finally:
+            if hook_dir:
+                import shutil
+
+                shutil.rmtree(hook_dir, ignore_errors=True)
         close_loggers(hooks, metrics)
     except BaseException as e:  # noqa: BLE001 — every way out of a job is reported, none as a traceback
         if isinstance(e, SystemExit):
@@ -79,6 +86,21 @@ def hydra_main(cfg: DictConfig) -> float:
         f"({metrics['data_source']})  run dir: {out_dir}"
     )
     return float(metrics.get(run.optimized_metric) or metrics["test_accuracy"])
+
+
+def _hook_dir(run, out_dir: Path) -> Path | None:
+    """A multi-worker process that is not the chief runs the callbacks too (they decide from the global
+    logs, identically on every worker) but writes their files to a scratch dir, removed when the job ends:
+    only the chief writes the run dir. None for the chief and for every single-process run."""
+    if run.trainer.strategy != "multi_worker":
+        return None
+    from .cluster import task_from_env
+
+    if task_from_env(multi_worker=True).is_chief:
+        return None
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="dynarch-worker-hooks-"))
 
 
 def report_and_exit(error: BaseException) -> None:

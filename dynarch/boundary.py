@@ -56,8 +56,11 @@ def carry_rng_states(old_model, new_model) -> int:
 def output_change(old_model, new_model, probe: np.ndarray) -> float:
     """Largest change of the model's outputs on `probe` across the boundary (inference mode): ~0 when the
     migration preserved the function (growth), large when information was dropped (a shrink)."""
-    before = np.asarray(old_model(probe, training=False), dtype=np.float64)
-    after = np.asarray(new_model(probe, training=False), dtype=np.float64)
+    import keras
+
+    # convert_to_numpy: a torch output requires grad and refuses np.asarray
+    before = np.asarray(keras.ops.convert_to_numpy(old_model(probe, training=False)), dtype=np.float64)
+    after = np.asarray(keras.ops.convert_to_numpy(new_model(probe, training=False)), dtype=np.float64)
     return float(np.max(np.abs(before - after)))
 
 

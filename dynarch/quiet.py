@@ -22,7 +22,9 @@ import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-CAPTURE = ".tensorflow-startup.log"  # in the run dir while TensorFlow starts; removed after it is replayed
+# In the run dir while TensorFlow starts, one per process (workers of a multi-node job may share a run dir);
+# removed after it is replayed.
+CAPTURE = ".tensorflow-startup-{pid}.log"
 NO_DRIVER = re.compile(r"cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine")
 NOISE = {
     "absl pre-init banner": re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called"),
@@ -70,13 +72,13 @@ def filter_startup_lines(lines: list[str]) -> tuple[list[str], list[str]]:
 
 def start_tensorflow_quietly(run_dir: Path) -> None:
     """Import TensorFlow (through dynarch.runtime) and list its physical devices with fd 2 captured in
-    RUN/.tensorflow-startup.log, then
+    RUN/.tensorflow-startup-PID.log, then
     replay every line but the known notices to stderr and remove the file. Should the process die
     meanwhile, the file stays in the run dir with everything TensorFlow said."""
     if "tensorflow" in sys.modules:
         return
     quiet_startup()
-    path = Path(run_dir) / CAPTURE
+    path = Path(run_dir) / CAPTURE.format(pid=os.getpid())
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stderr.flush()
     saved = os.dup(2)

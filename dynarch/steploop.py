@@ -68,12 +68,10 @@ def pick_loop(run, runtime, ckpt=None) -> str:
         return TF_AUTO
     if run.backend != "jax":
         return "keras"
-    import jax
-
-    devices = jax.devices()
-    if len(devices) > 1 and run.trainer.strategy == "auto":
+    platform, count = runtime.device_platform()
+    if count > 1 and run.trainer.strategy == "auto":
         return "keras"  # auto spreads the batch over the devices (DataParallel); the fused loop uses one
-    if devices[0].platform != "cpu":
+    if platform != "cpu":
         return "fused"
     convolutions = any(b.type == "conv2d" and b.enabled for p in run.phases for _, b in p.arch.walk())
     return "keras" if convolutions else "fused"

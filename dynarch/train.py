@@ -196,6 +196,8 @@ def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbac
 
         data = NumpyPipelines(arrays, run.trainer.batch_size, run.seed)
 
+    if hasattr(runtime, "check_batches"):  # JAX DataParallel: every batch, partial ones too, splits evenly
+        runtime.check_batches(arrays.sizes(), run.trainer.batch_size)
     if ckpt is not None and position.batches_done >= data.steps_per_epoch:
         from .errors import CheckpointError
 

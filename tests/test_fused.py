@@ -35,9 +35,16 @@ def test_chunks_end_at_checkpoint_multiples_and_epoch_ends():
 def test_auto_picks_by_measurement_and_fused_is_refused_where_it_cannot_run():
     from dynarch.steploop import TF_AUTO, pick_loop
 
-    assert run_config(["backend=jax"]).loop == "auto"
-    assert pick_loop(run_config(["backend=jax"]), None) == "fused"  # JAX, CPU, an MLP
-    assert pick_loop(run_config(["backend=jax", "model=cnn"]), None) == "keras"  # XLA:CPU: a conv in a loop body
+    class Devices:
+        def __init__(self, platform, count):
+            self.device_platform = lambda: (platform, count)
+
+    jax_run, cnn = run_config(["backend=jax"]), run_config(["backend=jax", "model=cnn"])
+    assert jax_run.loop == "auto"
+    assert pick_loop(jax_run, Devices("cpu", 1)) == "fused"  # JAX, CPU, an MLP
+    assert pick_loop(cnn, Devices("cpu", 1)) == "keras"  # XLA:CPU runs a loop body on one thread
+    assert pick_loop(cnn, Devices("gpu", 1)) == "fused"
+    assert pick_loop(cnn, Devices("gpu", 2)) == "keras"  # strategy=auto: DataParallel over the GPUs
     assert pick_loop(run_config([]), None) == TF_AUTO
     assert run_config(["trainer.loop=keras", "backend=jax"]).loop == "keras"
     assert run_config(["trainer.strategy=mirrored"]).loop == "keras"

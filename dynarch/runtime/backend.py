@@ -112,3 +112,21 @@ def use_backend(name: str) -> None:
             fix=f"run `python -m dynarch backend={name} ...` in its own process (not in one sweep with "
             f"another backend), or set KERAS_BACKEND={name} before importing keras",
         )
+
+
+def seed_without_tensorflow(seed: int) -> None:
+    """`keras.utils.set_random_seed(seed)` for a backend other than TensorFlow, without importing TensorFlow:
+    Keras probes `tensorflow.available` there (keras/src/utils/rng_utils.py), and that probe IMPORTS TensorFlow
+    wherever it is installed — seconds of start-up and its log lines, only to seed an RNG these backends
+    never use. Unless something already imported it, Keras' lazy handle is told it is not available."""
+    import keras
+
+    if "tensorflow" not in sys.modules:
+        try:
+            from keras.src.utils import module_utils  # a private module: guarded, a newer Keras may move it
+
+            if getattr(module_utils.tensorflow, "_available", False) is None:
+                module_utils.tensorflow._available = False
+        except (ImportError, AttributeError):
+            pass
+    keras.utils.set_random_seed(seed)  # Python, NumPy, Keras' global SeedGenerator (and torch's, under torch)

@@ -27,6 +27,7 @@ import keras
 
 from ..config import TrainerConfig
 from ..errors import ConfigError, DataError
+from .backend import seed_without_tensorflow
 
 log = logging.getLogger(__name__)
 DETERMINISTIC_GPU_FLAG = "--xla_gpu_deterministic_ops=true"
@@ -158,7 +159,7 @@ class JaxRuntime:
         self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
-        keras.utils.set_random_seed(seed)  # Python, NumPy and Keras' global SeedGenerator
+        seed_without_tensorflow(seed)  # Python, NumPy, Keras (and torch) RNGs; TensorFlow stays unloaded
 
     def scope(self) -> ContextManager[Any]:
         # The distribution is set process-wide in configure: variables created anywhere get its layout.
@@ -203,6 +204,13 @@ class JaxRuntime:
 
     def steps_per_execution(self, requested: int) -> int:
         return requested
+
+    def device_platform(self) -> tuple[str, int]:
+        """(platform of the first device: cpu | gpu | tpu ..., number of devices)."""
+        import jax
+
+        devices = jax.devices()
+        return devices[0].platform, len(devices)
 
     def physical_devices(self) -> list[str]:
         import jax

@@ -21,7 +21,7 @@ import torch
 
 from ..config import TrainerConfig
 from ..errors import ConfigError
-from .backend import auto_intra_op_threads
+from .backend import auto_intra_op_threads, seed_without_tensorflow
 
 log = logging.getLogger(__name__)
 CUBLAS_DETERMINISTIC = ":4096:8"  # PyTorch's reproducibility notes: needed by cuBLAS >= 10.2
@@ -70,7 +70,7 @@ class TorchRuntime:
         self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
-        keras.utils.set_random_seed(seed)  # Python, NumPy, torch.manual_seed and Keras' global SeedGenerator
+        seed_without_tensorflow(seed)  # Python, NumPy, Keras (and torch) RNGs; TensorFlow stays unloaded
 
     def scope(self) -> ContextManager[Any]:
         return contextlib.nullcontext()  # variables are created on Keras' torch device
