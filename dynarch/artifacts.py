@@ -136,7 +136,7 @@ def plot_curves(
     Args:
         history: metric -> values per epoch (`epoch` / `phase` keys are ignored as metrics).
         boundaries: (epochs trained before a phase, label) — i.e. the 0-based history index of the phase's
-            first epoch, as train.phase_summaries' `start_epoch`: a labelled dotted line just before that epoch.
+            first epoch, as results.phase_summaries' `start_epoch`: a labelled dotted line just before that epoch.
         epochs: x values (global epoch numbers); default 1..n, or history["epoch"] when present.
     """
     # A bare Figure renders with Agg without importing pyplot or choosing a GUI backend: about half the cost

@@ -134,7 +134,7 @@ def _phases_text(phases: Any) -> str:
     parts = []
     for i, p in enumerate(phases):
         p = p if isinstance(p, dict) else {}
-        # train.phase_summaries: `name` (its `architecture` is the list of enabled blocks, too long here)
+        # results.phase_summaries: `name` (its `architecture` is the list of enabled blocks, too long here)
         name = next(
             (str(p[k]) for k in ("name", "variant", "architecture") if isinstance(p.get(k), str) and p[k]),
             f"phase {p.get('phase', i)}",

@@ -51,11 +51,12 @@ def make_stepper(loop) -> Stepper:
     return TfFusedStepper(model, loop.arrays, run, runtime)
 
 
-# trainer.loop=auto, by measurement (experiments/throughput/README.md, "The fused loop"; 2 CPU cores):
-# TensorFlow: (decided below); JAX on an accelerator: fused (the loop runs inside XLA; the H200 figures:
-# 15x for the MLP by hand); JAX on the CPU: fused unless the model has convolutions — XLA:CPU runs a while
-# loop's body on one thread, and the CNN trained 3-4x slower fused while the MLP trained ~1.1x faster.
-TF_AUTO = "keras"
+# trainer.loop=auto, by measurement (experiments/throughput/loops.md; 2 CPU cores): TensorFlow: fused (faster
+# than fit for the MLP and the CNN at batch 128 and 1024: no tf.data between the steps); JAX on an accelerator:
+# fused (the loop runs inside XLA; the H200 figures: 15x for the MLP by hand); JAX on the CPU: fused
+# unless the model has convolutions — XLA:CPU runs a while loop's body on one thread: the CNN trained 3-4x
+# slower fused while the MLP trained faster.
+TF_AUTO = "fused"
 
 
 def pick_loop(run, runtime, ckpt=None) -> str:

@@ -7,11 +7,13 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
 import numpy as np
-from conftest import CONF, run_config
+from conftest import CONF, ROOT, run_config
 
 
 def snapshot(root):
@@ -114,3 +116,64 @@ class SignalAtStep(keras.callbacks.Callback):
             assert getattr(handler, "__module__", "") == "dynarch.train", f"no dynarch handler: {handler}"
             self.sent = True
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+# -- runs on another Keras backend, in a subprocess with TensorFlow blocked (as on a GPU box without it) ----
+# 540 training samples in batches of 32: 17 steps an epoch, checkpoints every 8 steps, 4 steps per call
+# (1 on torch, whose runtime forces it).
+BACKEND_CFG = [
+    "data=mnist_subset",
+    "data.limit_train=600",
+    "data.limit_test=200",
+    "trainer.epochs=2",
+    "trainer.verbose=0",
+    "trainer.batch_size=32",
+    "trainer.steps_per_execution=4",
+    "trainer.checkpoint_every=8",
+]
+BLOCKED = ("tensorflow", "tensorflow_datasets")
+NO_TF = f"import sys; sys.modules.update(dict.fromkeys({BLOCKED!r}))"  # `import tensorflow` -> ImportError
+
+
+def backend_env(backend: str) -> dict[str, str]:
+    return {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)}
+
+
+def run_blocked(target: str, *args: str, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m TARGET ARGS` (a module name) or `python TARGET ARGS` (a .py path), TensorFlow blocked."""
+    run = "runpy.run_path(sys.argv[0]" if target.endswith(".py") else f"runpy.run_module({target!r}"
+    code = f"{NO_TF}; import runpy; sys.argv = [{target!r}, *sys.argv[1:]]; {run}, run_name='__main__')"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return proc
+
+
+def migrated_outputs(source: Path, overrides: list[str]) -> np.ndarray:
+    """The `init_from=source` model of this process's backend before any training: outputs on 64 test images."""
+    from dynarch.build import build_model
+    from dynarch.data import load_arrays
+    from dynarch.data.numpy_pipeline import scale
+    from dynarch.migrate import migrate_model
+    from dynarch.runtime import get_runtime
+
+    run = run_config([*BACKEND_CFG, *overrides, f"init_from={source}"])
+    runtime = get_runtime(run.backend)
+    runtime.configure(run.trainer, run.seed)
+    model = build_model(run.phases[0].arch)
+    report = migrate_model(
+        model,
+        run.phases[0].arch,
+        source,
+        new_blocks=run.migrate.new_blocks,
+        strict=True,
+        seed=run.seed,
+        target_variant=run.variant,
+    )
+    assert report is not None
+    x = scale(load_arrays(run.data, run.seed).test[0][:64])
+    return np.asarray(keras.ops.convert_to_numpy(model(x, training=False)), dtype=np.float32)

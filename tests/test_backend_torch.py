@@ -18,83 +18,21 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import ROOT, run_config  # noqa: E402
+from conftest import run_config  # noqa: E402
+from helpers import BACKEND_CFG, backend_env, migrated_outputs, ok, run_blocked, weights_sha  # noqa: E402
 
-# 540 training samples in batches of 32: 17 steps an epoch (one step per call on torch), checkpoints every 8.
-CFG = [
-    "data=mnist_subset",
-    "data.limit_train=600",
-    "data.limit_test=200",
-    "trainer.epochs=2",
-    "trainer.verbose=0",
-    "trainer.batch_size=32",
-    "trainer.checkpoint_every=8",
-]
-BLOCKED = ("tensorflow", "tensorflow_datasets")
-NO_TF = f"import sys; sys.modules.update(dict.fromkeys({BLOCKED!r}))"  # `import tensorflow` -> ImportError
+CFG = BACKEND_CFG
 KILL_STEP = 26  # epoch 2, after the step-24 checkpoint (7 of its 17 batches done)
-
-
-def torch_env() -> dict[str, str]:
-    return {**os.environ, "KERAS_BACKEND": "torch", "PYTHONPATH": str(ROOT)}
-
-
-def _run(code: str, args: tuple[str, ...], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=torch_env()
-    )
 
 
 def torch_module(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """`python -m MODULE ARGS` on torch with TensorFlow blocked."""
-    code = f"{NO_TF}; import runpy; sys.argv = ['{module}', *sys.argv[1:]]; "
-    code += f"runpy.run_module('{module}', run_name='__main__')"
-    return _run(code, args, timeout)
+    return run_blocked(module, *args, env=backend_env("torch"), timeout=timeout)
 
 
 def torch_driver(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """This file as a script, on torch with TensorFlow blocked (see `main` at the bottom)."""
-    code = f"{NO_TF}; import runpy; sys.argv = [{str(Path(__file__))!r}, *sys.argv[1:]]; "
-    code += "runpy.run_path(sys.argv[0], run_name='__main__')"
-    return _run(code, args, timeout)
-
-
-def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return proc
-
-
-def weights_sha(run_dir: Path) -> str:
-    return json.loads((run_dir / "checkpoint" / "manifest.json").read_text())["weights_sha256"]
-
-
-def migrated_outputs(source: Path, overrides: list[str]) -> np.ndarray:
-    """The `init_from=source` model of this process's backend before any training: outputs on 64 test images."""
-    from dynarch.build import build_model
-    from dynarch.data import load_arrays
-    from dynarch.data.numpy_pipeline import scale
-    from dynarch.migrate import migrate_model
-    from dynarch.runtime import get_runtime
-
-    run = run_config([*CFG, *overrides, f"init_from={source}"])
-    runtime = get_runtime(run.backend)
-    runtime.configure(run.trainer, run.seed)
-    model = build_model(run.phases[0].arch)
-    phase = run.phases[0]
-    report = migrate_model(
-        model,
-        phase.arch,
-        source,
-        new_blocks=run.migrate.new_blocks,
-        strict=True,
-        seed=run.seed,
-        target_variant=run.variant,
-    )
-    assert report is not None
-    x = scale(load_arrays(run.data, run.seed).test[0][:64])
-    import keras
-
-    return np.asarray(keras.ops.convert_to_numpy(model(x, training=False)), dtype=np.float32)
+    return run_blocked(str(Path(__file__)), *args, env=backend_env("torch"), timeout=timeout)
 
 
 # -- runs shared by the tests ------------------------------------------------------------------------------

@@ -16,21 +16,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import ROOT, run_config  # noqa: E402
+from helpers import BACKEND_CFG, ok, run_blocked  # noqa: E402
 
 # 540 training / 60 validation / 200 test examples in batches of 32: every last partial batch (28, 28, 8)
 # splits evenly over 2 devices.
-CFG = [
-    "data=mnist_subset",
-    "data.limit_train=600",
-    "data.limit_test=200",
-    "trainer.epochs=2",
-    "trainer.verbose=0",
-    "trainer.batch_size=32",
-    "trainer.steps_per_execution=4",
-    "trainer.checkpoint_every=8",
-]
+CFG = BACKEND_CFG
 TWO = ["trainer.strategy=mirrored", "trainer.logical_cpus=2"]
-NO_TF = "import sys; sys.modules.update(dict.fromkeys(('tensorflow', 'tensorflow_datasets')))"
 
 
 def jax_env() -> dict[str, str]:
@@ -39,25 +30,12 @@ def jax_env() -> dict[str, str]:
     return env
 
 
-def _run(code: str, args: tuple[str, ...], timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=jax_env()
-    )
-
-
 def jax_cli(*args: str) -> subprocess.CompletedProcess:
-    code = f"{NO_TF}; import runpy; sys.argv = ['dynarch', *sys.argv[1:]]; "
-    return _run(code + "runpy.run_module('dynarch', run_name='__main__')", args)
+    return run_blocked("dynarch", *args, env=jax_env())
 
 
 def jax_driver(*args: str) -> subprocess.CompletedProcess:
-    code = f"{NO_TF}; import runpy; sys.argv = [{str(Path(__file__))!r}, *sys.argv[1:]]; "
-    return _run(code + "runpy.run_path(sys.argv[0], run_name='__main__')", args)
-
-
-def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return proc
+    return run_blocked(str(Path(__file__)), *args, env=jax_env())
 
 
 def last_json(proc: subprocess.CompletedProcess) -> dict:
