@@ -78,6 +78,19 @@ def test_fused_sigterm_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
     assert weights_sha(out) == weights_sha(ref)
 
 
+def test_keras_loop_sigterm_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
+    """The default loop is fused now (auto); the Keras loop keeps its own guarantee."""
+    keras_loop = [*RESUMABLE, "trainer.loop=keras", "trainer.epochs=2"]
+    ref = tmp_path / "ref"
+    train(run_config(keras_loop), ref)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingStopped, match="stopped by signal 15"):
+        train(run_config(keras_loop), out, callbacks=[SignalAtStep(130)])
+    assert load_latest_state(out).manifest["batches_done"]  # mid-epoch
+    metrics = train(run_config([*keras_loop, "resume=true"]), out, resume=True)
+    assert metrics["loop"] == "keras" and weights_sha(out) == weights_sha(ref)
+
+
 def test_a_keras_loop_checkpoint_does_not_resume_in_the_fused_loop(tmp_path):
     out = tmp_path / "run"
     train(run_config([*TINY, "trainer.loop=keras"]), out)
