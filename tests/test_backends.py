@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import run_config  # noqa: E402
+from conftest import ROOT, run_config  # noqa: E402
 from helpers import BACKEND_CFG, BLOCKED, backend_env, migrated_outputs, ok, run_blocked, weights_sha  # noqa: E402
 
 CFG = BACKEND_CFG
@@ -169,6 +169,16 @@ def test_jax_trains_without_tensorflow_and_writes_the_same_artifacts(tf_run, jax
     a, b = load_latest_state(tf_run), load_latest_state(jax_run)
     assert {k: v.shape for k, v in a.tensors.items()} == {k: v.shape for k, v in b.tensors.items()}
     assert (a.manifest["step"], a.manifest["epoch"]) == (b.manifest["step"], b.manifest["epoch"]) == (34, 2)
+
+
+def test_evaluate_and_predict_a_run_on_jax_without_tensorflow(jax_run, tmp_path):
+    env = backend_env("jax")
+    report = ok(run_blocked("dynarch.evaluate", str(jax_run), env=env))
+    assert "report written to" in report.stdout
+    x = np.load(ROOT / "dynarch" / "data" / "mnist_5k.npz")["x"][:4]
+    np.savez(tmp_path / "in.npz", x=x)
+    rows = ok(run_blocked("dynarch.predict", str(jax_run), "--input", str(tmp_path / "in.npz"), env=env)).stdout
+    assert len([line for line in rows.splitlines() if "in.npz[" in line]) == 4
 
 
 @pytest.mark.slow
