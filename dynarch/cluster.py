@@ -76,9 +76,12 @@ def parse_tf_config(raw: str) -> Task:
     return Task(kind, index, workers, "TF_CONFIG", "chief" in cluster)
 
 
+SLURM_STEP_VARIABLES = ("SLURM_STEP_NUM_TASKS", "SLURM_STEP_NODELIST", "SLURM_STEP_TASKS_PER_NODE")
+
+
 def _slurm_int(env: Mapping[str, str], name: str) -> int:
     value = env.get(name, "").strip()
-    if not value.isdigit():
+    if not re.fullmatch(r"[0-9]{1,9}", value):  # not str.isdigit: it accepts '²', which int() refuses
         raise ConfigError(
             name,
             f"Slurm's {name} is not a number",
@@ -103,6 +106,16 @@ def task_from_slurm(env: Mapping[str, str]) -> Task:
             received=rank,
             fix="run the workers with srun (one task per worker)",
         )
+    for name in SLURM_STEP_VARIABLES:  # what TensorFlow's SlurmClusterResolver reads (it fails deep inside TF)
+        if not env.get(name, "").strip():
+            raise ConfigError(
+                name,
+                f"Slurm's {name} is not set: TensorFlow's SlurmClusterResolver needs it to describe the cluster",
+                expected=f"srun's job-step variables ({', '.join(SLURM_STEP_VARIABLES)})",
+                received="(unset)",
+                fix="start the workers with srun inside an sbatch allocation (see experiments/multiworker/), or "
+                "set TF_CONFIG",
+            )
     return Task("worker", rank, tasks, "slurm")
 
 

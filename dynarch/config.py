@@ -426,7 +426,11 @@ def resolve_loop(trainer: TrainerConfig, backend: str, data: DataConfig) -> str:
     reasons = [
         (backend == "torch", "backend=torch", "the PyTorch backend trains with Keras fit only"),
         (bool(data.augment), "data.augment", "augmentation runs in the tf.data pipeline of the Keras loop"),
-        (several, "trainer.strategy", "the fused loop runs on one device"),
+        (
+            several,
+            "trainer.logical_cpus" if trainer.logical_cpus >= 2 else "trainer.strategy",
+            "the fused loop runs on one device",
+        ),
     ]
     blocked = [(key, why) for hit, key, why in reasons if hit]
     if trainer.loop == "fused" and blocked:

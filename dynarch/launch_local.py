@@ -34,11 +34,20 @@ GRACE_S = 60  # after Ctrl-C / SIGTERM: how long workers get to stop before they
 
 
 class UsageError(Exception):
-    pass
+    """Bad arguments; `fix` says what to run instead (the launcher's usage line when not given)."""
+
+    def __init__(self, message: str, fix: str | None = None):
+        super().__init__(message)
+        self.fix = fix or "python -m dynarch.launch_local --workers 2 [dynarch overrides...]"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print its usage and exit: ours says what to fix
+        raise UsageError(message)
 
 
 def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m dynarch.launch_local",
         description="Start N multi-worker dynarch processes on this machine (or one per srun task with --slurm); "
         "the remaining arguments are dynarch overrides.",
@@ -72,7 +81,10 @@ def run_dir_of(overrides: list[str], slurm: bool) -> tuple[str, list[str]]:
     if slurm:
         job = os.environ.get("SLURM_JOB_ID", "")
         if not job:
-            raise UsageError("--slurm runs inside an srun job step (SLURM_JOB_ID is not set)")
+            raise UsageError(
+                "--slurm runs inside an srun job step (SLURM_JOB_ID is not set)",
+                fix="srun python -m dynarch.launch_local --slurm ... inside sbatch, or --workers N on this machine",
+            )
         return f"outputs/slurm-{job}", rest
     return datetime.datetime.now().strftime("outputs/%Y-%m-%d/%H-%M-%S-%f"), rest
 
@@ -146,9 +158,11 @@ def launch(workers: int, overrides: list[str]) -> int:
 
 
 def supervise(workers: list[Worker]) -> int:
-    """Wait for the workers; the first that fails gets the others killed. Returns the worst exit code."""
+    """Wait for the workers; the first that fails gets the others killed. Returns that first failure's code
+    (a config error stays 2, not the 137 of a worker killed here), else 0."""
     by_pid = {w.proc.pid: w for w in workers}
     codes: dict[int, int] = {}
+    killed: set[int] = set()  # workers this launcher killed: their 137 is not the cause
     try:
         while len(codes) < len(workers):
             pid, status = os.wait()  # blocks until some child ends: no polling
@@ -165,6 +179,7 @@ def supervise(workers: list[Worker]) -> int:
                 for other in workers:
                     if other.proc.returncode is None:
                         other.proc.kill()  # blocked in a collective with a dead peer: nothing to save
+                        killed.add(other.index)
     except KeyboardInterrupt:
         stop_all(workers)
         codes.update({w.index: exit_code(w.proc.returncode or 130) for w in workers})
@@ -175,7 +190,8 @@ def supervise(workers: list[Worker]) -> int:
             shown = "".join(w.tail).rstrip()
             if shown:
                 print(f"launch_local: last lines of worker {w.index}:\n{shown}", file=sys.stderr)
-    return max(codes.values(), default=0)
+    causes = [code for index, code in codes.items() if code and index not in killed]
+    return causes[0] if causes else max(codes.values(), default=0)  # the first failure's own code
 
 
 def stop_all(workers: list[Worker]) -> None:
@@ -198,8 +214,8 @@ def slurm_task(overrides: list[str]) -> int:
 
     try:
         task = task_from_slurm(os.environ)
-    except DynarchError as e:
-        raise UsageError(str(e)) from None
+    except DynarchError as e:  # its own message carries its fix
+        raise UsageError(str(e), fix="srun python -m dynarch.launch_local --slurm [dynarch overrides...]") from None
     run_dir, overrides = run_dir_of(overrides, slurm=True)
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}  # the Slurm resolver describes the cluster
     worker = Worker(task.index, overrides, run_dir, env, chief=task.is_chief)
@@ -223,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's SIGTERM stops the workers like Ctrl-C
         return launch(args.workers, overrides)
     except UsageError as e:
-        print(f"error: {e}\n  fix: python -m dynarch.launch_local --workers 2 [dynarch overrides...]", file=sys.stderr)
+        text = str(e) if "fix:" in str(e) else f"{e}\n  fix: {e.fix}"
+        print(f"error: {text}", file=sys.stderr)
         return 2
     except OSError as e:
         print(f"error: could not start the workers: {e}\n  fix: check the run dir and free disk space", file=sys.stderr)

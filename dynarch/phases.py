@@ -246,8 +246,8 @@ class PhaseLoop:
                 + (f" ({stop.saved})" if stop.saved else ""),
                 expected="a finite loss",
                 received="nan",
-                fix="lower optimizer.lr, check the data, or resume=true from the last "
-                "good checkpoint with other settings",
+                fix="start a new run with a lower optimizer.lr (or optimizer.clipnorm=1.0), or check the data; "
+                "resume=true would replay the same steps (a resume cannot change the optimizer)",
             )
         if stop.signal is not None:
             raise TrainingStopped(

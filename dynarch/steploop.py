@@ -65,17 +65,41 @@ def pick_loop(run, runtime, ckpt=None) -> str:
     if ckpt is not None:
         saved = ckpt.manifest.get("fingerprint", {})
         return saved.get("loop", "keras") if isinstance(saved, dict) else "keras"
+    if devices_in_use(runtime) > 1:
+        return "keras"  # strategy=auto spread the batch over several devices; the fused loop uses one
     if run.backend == "tensorflow":
         return TF_AUTO
     if run.backend != "jax":
         return "keras"
-    platform, count = runtime.device_platform()
-    if count > 1 and run.trainer.strategy == "auto":
-        return "keras"  # auto spreads the batch over the devices (DataParallel); the fused loop uses one
+    platform, _ = runtime.device_platform()
     if platform != "cpu":
         return "fused"
     convolutions = any(b.type == "conv2d" and b.enabled for p in run.phases for _, b in p.arch.walk())
     return "keras" if convolutions else "fused"
+
+
+def devices_in_use(runtime) -> int:
+    """Devices the runtime spreads a batch over (MirroredStrategy replicas, JAX DataParallel devices)."""
+    if hasattr(runtime, "replicas"):
+        return runtime.replicas()
+    if hasattr(runtime, "batch_multiple"):
+        return runtime.batch_multiple()
+    return 1
+
+
+def check_fused_devices(run, runtime) -> None:
+    """An explicit trainer.loop=fused on a machine where strategy=auto spread the batch over several devices."""
+    from .errors import ConfigError
+
+    count = devices_in_use(runtime)
+    if run.loop == "fused" and run.trainer.strategy != "multi_worker" and count > 1:
+        raise ConfigError(
+            "trainer.loop",
+            f"trainer.loop=fused runs on one device, and trainer.strategy={run.trainer.strategy} uses {count} here",
+            expected="trainer.strategy=default with trainer.loop=fused, or trainer.loop=keras|auto",
+            received="fused",
+            fix="set trainer.strategy=default (one device, fused) or trainer.loop=auto (the Keras loop on all devices)",
+        )
 
 
 def chunk_length(step: int, first: int, steps_per_epoch: int, every: int) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
 import time
 from pathlib import Path
@@ -160,14 +161,14 @@ def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbac
     from .data import Pipelines, load_arrays
     from .runtime import get_runtime
 
-    if resolved_config is not None:
+    if resolved_config is not None and not resume:
         artifacts.write_text(out_dir / "config.yaml", resolved_config)
     if run.init_from and not resume:
         from .migrate import check_source_before_build
 
         check_source_before_build(run)  # strict / incompatible source: fail before any TensorFlow work
+    cache = compile_cache_dir(run, out_dir)  # a bad DYNARCH_COMPILE_CACHE fails before JAX starts
     runtime = get_runtime(run.backend)
-    cache = compile_cache_dir(run, out_dir)
     if cache is not None and hasattr(runtime, "enable_compile_cache"):
         runtime.enable_compile_cache(cache)  # sweeps and reruns of a variant load compiled steps, not recompile
     flops = [p.arch.forward_flops for p in run.phases]
@@ -179,12 +180,15 @@ def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbac
         run.trainer.precision,
     )
     ckpt = load_latest_state(out_dir) if resume else None
-    if run.loop == "auto":
-        from .steploop import pick_loop
+    from .steploop import check_fused_devices, pick_loop
 
+    if run.loop == "auto":
         run = dataclasses.replace(run, loop=pick_loop(run, runtime, ckpt))
+    check_fused_devices(run, runtime)
     if ckpt is not None:
         position = check_compatible(ckpt, run)
+        if resolved_config is not None:  # only once the resume is accepted: a refused one changes nothing
+            artifacts.write_text(out_dir / "config.yaml", resolved_config)
     arrays = load_arrays(run.data, run.seed)
     log.info("data: %s %s", arrays.source, arrays.sizes())
     if run.backend == "tensorflow" and run.loop == "keras":
@@ -266,11 +270,31 @@ def compile_cache_dir(run: RunConfig, out_dir: Path) -> Path | None:
     """Where JAX keeps compiled programs between processes: DYNARCH_COMPILE_CACHE (the user's environment,
     never a config: configs cannot write outside the run), else the sweep dir a Hydra multirun job runs in
     (its jobs share one cache), else the run dir. None when off or the backend has no such cache."""
-    import os
-
     if run.backend != "jax" or run.trainer.compile_cache == "off":
         return None
     if os.environ.get("DYNARCH_COMPILE_CACHE"):
-        return Path(os.environ["DYNARCH_COMPILE_CACHE"]).expanduser()
+        return _usable_cache_dir(Path(os.environ["DYNARCH_COMPILE_CACHE"]).expanduser())
     sweep = out_dir.parent
     return (sweep if (sweep / "multirun.yaml").is_file() else out_dir) / ".cache" / "jax"
+
+
+def _usable_cache_dir(path: Path) -> Path:
+    """DYNARCH_COMPILE_CACHE checked before JAX starts: a directory that exists or can be made, writable."""
+    from .errors import ConfigError
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        ok = path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+        problem = "is not a writable directory"
+    except OSError as e:
+        ok, problem = False, f"cannot be created ({e.strerror or e})"
+    if not ok:
+        raise ConfigError(
+            "DYNARCH_COMPILE_CACHE",
+            f"the JAX compilation cache directory {problem}",
+            expected="a writable directory (created if missing)",
+            received=str(path),
+            fix="unset DYNARCH_COMPILE_CACHE (the cache then lives in the sweep or run dir), point it at a "
+            "writable directory, or set trainer.compile_cache=off",
+        )
+    return path

@@ -3,8 +3,7 @@ python -m dynarch.launch_local, DYNARCH_COMPILE_CACHE, trainer.loop refusals and
 
 Each case runs the real command in a fresh process and must exit 2 with a message that names the key, variable
 or argument and carries a `fix:` line, print no traceback, and leave every file outside the run dir as it was.
-Cases marked xfail(strict=True) are failures found by the adversarial review (2026-11-26): each says what
-happens today; it turns green (and strict xfail then fails, so the mark is removed) once fixed.
+The second group are the failures an adversarial review found (2026-11-26), kept as regressions once fixed.
 """
 
 from __future__ import annotations
@@ -105,31 +104,17 @@ def test_launch_local_workers_zero(tmp):
     check(run(["-m", "dynarch.launch_local", "--workers", "0", *TINY], tmp), ["--workers"])
 
 
-# -- failures found by the review (xfail until fixed) -----------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="cluster._slurm_int: '²'.isdigit() is True but int('²') raises ValueError -> 'internal error', exit 70",
-)
+# -- failures found by the review, fixed ------------------------------------------------------------------
 def test_slurm_procid_non_ascii_digit_is_a_config_error(tmp):
     proc = run(dynarch(tmp, "trainer.strategy=multi_worker"), tmp, env={"SLURM_PROCID": "²", "SLURM_NTASKS": "2"})
     check(proc, ["SLURM_PROCID"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SLURM_PROCID without SLURM_STEP_NUM_TASKS passes cluster.task_from_slurm; TensorFlow's "
-    "SlurmClusterResolver then raises RuntimeError after TF started -> 'internal error', exit 70",
-)
 def test_slurm_without_step_variables_is_a_config_error(tmp):
     proc = run(dynarch(tmp, "trainer.strategy=multi_worker"), tmp, env={"SLURM_PROCID": "0", "SLURM_NTASKS": "1"})
     check(proc, ["SLURM_STEP_NUM_TASKS"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="launch_local.supervise returns the worst exit code, so the worker it SIGKILLed itself (137) "
-    "hides the error (2) of the worker that failed first",
-)
 def test_launch_local_chief_error_exits_2(tmp):
     # Only the chief uses the run dir, so only it fails; worker 1 waits for it and is always killed.
     (tmp / "run").write_text("a file where the run dir should be\n")
@@ -137,26 +122,16 @@ def test_launch_local_chief_error_exits_2(tmp):
     check(proc, ["hydra.run.dir"])
 
 
-@pytest.mark.xfail(strict=True, reason="launch_local.parse: argparse's own error has no fix: line")
 def test_launch_local_workers_not_an_integer(tmp):
     check(run(["-m", "dynarch.launch_local", "--workers", "abc", *TINY], tmp), ["--workers", "abc"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="resolve_loop: the refusal of fused with trainer.logical_cpus=2 names trainer.strategy, not the key set",
-)
 def test_fused_with_logical_cpus_names_logical_cpus(tmp):
     proc = run(dynarch(tmp, "backend=jax", "trainer.loop=fused", "trainer.logical_cpus=2"), tmp)
     check(proc, ["trainer.logical_cpus"])
     assert "drop trainer.strategy" not in proc.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DYNARCH_COMPILE_CACHE naming a file: enable_compile_cache's mkdir raises FileExistsError, reported "
-    "as a generic OSError (exit 1) that never names DYNARCH_COMPILE_CACHE",
-)
 def test_compile_cache_env_naming_a_file(tmp):
     (tmp / "tmpdir" / "cachefile").write_text("not a folder\n")
     proc = run(dynarch(tmp, "backend=jax"), tmp, env={"DYNARCH_COMPILE_CACHE": str(tmp / "tmpdir" / "cachefile")})
@@ -164,24 +139,17 @@ def test_compile_cache_env_naming_a_file(tmp):
     assert (tmp / "tmpdir" / "cachefile").read_text() == "not a folder\n"
 
 
-@pytest.mark.xfail(strict=True, reason="bench_gpu.py: a missing --data folder ends in a DataError traceback, exit 1")
 def test_bench_gpu_missing_data_folder(tmp):
     proc = run([str(BENCH), "--tiny", "--data", str(tmp / "nope"), "--out", str(tmp / "run")], tmp)
     check(proc, ["--data", str(tmp / "nope")])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bench_gpu.py never validates --loops/--models/--batch/--train-size: it runs, records failed rows, "
-    "writes README.md + results.json into --out (default: the committed experiments/gpu page) and exits 0",
-)
 def test_bench_gpu_bad_loop_refused_before_writing(tmp):
     proc = run([str(BENCH), *QUICK, "--loops", "fuse", "--out", str(tmp / "run")], tmp)
     check(proc, ["--loops", "fuse"])
     assert not (tmp / "run" / "README.md").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="bench_gpu.run_bench never removes its mkdtemp work dir (generated IDX data)")
 def test_bench_gpu_removes_its_work_dir(tmp):
     proc = run([str(BENCH), *QUICK, "--out", str(tmp / "run")], tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -35,9 +35,10 @@ def test_chunks_end_at_checkpoint_multiples_and_epoch_ends():
 def test_auto_picks_by_measurement_and_fused_is_refused_where_it_cannot_run():
     from dynarch.steploop import TF_AUTO, pick_loop
 
-    class Devices:
+    class Devices:  # a JAX runtime's answers (strategy=auto: DataParallel over every device)
         def __init__(self, platform, count):
             self.device_platform = lambda: (platform, count)
+            self.batch_multiple = lambda: count
 
     jax_run, cnn = run_config(["backend=jax"]), run_config(["backend=jax", "model=cnn"])
     assert jax_run.loop == "auto"
@@ -46,6 +47,17 @@ def test_auto_picks_by_measurement_and_fused_is_refused_where_it_cannot_run():
     assert pick_loop(cnn, Devices("gpu", 1)) == "fused"
     assert pick_loop(cnn, Devices("gpu", 2)) == "keras"  # strategy=auto: DataParallel over the GPUs
     assert pick_loop(run_config([]), None) == TF_AUTO
+
+    class Mirrored:  # a TensorFlow runtime whose strategy=auto found 2 GPUs
+        replicas = staticmethod(lambda: 2)
+
+    assert pick_loop(run_config([]), Mirrored()) == "keras"
+    from dynarch.steploop import check_fused_devices
+
+    with pytest.raises(ConfigError, match=r"(?s)runs on one device.*uses 2 here.*fix: set trainer.strategy=default"):
+        check_fused_devices(run_config(FUSED), Mirrored())
+    with pytest.raises(ConfigError, match="cannot run with trainer.logical_cpus"):
+        run_config([*FUSED, "backend=jax", "trainer.logical_cpus=2"])
     assert run_config(["trainer.loop=keras", "backend=jax"]).loop == "keras"
     assert run_config(["trainer.strategy=mirrored"]).loop == "keras"
     with pytest.raises(ConfigError, match=r"(?s)trainer.loop=fused cannot run with trainer.strategy.*fix:"):

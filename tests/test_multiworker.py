@@ -61,13 +61,18 @@ def test_malformed_tf_config_is_refused_clearly(raw, says):
 
 
 def test_slurm_task_only_for_multi_worker():
-    env = {"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2", "SLURM_NTASKS": "4"}
+    step = {"SLURM_STEP_NODELIST": "node[1-2]", "SLURM_STEP_TASKS_PER_NODE": "1(x2)"}
+    env = {"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2", "SLURM_NTASKS": "4", **step}
     assert task_from_env(env).source == "none"  # a plain Slurm sweep job is one process
     task = task_from_env(env, multi_worker=True)
     assert (task.source, task.index, task.num_workers, task.is_chief) == ("slurm", 1, 2, False)
-    assert task_from_slurm({"SLURM_PROCID": "0", "SLURM_NTASKS": "3"}).num_workers == 3
     assert task_from_env({**env, "TF_CONFIG": tf_config()}, multi_worker=True).source == "TF_CONFIG"
-    for bad, says in (({"SLURM_PROCID": "x"}, "SLURM_PROCID"), ({"SLURM_PROCID": "3", "SLURM_NTASKS": "2"}, "task 3")):
+    for bad, says in (
+        ({"SLURM_PROCID": "x"}, "SLURM_PROCID"),
+        ({**env, "SLURM_PROCID": "\u00b2"}, "SLURM_PROCID"),  # '²': str.isdigit() says yes, int() says no
+        ({**env, "SLURM_PROCID": "3"}, "task 3"),
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, "SLURM_STEP_NUM_TASKS is not set"),  # would fail inside TF
+    ):
         with pytest.raises(ConfigError, match=says):
             task_from_slurm(bad)
 

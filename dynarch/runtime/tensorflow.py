@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import re
 from typing import Any, ContextManager
 
 import keras
@@ -50,7 +51,7 @@ def slurm_resolver() -> Any:
     as one pseudo-GPU per task with CUDA_VISIBLE_DEVICES left alone."""
     resolver_class = tf.distribute.cluster_resolver.SlurmClusterResolver
     raw = os.environ.get("DYNARCH_SLURM_PORT", "8888").strip()  # the first port on each node (one per task)
-    if not raw.isdigit() or not 1024 <= int(raw) <= 65000:
+    if not re.fullmatch(r"[0-9]{1,5}", raw) or not 1024 <= int(raw) <= 65000:
         from ..errors import ConfigError
 
         raise ConfigError(
@@ -169,6 +170,10 @@ class TensorFlowRuntime:
 
     def scope(self) -> ContextManager[Any]:
         return (self._strategy or tf.distribute.get_strategy()).scope()
+
+    def replicas(self) -> int:
+        """Devices the strategy trains on (MirroredStrategy: several; one otherwise)."""
+        return (self._strategy or tf.distribute.get_strategy()).num_replicas_in_sync
 
     def strategy_text(self) -> str:
         return self._strategy_text

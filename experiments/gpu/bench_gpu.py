@@ -31,6 +31,7 @@ import importlib.abc
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -336,11 +337,43 @@ def main() -> None:
     args = p.parse_args()
     if args.tiny:
         args.train_size, args.epochs, args.repeats, args.models = 2000, 1, 1, "mlp"
-    run_bench(args)
+    problem = bad_args(args)
+    if problem:
+        print(f"error: {problem}\n  fix: see python experiments/gpu/bench_gpu.py --help", file=sys.stderr)
+        sys.exit(2)
+    try:
+        run_bench(args)
+    except Exception as e:  # noqa: BLE001 — a dynarch error (bad data folder, ...) is one message, not a traceback
+        if type(e).__module__.startswith("dynarch"):
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        raise
+
+
+def bad_args(args) -> str | None:
+    """What is wrong with the arguments, before anything is generated, trained or written (None: fine)."""
+    models = {p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")}
+    checks = [
+        (set(args.loops.split(",")) <= {"keras", "fused", "auto"}, f"--loops {args.loops}: keras, fused or auto"),
+        (set(args.models.split(",")) <= models, f"--models {args.models}: one of {', '.join(sorted(models))}"),
+        (all(v.isdigit() and int(v) > 0 for v in args.plain_spe.split(",")), "--plain-spe: integers > 0"),
+        (min(args.train_size, args.batch, args.epochs) > 0, "--train-size, --batch, --epochs: integers > 0"),
+        (args.repeats >= 0, "--repeats: an integer >= 0 (0: the data and the page only)"),
+        (0 < args.target <= 1, f"--target {args.target}: an accuracy in (0, 1]"),
+        (args.data is None or args.data.is_dir(), f"--data {args.data}: not a folder of IDX files"),
+    ]
+    return next((why for ok, why in checks if not ok), None)
 
 
 def run_bench(args) -> None:
     work = Path(tempfile.mkdtemp(prefix="dynarch-gpu-bench-"))
+    try:
+        _run_bench(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # generated data and child run dirs
+
+
+def _run_bench(args, work: Path) -> None:
     os.environ["KERAS_BACKEND"] = "jax"
     sys.path.insert(0, str(ROOT))
     install_guard(str(work / "guard-main.log"))
@@ -379,8 +412,13 @@ def run_bench(args) -> None:
         "summary": summarize(results, rows),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(page, indent=1, default=str) + "\n")
-    (args.out / "README.md").write_text(render(page, args))
+    for name, text in (
+        ("results.json", json.dumps(page, indent=1, default=str) + "\n"),
+        ("README.md", render(page, args)),
+    ):
+        tmp = args.out / f".{name}.tmp-{os.getpid()}"
+        tmp.write_text(text)
+        os.replace(tmp, args.out / name)  # atomic: a killed run never leaves a half-written page
     print(f"wrote {args.out / 'README.md'}")
 
 
