@@ -240,10 +240,16 @@ def exit_now(code: int | str | None) -> None:
     elif not isinstance(code, int):  # sys.exit("message"): printed to stderr, exit status 1
         print(code, file=sys.stderr)
         code = 1
-    main_thread = threading.main_thread()
-    for thread in threading.enumerate():
-        if thread is not main_thread and not thread.daemon:
-            thread.join()
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None:
+        # What Py_Finalize does first: run the threading-atexit hooks (concurrent.futures' and joblib/loky's
+        # executors stop their manager threads there), then join the non-daemon threads. Joining them without
+        # those hooks waited forever after a hydra/launcher=joblib sweep.
+        shutdown()
+    else:  # an interpreter without the private hook: join what is left
+        for thread in threading.enumerate():
+            if thread is not threading.main_thread() and not thread.daemon:
+                thread.join()
     atexit._run_exitfuncs()  # what Py_Finalize runs first; it clears the list, so nothing runs twice
     for stream in (sys.stdout, sys.stderr):
         try:
