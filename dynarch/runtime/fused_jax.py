@@ -21,15 +21,12 @@ models that dispatch is most of the step. Here the loop runs inside XLA:
 
 from __future__ import annotations
 
-import logging
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..data.arrays import epoch_order, fits_device
+from .fused import FusedStepper
 
-log = logging.getLogger(__name__)
 STREAM_STEPS = 64  # batches per host->device block when the split is streamed
 
 
@@ -38,29 +35,16 @@ def _scale(x):
     return x.astype(jnp.float32) / jnp.float32(255.0) if x.dtype == jnp.uint8 else x.astype(jnp.float32)
 
 
-class JaxFusedStepper:
+class JaxFusedStepper(FusedStepper):
     """Trains chunks of batches of one phase's model; see the module docstring and steploop.Stepper."""
 
     def __init__(self, model, arrays, run, runtime):
-        self.model, self.arrays, self.run = model, arrays, run
-        self.batch = run.trainer.batch_size
-        self.n = len(arrays.train[1])
-        self.seed = run.seed
-        self.resident = fits_device(arrays, run.trainer.device_data_mb)
+        super().__init__(model, arrays, run)
         if self.resident:
             if getattr(arrays, "_jax_resident", None) is None:  # one device copy, shared by the phases
                 x, y = arrays.train
                 arrays._jax_resident = (jax.device_put(x), jax.device_put(y.astype(np.int32)))
             self.x, self.y = arrays._jax_resident
-        else:
-            log.info(
-                "fused loop: the training split (%.0f MiB) exceeds trainer.device_data_mb=%d: streaming it in "
-                "blocks of %d batches",
-                (arrays.train[0].nbytes + arrays.train[1].nbytes) / 2**20,
-                run.trainer.device_data_mb,
-                STREAM_STEPS,
-            )
-        self._order_epoch, self._order = None, None
         x0, y0 = arrays.train[0][:1], arrays.train[1][:1].astype(np.int32)
         model._symbolic_build(data_batch=(_scale(jnp.asarray(x0)), jnp.asarray(y0)))  # metric variables exist
         self._chunk = jax.jit(self._chunk_fn, donate_argnums=0)
@@ -95,18 +79,10 @@ class JaxFusedStepper:
                 ref.assign(value)
 
     # -- the Stepper interface ---------------------------------------------------------------------------
-    def reset_metrics(self) -> None:
-        self.model.reset_metrics()
-
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        if self._order_epoch != epoch:
-            self._order_epoch = epoch
-            self._order = epoch_order(self.n, self.seed, epoch).astype(np.int32)
-            self._device_order = jax.device_put(self._order) if self.resident else None
-        return self._order
-
     def train(self, epoch: int, first: int, count: int) -> dict[str, float]:
-        order, batch = self._epoch_order(epoch), self.batch
+        (order, new), batch = self.epoch_order(epoch), self.batch
+        if new and self.resident:
+            self._device_order = jax.device_put(order.astype(np.int32))  # sent once per epoch
         full = self.n // batch  # batches of full size; a partial one follows when n % batch
         n_full = max(0, min(first + count, full) - first)
         state = self._pull()
@@ -126,21 +102,9 @@ class JaxFusedStepper:
         batch = self.batch
         for start in range(first, first + count, STREAM_STEPS):
             steps = min(STREAM_STEPS, first + count - start)
-            rows = self._order[start * batch : (start + steps) * batch]
+            rows = self.epoch_order(self._order_epoch)[0][start * batch : (start + steps) * batch]
             pad = STREAM_STEPS * batch - len(rows)  # one block shape: one compilation
             rows = np.concatenate([rows, np.zeros(pad, np.int32)]) if pad else rows
             block = np.arange(STREAM_STEPS * batch, dtype=np.int32)
             state = self._chunk(state, jnp.asarray(x[rows]), jnp.asarray(y[rows].astype(np.int32)), block, 0, steps)
         return state
-
-    def logs(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.model.get_metrics_result().items()}
-
-    def evaluate(self, split: str) -> dict[str, float]:
-        xy = self.arrays.val if split == "val" else self.arrays.test
-        if xy is None:
-            return {}
-        from ..data.numpy_pipeline import scale
-
-        result = self.model.evaluate(scale(xy[0]), xy[1], batch_size=self.batch, verbose=0, return_dict=True)
-        return {k: float(v) for k, v in result.items()}

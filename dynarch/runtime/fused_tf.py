@@ -11,41 +11,25 @@ When the split exceeds `trainer.device_data_mb`, each chunk's rows are gathered 
 
 from __future__ import annotations
 
-import logging
-
-import numpy as np
 import tensorflow as tf
 
-from ..data.arrays import epoch_order, fits_device
-
-log = logging.getLogger(__name__)
+from .fused import FusedStepper
 
 
 def _scale(x):
     return tf.cast(x, tf.float32) / 255.0 if x.dtype == tf.uint8 else tf.cast(x, tf.float32)
 
 
-class TfFusedStepper:
+class TfFusedStepper(FusedStepper):
     """Trains chunks of batches of one phase's model; see the module docstring and steploop.Stepper."""
 
     def __init__(self, model, arrays, run, runtime):
-        self.model, self.arrays, self.run = model, arrays, run
-        self.batch = run.trainer.batch_size
-        self.n = len(arrays.train[1])
-        self.seed = run.seed
-        self.resident = fits_device(arrays, run.trainer.device_data_mb)
-        if not self.resident:
-            log.info(
-                "fused loop: the training split exceeds trainer.device_data_mb=%d: each chunk's batches are "
-                "gathered on the host and sent with the call",
-                run.trainer.device_data_mb,
-            )
+        super().__init__(model, arrays, run)
         with runtime.scope():
             if self.resident:
                 if getattr(arrays, "_tf_resident", None) is None:  # one device copy, shared by the phases
                     arrays._tf_resident = (tf.constant(arrays.train[0]), tf.constant(arrays.train[1]))
                 self.x, self.y = arrays._tf_resident
-        self._order_epoch = None
         model._maybe_symbolic_build(data_batch=(_scale(tf.constant(arrays.train[0][:1])), arrays.train[1][:1], None))
         self._chunk = tf.function(self._chunk_fn, reduce_retracing=True)
 
@@ -56,36 +40,16 @@ class TfFusedStepper:
             rows = order[start : tf.minimum(start + batch, n)]
             self.model.train_step((_scale(tf.gather(x, rows)), tf.gather(y, rows)))  # logs: read after the chunk
 
-    def reset_metrics(self) -> None:
-        self.model.reset_metrics()
-
     def train(self, epoch: int, first: int, count: int) -> dict[str, float]:
-        if self._order_epoch != epoch:
-            self._order_epoch = epoch
-            self._order = epoch_order(self.n, self.seed, epoch)
-            self._device_order = tf.constant(self._order) if self.resident else None
+        order, new = self.epoch_order(epoch)
+        if new and self.resident:
+            self._device_order = tf.constant(order)
+        steps = tf.constant(count, tf.int64)
         if self.resident:
-            self._chunk(self.x, self.y, self._device_order, tf.constant(first, tf.int64), tf.constant(count, tf.int64))
+            self._chunk(self.x, self.y, self._device_order, tf.constant(first, tf.int64), steps)
         else:
-            rows = self._order[first * self.batch : (first + count) * self.batch]
+            rows = order[first * self.batch : (first + count) * self.batch]
             x, y = self.arrays.train
             local = tf.range(len(rows), dtype=tf.int64)
-            self._chunk(
-                tf.constant(x[rows]),
-                tf.constant(y[rows]),
-                local,
-                tf.constant(0, tf.int64),
-                tf.constant(count, tf.int64),
-            )
+            self._chunk(tf.constant(x[rows]), tf.constant(y[rows]), local, tf.constant(0, tf.int64), steps)
         return self.logs()
-
-    def logs(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.model.get_metrics_result().items()}
-
-    def evaluate(self, split: str) -> dict[str, float]:
-        xy = self.arrays.val if split == "val" else self.arrays.test
-        if xy is None:
-            return {}
-        x = xy[0].astype(np.float32) / np.float32(255.0) if xy[0].dtype == np.uint8 else xy[0]
-        result = self.model.evaluate(x, xy[1], batch_size=self.batch, verbose=0, return_dict=True)
-        return {k: float(v) for k, v in result.items()}
