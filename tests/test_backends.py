@@ -267,3 +267,24 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+def test_a_jax_run_does_not_import_tensorflow_even_where_it_is_installed(tmp_path):
+    """Keras' seeding probes `tensorflow.available`, which imports it (seconds, log noise): the JAX runtime
+    seeds without that probe. TensorFlow is NOT blocked here, so an import anywhere would show."""
+    code = (
+        "import atexit, sys, runpy\n"
+        "atexit.register(lambda: print('TF_LOADED' if 'tensorflow' in sys.modules else 'NO_TF', flush=True))\n"
+        "sys.argv = ['dynarch', *sys.argv[1:]]\n"
+        "runpy.run_module('dynarch', run_name='__main__')\n"
+    )
+    args = [*CFG, "trainer.epochs=1", "backend=jax", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=backend_env("jax"),
+    )
+    assert ok(proc).stdout.strip().splitlines()[-1] == "NO_TF"
