@@ -210,23 +210,7 @@ def _data_line(rows: list[JobRow]) -> str:
 
 
 def render_markdown(rows: list[JobRow], extra: dict[str, Any]) -> str:
-    cols = (
-        "job",
-        "status",
-        "variant",
-        "data",
-        "phases",
-        "overrides",
-        "enabled_blocks",
-        "params",
-        "test_accuracy",
-        "test_loss",
-        "train_time_s",
-        "compile_s",
-        "samples_per_s",
-        "migrated_from",
-        "error",
-    )
+    cols = tuple(c for c in SUMMARY_FIELDS if c not in ("val_accuracy", "wall_time_s"))  # the table stays narrow
     if not any(r.phases for r in rows):  # single-phase sweeps: keep the table narrow
         cols = tuple(c for c in cols if c != "phases")
     lines = [f"# Sweep summary ({len(rows)} jobs, sorted by {extra['metric']})", ""]

@@ -64,3 +64,15 @@ def tiny_run(tmp_path):
         return train(run, out), out
 
     return go
+
+
+@pytest.fixture(scope="module")
+def tf_run(tmp_path_factory):
+    """A TensorFlow run of helpers.BACKEND_CFG (one per test module): the other backends are checked against it."""
+    from helpers import BACKEND_CFG
+
+    from dynarch.train import train
+
+    out = tmp_path_factory.mktemp("tf") / "run"
+    train(run_config(BACKEND_CFG), out)
+    return out

@@ -37,15 +37,6 @@ def torch_driver(*args: str, timeout: float = 600) -> subprocess.CompletedProces
 
 # -- runs shared by the tests ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tf_run(tmp_path_factory) -> Path:
-    from dynarch.train import train
-
-    out = tmp_path_factory.mktemp("tf") / "run"
-    train(run_config(CFG), out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def torch_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("torch") / "run"
     ok(torch_module("dynarch", *CFG, "backend=torch", f"hydra.run.dir={out}"))

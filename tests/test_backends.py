@@ -37,15 +37,6 @@ def jax_driver(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 # -- runs shared by the tests ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tf_run(tmp_path_factory) -> Path:
-    from dynarch.train import train
-
-    out = tmp_path_factory.mktemp("tf") / "run"
-    train(run_config(CFG), out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def jax_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("jax") / "run"
     ok(jax_cli(*CFG, "backend=jax", f"hydra.run.dir={out}"))

@@ -208,3 +208,11 @@ def test_jax_fused_sigkill_then_resume_is_bitwise_identical(tmp_path):
     resumed = cli(*args, "resume=true", f"hydra.run.dir={out}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert weights_sha(out) == weights_sha(ref)
+
+
+def test_jax_streaming_gives_the_same_weights_as_the_resident_split(tmp_path):
+    outs = [tmp_path / "resident", tmp_path / "streamed"]
+    for out, budget in zip(outs, (1024, 0)):
+        proc = cli(*TINY, "backend=jax", *FUSED, f"trainer.device_data_mb={budget}", f"hydra.run.dir={out}")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert weights_sha(outs[0]) == weights_sha(outs[1])

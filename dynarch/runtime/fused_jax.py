@@ -87,7 +87,7 @@ class JaxFusedStepper(FusedStepper):
         n_full = max(0, min(first + count, full) - first)
         state = self._pull()
         if n_full:
-            state = self._full_batches(state, first, n_full)
+            state = self._full_batches(state, order, first, n_full)
         if first + count > full:  # the partial last batch
             rows = order[full * batch :]
             x, y = self.arrays.train
@@ -95,14 +95,14 @@ class JaxFusedStepper(FusedStepper):
         self._push(state)
         return self.logs()
 
-    def _full_batches(self, state, first: int, count: int):
+    def _full_batches(self, state, order, first: int, count: int):
         if self.resident:
             return self._chunk(state, self.x, self.y, self._device_order, first, count)
         x, y = self.arrays.train
         batch = self.batch
         for start in range(first, first + count, STREAM_STEPS):
             steps = min(STREAM_STEPS, first + count - start)
-            rows = self.epoch_order(self._order_epoch)[0][start * batch : (start + steps) * batch]
+            rows = order[start * batch : (start + steps) * batch]
             pad = STREAM_STEPS * batch - len(rows)  # one block shape: one compilation
             rows = np.concatenate([rows, np.zeros(pad, np.int32)]) if pad else rows
             block = np.arange(STREAM_STEPS * batch, dtype=np.int32)
