@@ -36,7 +36,7 @@ class Stepper(Protocol):
 
 
 def make_stepper(loop) -> Stepper:
-    """The stepper for the loop's current model: by strategy and backend (the choice is made in loops.py)."""
+    """The stepper for the loop's current model, by strategy and backend (which loop: resolve_loop, pick_loop)."""
     run, runtime, model = loop.run, loop.runtime, loop.model
     if run.trainer.strategy == "multi_worker":
         from .runtime.multiworker import MultiWorkerStepper
