@@ -44,18 +44,24 @@ class Runtime(Protocol):
 
 
 def get_runtime(name: str = "tensorflow") -> Runtime:
-    """The runtime for a Keras backend name (`use_backend(name)` first, so Keras starts on that backend)."""
+    """The runtime for a Keras backend name (`use_backend(name)` first, so Keras starts on that backend).
+
+    Keras and the backend are imported with the optional packages they only probe for hidden
+    (runtime/lean.py: pandas, matplotlib, sklearn, ...), ~2 s of start-up; they import normally afterwards."""
+    from .lean import hide_optional_imports
+
     use_backend(name)
-    if name == "tensorflow":
-        from .tensorflow import TensorFlowRuntime
+    with hide_optional_imports(name):
+        if name == "tensorflow":
+            from .tensorflow import TensorFlowRuntime
 
-        return TensorFlowRuntime()
-    if name == "jax":
-        from .jax import JaxRuntime
+            return TensorFlowRuntime()
+        if name == "jax":
+            from .jax import JaxRuntime
 
-        return JaxRuntime()
-    if name == "torch":
-        from .torch import TorchRuntime
+            return JaxRuntime()
+        if name == "torch":
+            from .torch import TorchRuntime
 
-        return TorchRuntime()
+            return TorchRuntime()
     raise ValueError(f"no runtime for backend {name!r}")
