@@ -10,7 +10,10 @@ the parent's wall clock at reaping minus the child's last event (the CLI's exit 
 
 Rows: dynarch (fast exit, the default), dynarch with DYNARCH_FAST_EXIT=0 (the interpreter's teardown), and
 plain Keras as users write it (import keras, read the IDX arrays, fit with validation_split=0.1, evaluate),
-each at --sizes training samples, --epochs epochs, --repeats repeats interleaved. The split
+and the same plain script with the optional packages dynarch hides while Keras starts (dynarch/runtime/lean.py,
+HIDDEN["tensorflow"]) blocked in sys.modules for the whole script: what plain Keras costs in an environment
+where they are not installed (this .venv has them for dynarch's PNG, MLflow and the tests), each at --sizes
+training samples, --epochs epochs, --repeats repeats interleaved. The split
 `wall = fixed + per-sample-epoch x samples x epochs` takes per-sample-epoch from the median steady epoch
 (epochs 2..) of the training part and calls the rest fixed.
 
@@ -34,11 +37,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-ROWS = ("dynarch", "dynarch_no_fast_exit", "plain")
+ROWS = ("dynarch", "dynarch_no_fast_exit", "plain", "plain_hidden")
 NAMES = {
     "dynarch": "dynarch CLI (fast exit)",
     "dynarch_no_fast_exit": "dynarch CLI, DYNARCH_FAST_EXIT=0",
     "plain": "plain Keras script",
+    "plain_hidden": "plain Keras script, optional packages hidden",
 }
 
 # ------------------------------------------------------------------ child side: timers
@@ -159,8 +163,9 @@ print("RESULT " + json.dumps({"epoch_s": timer.s, "n_train": int(len(y) * 0.9), 
 def measure(row: str, idx: Path, epochs: int, work: Path) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
     env.pop("KERAS_BACKEND", None)
-    if row == "plain":
-        cmd = [sys.executable, "-c", PLAIN, str(idx), str(epochs)]
+    if row in ("plain", "plain_hidden"):
+        code = PLAIN if row == "plain" else f"import sys; sys.modules.update(dict.fromkeys({hidden()!r}))" + PLAIN
+        cmd = [sys.executable, "-c", code, str(idx), str(epochs)]
     else:
         log = work / f"events-{time.time_ns()}.jsonl"
         run_dir = work / f"run-{time.time_ns()}"
@@ -173,7 +178,7 @@ def measure(row: str, idx: Path, epochs: int, work: Path) -> dict:
     if proc.returncode:
         raise RuntimeError(f"{row} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     wall = t_end - t0
-    if row == "plain":
+    if row in ("plain", "plain_hidden"):
         r = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))[7:])
         return split(wall, r["epoch_s"], r["n_train"]) | {"keras_import": r["keras_import_s"]}
     events = [json.loads(ln) for ln in log.read_text().splitlines()]
@@ -182,6 +187,13 @@ def measure(row: str, idx: Path, epochs: int, work: Path) -> dict:
     epoch_s = [float(ln.split(",")[col]) for ln in history[1:]]
     n_train = json.loads((run_dir / "metrics.json").read_text())["data_sizes"]["train"]
     return split(wall, epoch_s, n_train) | parts(events, t0, t_end, epoch_s)
+
+
+def hidden() -> list[str]:
+    """The names dynarch hides on TensorFlow (pure Python: importing the list imports no framework)."""
+    from dynarch.runtime.lean import HIDDEN
+
+    return list(HIDDEN["tensorflow"])
 
 
 def split(wall: float, epoch_s: list[float], n: int) -> dict:
@@ -254,24 +266,38 @@ def med(runs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
+def ratio(runs: list[dict], base: list[dict] | None) -> str:
+    """Median of the per-repeat wall ratios against `base` (same repeat = same stretch of machine load)."""
+    return f"{statistics.median(a['wall'] / b['wall'] for a, b in zip(runs, base)):.2f}" if base else ""
+
+
 def write(results: dict, args) -> None:
     device = f"CPU, {os.cpu_count()} cores ({platform.processor() or platform.machine()}), TensorFlow backend"
-    out = {"device": device, "epochs": args.epochs, "repeats": args.repeats, "results": results}
+    out = {"device": device, "epochs": args.epochs, "repeats": args.repeats, "hidden": hidden(), "results": results}
     (args.out / "fixed_costs.json").write_text(json.dumps(out, indent=1) + "\n")
     lines = [
         f"Device: {device}; MLP, {args.epochs} epochs, batch 128, {args.repeats} repeats interleaved, medians "
-        "(shared machine: other processes ran meanwhile).",
+        "(shared machine: other work ran on the same cores meanwhile).",
         "",
-        "| samples | command | wall s | fixed s | µs per sample-epoch | wall / plain Keras |",
-        "|---|---|---:|---:|---:|---:|",
+        f"Command: `.venv/bin/python experiments/throughput/fixed_costs.py --sizes {args.sizes} --epochs {args.epochs} "
+        f"--repeats {args.repeats}`",
+        "",
+        f"Optional packages hidden: {', '.join(hidden())} — dynarch refuses them while Keras starts "
+        "(dynarch/runtime/lean.py; Keras/TF import them only to offer features dynarch does not use); the "
+        "'hidden' plain row blocks them for its whole script, i.e. plain Keras where they are not installed. "
+        "Ratios are medians of per-repeat ratios (repeats interleaved, so load from other processes hits "
+        "every row alike). With matplotlib no longer imported by Keras, dynarch's curves_png part now pays "
+        "matplotlib's import and font set-up (~0.5 s), which tensorflow_start used to pay.",
+        "",
+        "| samples | command | wall s | fixed s | µs per sample-epoch | wall / plain Keras | wall / plain, hidden |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for size, by in results.items():
-        plain = by.get("plain")
         for row, runs in by.items():
-            ratio = statistics.median(a["wall"] / b["wall"] for a, b in zip(runs, plain)) if plain else None
+            ratios = [ratio(runs, by.get(base)) for base in ("plain", "plain_hidden")]
             lines.append(
                 f"| {int(size):,} | {NAMES[row]} | {med(runs, 'wall'):.2f} | {med(runs, 'fixed'):.2f} | "
-                f"{med(runs, 'per_sample_epoch_us'):.1f} | {'' if ratio is None else f'{ratio:.2f}'} |"
+                f"{med(runs, 'per_sample_epoch_us'):.1f} | " + " | ".join(ratios) + " |"
             )
     keys = [
         k
