@@ -45,6 +45,10 @@ def hydra_main(cfg: DictConfig) -> float:
             from .quiet import start_tensorflow_quietly
 
             start_tensorflow_quietly(out_dir)  # TensorFlow is imported from here on, its start-up notices filtered
+        else:
+            from .runtime import get_runtime
+
+            get_runtime(run.backend)  # Keras starts here, without the optional packages (runtime/lean.py)
         from .hooks import build_callbacks
         from .loggers import build_loggers, close_loggers
         from .train import train

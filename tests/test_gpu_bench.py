@@ -27,18 +27,24 @@ def test_tiny_gpu_bench_runs_without_tensorflow_and_writes_its_page(tmp_path: Pa
     page = json.loads((tmp_path / "results.json").read_text())
     assert page["device"] and page["versions"]["jax"] and page["versions"]["keras"]
     assert page["tensorflow_in_this_process"] is False
-    summary = page["summary"]["mlp"]
-    assert set(summary) == {"dynarch:keras", "plain:spe=64"}
+    summary = page["summary"]["mlp-b256"]
+    assert set(summary) == {"dynarch:keras", "plain:spe=64", "hand:scan"}
     for key, row in summary.items():
         assert row["ok"] == row["runs"] == 1, (key, row["error"])
         assert row["samples_per_s"] > 0 and row["first_epoch_s"] > 0 and 0 <= row["test_accuracy"] <= 1
-    assert summary["dynarch:keras"]["ratio_samples_per_s_vs_plain:spe=64"] > 0
+    runs = page["results"]["mlp-b256"]
+    ratio = runs["dynarch:keras"][0]["samples_per_s"] / runs["plain:spe=64"][0]["samples_per_s"]
+    assert summary["dynarch:keras"]["samples_per_s_vs_best_fit"] == ratio
+    hand = runs["hand:scan"][0]
+    assert hand["compile_s"] > 0 and hand["first_epoch_s"] >= hand["compile_s"]  # compilation counted in epoch 1
+    vs_hand = runs["dynarch:keras"][0]["samples_per_s"] / hand["samples_per_s"]
+    assert summary["dynarch:keras"]["samples_per_s_vs_hand_fused"] == vs_hand
     # TensorFlow was refused, and the only import attempted is Keras' optional seeding probe
     # (keras.utils.set_random_seed -> module_utils.tensorflow.available), which a machine without TF answers too.
-    for run in page["results"]["mlp"]["dynarch:keras"] + [page["guard_this_process"]]:
+    for run in page["results"]["mlp-b256"]["dynarch:keras"] + [page["guard_this_process"]]:
         for attempt in run["tensorflow_attempts"]:
             assert any(frame.startswith("rng_utils.py:") for frame in attempt["stack"]), attempt
-    text = (tmp_path / "README.md").read_text()
+    text = (tmp_path / "results.md").read_text()
     for needle in (
         "Device:",
         "Command:",
@@ -46,6 +52,8 @@ def test_tiny_gpu_bench_runs_without_tensorflow_and_writes_its_page(tmp_path: Pa
         "time-to-target",
         "dynarch CLI, trainer.loop=keras",
         "plain Keras fit, steps_per_execution=64",
+        "hand-fused JAX",
+        "÷ hand-fused",
         "TF import attempts",
     ):
         assert needle in text

@@ -90,11 +90,6 @@ def test_on_jax_jax_is_imported_and_pandas_sklearn_matplotlib_are_not():
     assert "IMPORTED_AFTER" in out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="on jax the CLI imports Keras through dynarch.train (dynarch.callbacks) before get_runtime: "
-    "dynarch/__main__.py must call get_runtime(run.backend) before importing .train",
-)
 def test_a_jax_cli_run_trains_without_importing_pandas_or_sklearn(tmp_path):
     run = tmp_path / "run"
     got, _ = child(CLI, [*TINY, "trainer.epochs=1", "backend=jax", f"hydra.run.dir={run}"])

@@ -14,7 +14,9 @@ models that dispatch is most of the step. Here the loop runs inside XLA:
   as the Keras loop: the two give the same loss curve, and positions are interchangeable) and sent once per
   epoch (4 bytes a sample);
 - the trip count is a traced argument (`fori_loop` with a dynamic bound lowers to a while loop), so one
-  compilation serves every chunk length; the partial last batch of an epoch has its own one-step function;
+  compilation serves every chunk length; the partial last batch of an epoch is a `cond` branch of the same
+  program (one compilation, not two: on an H100 the separate one-step program cost 0.8-0.9 s of XLA compile
+  for the MLP, 2.8-3.2 s for the CNN, all of it inside the first epoch — experiments/gpu/README.md);
 - when the split exceeds `trainer.device_data_mb`, it streams instead: blocks of STREAM_STEPS batches are
   gathered on the host and sent per call (same batches, same compiled loop, padded to one shape).
 """
@@ -51,15 +53,24 @@ class JaxFusedStepper(FusedStepper):
         self._step = jax.jit(self._step_fn, donate_argnums=0)
 
     # -- compiled parts ----------------------------------------------------------------------------------
-    def _chunk_fn(self, state, x, y, order, first, count):
-        batch = self.batch
+    def _chunk_fn(self, state, x, y, order, first, count, tail):
+        batch, full, rest = self.batch, self.n // self.batch, self.n % self.batch
 
         def body(i, state):
             rows = jax.lax.dynamic_slice_in_dim(order, (first + i) * batch, batch)
             _, state = self.model.train_step(state, (_scale(x[rows]), y[rows]))
             return state
 
-        return jax.lax.fori_loop(0, count, body, state)
+        state = jax.lax.fori_loop(0, count, body, state)
+        if not rest:  # every batch is full: no partial one to branch to
+            return state
+
+        def partial(state):  # the epoch's partial last batch, its rows the order's last `rest`
+            rows = jax.lax.dynamic_slice_in_dim(order, full * batch, rest)
+            _, state = self.model.train_step(state, (_scale(x[rows]), y[rows]))
+            return state
+
+        return jax.lax.cond(tail, partial, lambda state: state, state)
 
     def _step_fn(self, state, x, y):
         _, state = self.model.train_step(state, (_scale(x), y))
@@ -84,20 +95,20 @@ class JaxFusedStepper(FusedStepper):
         if new and self.resident:
             self._device_order = jax.device_put(order.astype(np.int32))  # sent once per epoch
         full = self.n // batch  # batches of full size; a partial one follows when n % batch
-        n_full = max(0, min(first + count, full) - first)
+        n_full, tail = max(0, min(first + count, full) - first), first + count > full
         state = self._pull()
-        if n_full:
-            state = self._full_batches(state, order, first, n_full)
-        if first + count > full:  # the partial last batch
-            rows = order[full * batch :]
-            x, y = self.arrays.train
-            state = self._step(state, jnp.asarray(x[rows]), jnp.asarray(y[rows].astype(np.int32)))
+        if self.resident:  # one call: the full batches, then the partial one when the chunk ends the epoch
+            state = self._chunk(state, self.x, self.y, self._device_order, first, n_full, tail)
+        else:
+            state = self._streamed(state, order, first, n_full) if n_full else state
+            if tail:
+                rows = order[full * batch :]
+                x, y = self.arrays.train
+                state = self._step(state, jnp.asarray(x[rows]), jnp.asarray(y[rows].astype(np.int32)))
         self._push(state)
         return self.logs()
 
-    def _full_batches(self, state, order, first: int, count: int):
-        if self.resident:
-            return self._chunk(state, self.x, self.y, self._device_order, first, count)
+    def _streamed(self, state, order, first: int, count: int):
         x, y = self.arrays.train
         batch = self.batch
         for start in range(first, first + count, STREAM_STEPS):
@@ -106,5 +117,6 @@ class JaxFusedStepper(FusedStepper):
             pad = STREAM_STEPS * batch - len(rows)  # one block shape: one compilation
             rows = np.concatenate([rows, np.zeros(pad, np.int32)]) if pad else rows
             block = np.arange(STREAM_STEPS * batch, dtype=np.int32)
-            state = self._chunk(state, jnp.asarray(x[rows]), jnp.asarray(y[rows].astype(np.int32)), block, 0, steps)
+            xb, yb = jnp.asarray(x[rows]), jnp.asarray(y[rows].astype(np.int32))
+            state = self._chunk(state, xb, yb, block, 0, steps, False)  # the partial batch: `_step`
         return state

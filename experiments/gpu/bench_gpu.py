@@ -29,7 +29,7 @@ copy after the first shifted by up to 2 pixels (seeded), plus the 1,000 real hel
 The page and results.json are rewritten after every run (atomically), so a run cut short keeps what it did;
 --deadline-s stops starting new runs after that many seconds.
 
-    python experiments/gpu/bench_gpu.py                       # writes experiments/gpu/README.md + results.json
+    python experiments/gpu/bench_gpu.py                       # writes experiments/gpu/results.md + results.json
     python experiments/gpu/bench_gpu.py --tiny --out /tmp/x   # seconds: 1 epoch, 2,000 samples (the test)
 """
 
@@ -41,6 +41,7 @@ import importlib.abc
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -179,11 +180,19 @@ def dynarch_overrides(args, model: str, batch: int, loop: str, run_dir: Path) ->
         f"model={model}",
         f"trainer.batch_size={batch}",
         f"trainer.epochs={args.epochs}",
-        f"trainer.loop={'fused' if loop == 'fused-warm' else loop}",
+        f"trainer.loop={loop.partition('-')[0]}",
         "trainer.verbose=0",
         f"seed={args.seed}",
         f"hydra.run.dir={run_dir}",
-    ]
+    ] + (["trainer.deterministic=false"] if loop == "fused-nondet" else [])
+
+
+# dynarch rows beyond trainer.loop's values: what each adds to the command
+VARIANTS = {
+    "fused-warm": "trainer.loop=fused, warm compile cache",
+    "fused-nondet": "trainer.loop=fused, trainer.deterministic=false",
+}
+COMPILE_LINE = re.compile(r"Finished XLA compilation of (.+?) in ([0-9.e-]+) ?s")
 
 
 def run_dynarch(args, model: str, batch: int, loop: str, work: Path, cache: Path | None = None) -> dict:
@@ -198,6 +207,8 @@ def run_dynarch(args, model: str, batch: int, loop: str, work: Path, cache: Path
     }
     if cache is not None:  # the user's environment may name a cache directory shared by runs
         env["DYNARCH_COMPILE_CACHE"] = str(cache)
+    if args.log_compiles:
+        env["JAX_LOG_COMPILES"] = "1"
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work)
     wall = time.perf_counter() - t0
@@ -207,6 +218,7 @@ def run_dynarch(args, model: str, batch: int, loop: str, work: Path, cache: Path
         return {**out, "error": " | ".join(tail[-3:])[-600:]}
     metrics = json.loads((run_dir / "metrics.json").read_text())
     history = read_history(run_dir / "history.csv")
+    compiles = [(m[1][:80], float(m[2])) for m in COMPILE_LINE.finditer(proc.stderr + proc.stdout)]
     shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints of 60k-sample runs add up over a sweep of runs
     return {
         **out,
@@ -216,6 +228,7 @@ def run_dynarch(args, model: str, batch: int, loop: str, work: Path, cache: Path
         "compile_s": metrics.get("compile_s"),
         "devices": metrics.get("devices"),
         "versions": metrics.get("versions", {}),
+        "compiles": compiles,  # (function, seconds) per XLA compilation, with --log-compiles
     }
 
 
@@ -409,8 +422,8 @@ def configs(args) -> list[tuple[str, str]]:
 
 
 def label(kind: str, variant: str) -> str:
-    if kind == "dynarch" and variant == "fused-warm":
-        return "dynarch CLI, trainer.loop=fused, warm compile cache"
+    if kind == "dynarch" and variant in VARIANTS:
+        return f"dynarch CLI, {VARIANTS[variant]}"
     return LABELS[kind].format(variant.removeprefix("spe="))
 
 
@@ -428,9 +441,10 @@ def main() -> None:
     p.add_argument("--loops", default="keras,fused,fused-warm", help="dynarch trainer.loop values, one row each")
     p.add_argument("--plain-spe", default="1,epoch", help="plain Keras steps_per_execution values (epoch: all)")
     p.add_argument("--no-hand-fused", dest="hand_fused", action="store_false", help="leave out the hand-fused row")
+    p.add_argument("--log-compiles", action="store_true", help="JAX_LOG_COMPILES=1 in dynarch runs: each compile")
     p.add_argument("--deadline-s", type=float, default=0, help="start no run after this many seconds (0: none)")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--out", type=Path, default=HERE, help="where README.md and results.json go")
+    p.add_argument("--out", type=Path, default=HERE, help="where results.md and results.json go")
     p.add_argument("--label", default=None, help="device label on the page (default: from JAX)")
     p.add_argument("--tiny", action="store_true", help="2,000 samples, 1 epoch, 1 repeat, MLP (a smoke test)")
     args = p.parse_args()
@@ -455,8 +469,8 @@ def bad_args(args) -> str | None:
     spe = args.plain_spe.split(",")
     checks = [
         (
-            set(args.loops.split(",")) <= {"keras", "fused", "fused-warm", "auto", ""},
-            f"--loops {args.loops}: keras, fused, fused-warm or auto",
+            set(args.loops.split(",")) <= {"keras", "fused", "auto", "", *VARIANTS},
+            f"--loops {args.loops}: keras, fused, auto or one of {', '.join(VARIANTS)}",
         ),
         (set(args.models.split(",")) <= models, f"--models {args.models}: one of {', '.join(sorted(models))}"),
         (all(v in ("", "epoch") or (v.isdigit() and int(v) > 0) for v in spe), "--plain-spe: integers > 0 or epoch"),
@@ -515,7 +529,7 @@ def _run_bench(args, work: Path) -> None:
                 print(f"repeat {r} {model} b{batch} {label(kind, variant)}: " + short(res), flush=True)
                 save(page, results, rows, work, args)
     save(page, results, rows, work, args)
-    print(f"wrote {args.out / 'README.md'}")
+    print(f"wrote {args.out / 'results.md'}")
 
 
 def run_one(args, kind: str, variant: str, model: str, batch: int, arrays, work: Path) -> dict:
@@ -536,7 +550,7 @@ def run_one(args, kind: str, variant: str, model: str, batch: int, arrays, work:
 
 
 def save(page: dict, results: dict, rows, work: Path, args) -> None:
-    """results.json and README.md, atomically (a run cut short keeps every finished run)."""
+    """results.json and results.md, atomically (a run cut short keeps every finished run)."""
     page = {
         **page,
         "tensorflow_in_this_process": "tensorflow" in sys.modules,
@@ -547,7 +561,7 @@ def save(page: dict, results: dict, rows, work: Path, args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for name, text in (
         ("results.json", json.dumps(page, indent=1, default=str) + "\n"),
-        ("README.md", render(page)),
+        ("results.md", render(page)),
     ):
         tmp = args.out / f".{name}.tmp-{os.getpid()}"
         tmp.write_text(text)
