@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Mapping, Sequence
 
@@ -122,6 +123,27 @@ def save_figure(fig, path: Path, dpi: int = 100) -> Path:
         plt = sys.modules.get("matplotlib.pyplot")
         if plt is not None:
             plt.close(fig)
+
+
+def prefetch_plotting() -> threading.Thread:
+    """Import matplotlib's Figure and Agg canvas on a daemon thread while the model trains.
+
+    Why: Keras no longer imports matplotlib at start-up (runtime/lean.py), so the curves at the end of a run
+    would pay its import and font set-up (~0.5 s on 2 cores, experiments/throughput/README.md) on the critical
+    path. Training spends its time in compiled code that releases the GIL, so the import overlaps it. Python's
+    per-module import locks make plot_curves wait for a half-done import rather than race it; a failure here is
+    left for plot_curves to report."""
+
+    def load() -> None:
+        try:
+            import matplotlib.backends.backend_agg  # noqa: F401
+            import matplotlib.figure  # noqa: F401
+        except Exception:  # noqa: BLE001 — plot_curves imports again and reports
+            pass
+
+    thread = threading.Thread(target=load, name="dynarch-prefetch-plotting", daemon=True)
+    thread.start()
+    return thread
 
 
 def plot_curves(

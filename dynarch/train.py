@@ -248,6 +248,7 @@ def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbac
             log.info("migrated weights from %s:\n%s", report.source, report.to_markdown())
             migrated_from = report.source
 
+    artifacts.prefetch_plotting()  # the curves' imports overlap training instead of following it
     t_fit = time.perf_counter()
     compiled_before = runtime.compile_seconds() if hasattr(runtime, "compile_seconds") else None
     while True:

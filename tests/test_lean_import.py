@@ -8,6 +8,7 @@ a throwaway package.
 
 from __future__ import annotations
 
+import csv
 import importlib
 import importlib.util
 import json
@@ -67,6 +68,24 @@ def test_a_tensorflow_cli_run_trains_without_importing_the_optional_packages(tmp
     # matplotlib: dynarch's own curves.png imports it after Keras started; Keras' gallery recorded it absent.
     assert got["loaded"] == ["matplotlib", "tensorflow"], got
     assert got["keras_saw"] == {"pandas": False, "matplotlib": False, "sklearn": False, "jax": False}, got
+
+
+def test_the_lean_start_trains_the_same_bits_as_the_full_one(tmp_path):
+    """Hiding the optional packages changes what is imported, not what is trained."""
+    from conftest import cli
+    from helpers import weights_sha
+
+    outs = {switch: tmp_path / f"lean-{switch}" for switch in ("1", "0")}
+    for switch, out in outs.items():
+        proc = cli(*TINY, f"hydra.run.dir={out}", env={"DYNARCH_LEAN_IMPORTS": switch})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert weights_sha(outs["1"]) == weights_sha(outs["0"])
+    timing = {"epoch_time_s", "samples_per_s"}  # wall-clock columns differ run to run
+    curves = [
+        [{k: v for k, v in row.items() if k not in timing} for row in csv.DictReader(open(out / "history.csv"))]
+        for out in outs.values()
+    ]
+    assert curves[0] == curves[1] and len(curves[0]) == 2
 
 
 def test_after_get_runtime_every_hidden_package_imports_normally():
@@ -134,3 +153,20 @@ def test_an_already_imported_package_and_the_switch_leave_imports_alone(fake_pkg
     with lean.hide_optional_imports("fake") as finder:  # already in sys.modules: only the absent name is listed
         assert finder.names == frozenset({"dynarch_lean_not_installed"})
         assert importlib.import_module(fake_pkg).VALUE == 1
+
+
+def test_the_curves_imports_are_prefetched_on_a_thread():
+    """dynarch.artifacts.prefetch_plotting (called as training starts): matplotlib's Figure and Agg canvas are
+    imported on a daemon thread, so the curves at the end do not pay for them."""
+    code = (
+        "import sys\n"
+        "from dynarch.artifacts import prefetch_plotting\n"
+        "assert 'matplotlib' not in sys.modules\n"
+        "thread = prefetch_plotting()\n"
+        "assert thread.daemon\n"
+        "thread.join()\n"
+        "assert {'matplotlib.figure', 'matplotlib.backends.backend_agg'} <= set(sys.modules)\n"
+        "print('PREFETCHED')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "PREFETCHED" in proc.stdout, proc.stderr[-2000:]
