@@ -8,10 +8,11 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+from .background import BackgroundWriter
 from .callbacks import ContinuedFit, Keeper, StopState, Throughput
 from .config import RunConfig
 from .errors import DynarchError
-from .resume import Position, save_state
+from .resume import Position, snapshot_state
 from .schedule import PhaseSpec
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class PhaseLoop:
         self.restored_callback_states: dict | None = None  # from the state checkpoint a resume started at
         self.arrays = None  # the in-memory splits (the fused loop places them on the device)
         self._stepper = None  # trainer.loop=fused: the step loop's stepper for the current model
+        self.writer = BackgroundWriter("dynarch-checkpoint")  # train-state checkpoints, one at a time
 
     # -- state shared with the keeper ------------------------------------------------------------------
     @property
@@ -56,9 +58,11 @@ class PhaseLoop:
         return self.run.phases[self.position.phase]
 
     def save(self, model) -> Path:
+        """Snapshot the train state now and write it on the background writer (training goes on); returns
+        the folder it will be. `flush_saves` waits for it: before a stop is reported, at the end, on errors."""
         from .hooks import callback_states
 
-        return save_state(
+        folder, write = snapshot_state(
             self.out_dir,
             model,
             self.position,
@@ -66,6 +70,11 @@ class PhaseLoop:
             self.run.trainer.keep_checkpoints,
             callbacks=callback_states(self.user_callbacks),
         )
+        self.writer.submit(write)
+        return folder
+
+    def flush_saves(self) -> None:
+        self.writer.flush()
 
     def record_epoch(self, epoch: int, logs: dict[str, Any]) -> None:
         history = self.position.history
@@ -238,6 +247,8 @@ class PhaseLoop:
 
     def raise_if_stopped(self, resume_command: str | None) -> None:
         stop = self.stop
+        if stop.nan_at is not None or stop.signal is not None:
+            self.flush_saves()  # the checkpoint the message names is on disk before it is printed
         if stop.nan_at is not None:
             raise TrainingStopped(
                 "training",

@@ -13,6 +13,7 @@ falls back to the newest older checkpoint that verifies when the latest one is d
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -20,7 +21,7 @@ import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -120,16 +121,20 @@ def state_tensors(model) -> dict[str, np.ndarray]:
     return tensors
 
 
-def save_state(
+def snapshot_state(
     run_dir: Path, model, position: Position, run: RunConfig, keep: int = 2, callbacks: dict | None = None
-) -> Path:
-    """Write a train-state checkpoint, point `latest` at it, then drop all but the newest `keep`.
-    `callbacks`: the state of callbacks from config (EarlyStopping's wait and best, ...), restored on resume."""
+) -> tuple[Path, Callable[[], Path]]:
+    """A train-state checkpoint: what it holds, copied now, and the write of it — which creates the folder,
+    points `latest` at it, then drops all but the newest `keep`. Made for a background writer (PhaseLoop.save):
+    the model trains on meanwhile, so nothing in the snapshot may share memory with it. `callbacks`: the state
+    of callbacks from config (EarlyStopping's wait and best, ...), restored on resume.
+    Returns (the folder the write will create, the write)."""
     state = Path(run_dir) / STATE_DIR
     step = int(model.optimizer.iterations.numpy())
-    folder = save_checkpoint(
-        state / f"step-{step:09d}",
-        state_tensors(model),
+    # np.array(copy=True): a backend's `.numpy()` is not promised to copy (a CPU torch tensor's `.numpy()` shares
+    # its memory); measured, Keras 3.15's copy on all three backends today — one more copy of a small state
+    tensors = {k: np.array(v, copy=True) for k, v in state_tensors(model).items()}
+    manifest = copy.deepcopy(
         {
             "kind": "train-state",
             "step": step,
@@ -143,13 +148,19 @@ def save_state(
             "variant": run.variant,
             "callbacks": callbacks or {},
             "migrated_from": run.init_from,
-        },
+        }
     )
-    write_text(state / LATEST, folder.name + "\n")
-    for old in sorted(state.glob("step-*"))[:-keep]:
-        if old.name != folder.name:
-            shutil.rmtree(old, ignore_errors=True)
-    return folder
+    target = state / f"step-{step:09d}"
+
+    def write() -> Path:
+        folder = save_checkpoint(target, tensors, manifest)
+        write_text(state / LATEST, folder.name + "\n")
+        for old in sorted(state.glob("step-*"))[:-keep]:
+            if old.name != folder.name:
+                shutil.rmtree(old, ignore_errors=True)
+        return folder
+
+    return target, write
 
 
 def has_state(run_dir: Path) -> bool:

@@ -251,14 +251,18 @@ def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbac
     artifacts.prefetch_plotting()  # the curves' imports overlap training instead of following it
     t_fit = time.perf_counter()
     compiled_before = runtime.compile_seconds() if hasattr(runtime, "compile_seconds") else None
-    while True:
-        loop_running[0] = True
-        loop.fit_phase()
-        loop_running[0] = False
-        loop.raise_if_stopped(resume_command)
-        if loop.position.phase + 1 >= len(run.phases):
-            break
-        loop.boundary()
+    try:
+        while True:
+            loop_running[0] = True
+            loop.fit_phase()
+            loop_running[0] = False
+            loop.raise_if_stopped(resume_command)
+            if loop.position.phase + 1 >= len(run.phases):
+                break
+            loop.boundary()
+    except BaseException:
+        loop.writer.flush_quietly()  # the checkpoint being written lands before the error is reported
+        raise
     train_time = time.perf_counter() - t_fit
     if compiled_before is not None:
         loop.compile_s = runtime.compile_seconds() - compiled_before
