@@ -130,9 +130,10 @@ def prefetch_plotting() -> threading.Thread:
 
     Why: Keras no longer imports matplotlib at start-up (runtime/lean.py), so the curves at the end of a run
     would pay its import and font set-up (~0.5 s on 2 cores, experiments/throughput/README.md) on the critical
-    path. Training spends its time in compiled code that releases the GIL, so the import overlaps it. Python's
-    per-module import locks make plot_curves wait for a half-done import rather than race it; a failure here is
-    left for plot_curves to report."""
+    path. Called after the first epoch (PhaseLoop.record_epoch): from then on training spends its time in
+    compiled code that releases the GIL, so the import overlaps it; started before epoch 1, it competed with
+    the tracing (measured: tracing +0.58 s, the PNG -0.51 s). Python's per-module import locks make
+    plot_curves wait for a half-done import rather than race it; a failure here is left for plot_curves."""
 
     def load() -> None:
         try:

@@ -53,8 +53,12 @@ class BackgroundWriter:
             raise error
 
     def flush_quietly(self) -> None:
-        """Wait for the write in flight, logging (not raising) its error: for paths already failing."""
+        """Wait for the write in flight, logging (not raising) its error: for paths already failing. An
+        interruption of the wait itself (a second Ctrl-C) propagates: it is not a failed write."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
         try:
             self.flush()
-        except BaseException as e:  # noqa: BLE001 — the error being raised already is the one to report
+        except Exception as e:  # noqa: BLE001 — the error being raised already is the one to report
             log.warning("a background write failed too: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)

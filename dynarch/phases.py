@@ -47,6 +47,7 @@ class PhaseLoop:
         self.arrays = None  # the in-memory splits (the fused loop places them on the device)
         self._stepper = None  # trainer.loop=fused: the step loop's stepper for the current model
         self.writer = BackgroundWriter("dynarch-checkpoint")  # train-state checkpoints, one at a time
+        self._plotting_prefetch = None  # the curves' imports, started after the first epoch
 
     # -- state shared with the keeper ------------------------------------------------------------------
     @property
@@ -91,6 +92,8 @@ class PhaseLoop:
         from . import artifacts
 
         artifacts.write_history_csv(self.out_dir / "history.csv", history)
+        if self._plotting_prefetch is None:  # after epoch 1: the import overlaps compiled training, not tracing
+            self._plotting_prefetch = artifacts.prefetch_plotting()
 
     def phase_should_end(self) -> bool:
         phase = self.phase

@@ -167,7 +167,7 @@ def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbac
         from .migrate import check_source_before_build
 
         check_source_before_build(run)  # strict / incompatible source: fail before any TensorFlow work
-    cache = compile_cache_dir(run, out_dir)  # a bad DYNARCH_COMPILE_CACHE fails before JAX starts
+    cache = compile_cache_dir(run, out_dir)  # a bad DYNARCH_COMPILE_CACHE fails before JAX compiles anything
     runtime = get_runtime(run.backend)
     if cache is not None and hasattr(runtime, "enable_compile_cache"):
         runtime.enable_compile_cache(cache)  # sweeps and reruns of a variant load compiled steps, not recompile
@@ -248,7 +248,6 @@ def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbac
             log.info("migrated weights from %s:\n%s", report.source, report.to_markdown())
             migrated_from = report.source
 
-    artifacts.prefetch_plotting()  # the curves' imports overlap training instead of following it
     t_fit = time.perf_counter()
     compiled_before = runtime.compile_seconds() if hasattr(runtime, "compile_seconds") else None
     try:
@@ -260,15 +259,15 @@ def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbac
             if loop.position.phase + 1 >= len(run.phases):
                 break
             loop.boundary()
+        train_time = time.perf_counter() - t_fit
+        if compiled_before is not None:
+            loop.compile_s = runtime.compile_seconds() - compiled_before
+        from .results import finish
+
+        return finish(loop, arrays, runtime, migrated_from, resume, train_time, t_start)
     except BaseException:
         loop.writer.flush_quietly()  # the checkpoint being written lands before the error is reported
         raise
-    train_time = time.perf_counter() - t_fit
-    if compiled_before is not None:
-        loop.compile_s = runtime.compile_seconds() - compiled_before
-    from .results import finish
-
-    return finish(loop, arrays, runtime, migrated_from, resume, train_time, t_start)
 
 
 def compile_cache_dir(run: RunConfig, out_dir: Path) -> Path | None:

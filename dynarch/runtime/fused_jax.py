@@ -61,7 +61,8 @@ class JaxFusedStepper(FusedStepper):
             _, state = self.model.train_step(state, (_scale(x[rows]), y[rows]))
             return state
 
-        state = jax.lax.fori_loop(0, count, body, state)
+        if full:  # a split smaller than one batch has none: `body` could not even be traced
+            state = jax.lax.fori_loop(0, count, body, state)
         if not rest:  # every batch is full: no partial one to branch to
             return state
 

@@ -286,8 +286,8 @@ def write(results: dict, args) -> None:
         "(dynarch/runtime/lean.py; Keras/TF import them only to offer features dynarch does not use); the "
         "'hidden' plain row blocks them for its whole script, i.e. plain Keras where they are not installed. "
         "Ratios are medians of per-repeat ratios (repeats interleaved, so load from other processes hits "
-        "every row alike). With matplotlib no longer imported by Keras, dynarch's curves_png part now pays "
-        "matplotlib's import and font set-up (~0.5 s), which tensorflow_start used to pay.",
+        "every row alike). matplotlib, no longer imported by Keras, is imported on a thread from the end of "
+        "epoch 1 (dynarch.artifacts.prefetch_plotting), overlapping training rather than in curves_png.",
         "",
         "| samples | command | wall s | fixed s | µs per sample-epoch | wall / plain Keras | wall / plain, hidden |",
         "|---|---|---:|---:|---:|---:|---:|",

@@ -1,9 +1,9 @@
-"""Adversarial review of the changes of f877921..HEAD (background train-state writes, the lean Keras start, the
-plotting prefetch, the fused JAX loop's partial batch as a `cond` branch).
-
-Each test states the behaviour the code should have. A test marked `xfail(strict=True)` shows a bug that is
-still there (the reason says which); it turns into a failure ("XPASS(strict)") once the bug is fixed, and the
-mark is then removed. Nothing here depends on timing: threads are held by events, states are read directly.
+"""Stop, error and edge paths of background train-state writes and of the JAX fused loop's partial batch
+(found by an adversarial review of the background writer, the lean start and the fused loop's `cond` branch):
+an error during the final test evaluation waits for the write in flight before the run-dir lock goes; an
+interrupted wait is neither swallowed nor reported as a failed write; a failed write with a signal stop is
+reported and `latest` stays complete; the fused JAX loop resumes at the partial batch bit for bit and trains a
+split smaller than one batch. Nothing here depends on timing: threads are held by events, states read directly.
 """
 
 from __future__ import annotations
@@ -28,13 +28,6 @@ from dynarch.train import TrainingStopped, train
 
 
 # -- 1. background train-state writes ------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="train.py only wraps the phase loop in `except BaseException: loop.writer.flush_quietly()`; "
-    "results.finish evaluates the test split BEFORE flush_saves, so an error there (a signal outside the loop "
-    "-> Interrupted, an OOM, any exception) leaves _train_locked with the last epoch's write still in flight: "
-    "the RunDirLock is released under it and its failure is never reported",
-)
 def test_an_error_during_the_final_test_evaluation_waits_for_the_write_in_flight(tmp_path, monkeypatch, caplog):
     """Ctrl-C / SIGTERM while the test split is evaluated (loop_running is False there, so the handler raises
     Interrupted). The last epoch's train-state write was submitted just before and fails (a full disk).
@@ -75,13 +68,6 @@ def test_an_error_during_the_final_test_evaluation_waits_for_the_write_in_flight
     assert logged, "the write's own failure was lost"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BackgroundWriter.flush_quietly catches BaseException around flush(), which also wraps the join: "
-    "an interrupt of the wait (a second Ctrl-C -> KeyboardInterrupt/Interrupted while train.py's error path "
-    "waits) is swallowed, logged as 'a background write failed too: KeyboardInterrupt', and the write is not "
-    "waited for",
-)
 def test_an_interrupted_wait_is_neither_swallowed_nor_reported_as_a_failed_write(caplog):
     writer, gate = BackgroundWriter(), threading.Event()
     writer.submit(lambda: gate.wait(timeout=60))
@@ -158,7 +144,8 @@ JAX_SCRIPT = textwrap.dedent(
         run("stopped32", every, callbacks=[SignalAtStep(16)])
     except TrainingStopped:
         pass
-    manifest = json.loads((tmp / "stopped32" / "state" / (tmp / "stopped32" / "state" / "latest").read_text().strip() / "manifest.json").read_text())
+    state = tmp / "stopped32" / "state"
+    manifest = json.loads((state / (state / "latest").read_text().strip() / "manifest.json").read_text())
     result["stopped_at"] = [manifest["epoch"], manifest["batches_done"]]
     train(compose_run([*base, *every, "resume=true"]), tmp / "stopped32", resume=True)
     result["resume_at_partial"] = sha(tmp / "stopped32") == sha(ref)
@@ -213,12 +200,6 @@ def test_jax_fused_partial_batch_resume_and_streamed_agree(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="fused_jax._chunk_fn now traces the full-batch body even when the split has no full batch "
-    "(n < batch_size): dynamic_slice_in_dim(order, ..., batch) with batch > n fails at trace time "
-    "(TypeError: slice_sizes (1024,) for operand shape (540,)); before f67a591 the chunk was skipped when n_full==0",
-)
 def test_jax_fused_trains_a_split_smaller_than_one_batch(tmp_path):
     """backend=jax, trainer.loop=fused (auto's pick for an MLP on JAX), 540 samples, batch_size=1024: the resident
     split trains (the whole epoch is the `cond` branch) and gives the streamed path's bits."""
