@@ -344,6 +344,8 @@ def run_hand_fused(args, model_name: str, batch: int, arrays) -> dict:
 
     (x, y), val, test = arrays["uint8"]
     n, steps = len(y), len(y) // batch
+    if not steps:  # it drops the partial batch: nothing would be left to train on
+        return {"rc": 1, "error": f"the training split ({n}) is smaller than one batch ({batch})"}
     keras.backend.clear_session()
     keras.utils.set_random_seed(args.seed)
     t0 = time.perf_counter()
