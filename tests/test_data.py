@@ -372,3 +372,17 @@ def test_own_data_of_a_non_mnist_shape_trains_end_to_end(tmp_path, source):
     run = run_config([*TINY, "model=cnn", *made, "trainer.epochs=1", "trainer.batch_size=8"])
     metrics = train(run, tmp_path / "run")
     assert metrics["data_source"].startswith(f"{source}:") and metrics["params"] > 0
+
+
+@pytest.mark.parametrize("loop", ["fused", "keras"])
+def test_a_deterministic_run_prints_no_tf_data_rewrite_error(tmp_path, loop):
+    """Under op determinism (the default) tf.data runs parallel maps sequentially; TensorFlow 2.21's rewrite
+    logged "E0000 ... NodeDef mentions attribute use_unbounded_threadpool ..." into every run. dynarch's
+    pipelines ask for the sequential map themselves (data/pipeline._map) and the fused loop evaluates through
+    them, so a default run's output carries no such line."""
+    from conftest import TINY, cli
+
+    proc = cli(*TINY, f"trainer.loop={loop}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "use_unbounded_threadpool" not in proc.stderr + proc.stdout
+    assert "E0000" not in proc.stderr

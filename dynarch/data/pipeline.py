@@ -20,6 +20,29 @@ def _scale(x):
     return tf.cast(x, tf.float32) / 255.0 if x.dtype == tf.uint8 else tf.cast(x, tf.float32)
 
 
+def _map(dataset, fn):
+    """`dataset.map(fn)`, in parallel unless op determinism is on. Under op determinism tf.data runs a parallel
+    map sequentially anyway, and TensorFlow 2.21's rewrite then logs a spurious error line ("NodeDef mentions
+    attribute use_unbounded_threadpool which is not in the op definition") into every run's output; asking
+    for the sequential map it would get is the same computation without the line."""
+    import tensorflow as tf
+    from tensorflow.python.framework import config as tf_config  # is_op_determinism_enabled: not in tf.config
+
+    if getattr(tf_config, "is_op_determinism_enabled", lambda: False)():
+        return dataset.map(fn)
+    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def fixed_batches(xy, batch_size: int):
+    """A split (x, y) in order, in batches of `batch_size` (the last one partial), scaled like the training
+    batches: validation and test, for the Keras loop and the fused loop alike."""
+    import tensorflow as tf
+
+    x, y = (tf.constant(v) if isinstance(v, np.ndarray) else v for v in xy)
+    rows = _index_rows(tf.range(tf.shape(y, out_type=tf.int64)[0]), batch_size)
+    return _map(rows, lambda b, i: (_scale(tf.gather(x, i)), tf.gather(y, i))).prefetch(tf.data.AUTOTUNE)
+
+
 def _index_rows(order, batch_size: int, first_batch: int = 0):
     """(batch index, indices) rows cut from one epoch's order, like Keras' own array adapter: a [k, batch]
     tensor cut into rows plus the partial batch — far cheaper than shuffling element by element."""
@@ -112,7 +135,7 @@ class Pipelines:
             images = _scale(tf.gather(x, index))
             return self._apply_augment(images, epoch, batch), tf.gather(y, index)
 
-        return rows.map(cut, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+        return _map(rows, cut).prefetch(tf.data.AUTOTUNE)
 
     def _apply_augment(self, images, epoch, batch):
         if not self._augment:
@@ -154,24 +177,11 @@ class Pipelines:
         rows = rows.apply(tf.data.experimental.assert_cardinality(self.steps_per_epoch))
         return self._train_batches(rows)
 
-    def _fixed(self, xy):
-        if xy is None:
-            return None
-        import tensorflow as tf
-
-        x, y = xy
-        rows = _index_rows(tf.range(tf.shape(y, out_type=tf.int64)[0]), self.batch_size)
-        return rows.map(
-            lambda b, i: (_scale(tf.gather(x, i)), tf.gather(y, i)),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        ).prefetch(tf.data.AUTOTUNE)
-
     def val(self):
-        return self._fixed(self._val)
+        return None if self._val is None else fixed_batches(self._val, self.batch_size)
 
     def test(self):
-        return self._fixed(self._test)
+        return fixed_batches(self._test, self.batch_size)
 
     def probe(self, n: int = 256) -> np.ndarray:
         """Up to n scaled, unaugmented inputs (validation split, else training) for output-change checks."""

@@ -53,3 +53,14 @@ class TfFusedStepper(FusedStepper):
             local = tf.range(len(rows), dtype=tf.int64)
             self._chunk(tf.constant(x[rows]), tf.constant(y[rows]), local, tf.constant(0, tf.int64), steps)
         return self.logs()
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        """As FusedStepper.evaluate, through dynarch's own tf.data batches (data/pipeline.fixed_batches): Keras'
+        array adapter would map in parallel, which op determinism turns into a logged rewrite."""
+        from ..data.pipeline import fixed_batches
+
+        xy = self.arrays.val if split == "val" else self.arrays.test
+        if xy is None:
+            return {}
+        result = self.model.evaluate(fixed_batches(xy, self.batch), verbose=0, return_dict=True)
+        return {k: float(v) for k, v in result.items()}
