@@ -170,3 +170,12 @@ def test_the_curves_imports_are_prefetched_on_a_thread():
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "PREFETCHED" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_a_bad_lean_switch_is_one_clear_error(tmp_path):
+    from conftest import cli
+
+    proc = cli(*TINY, f"hydra.run.dir={tmp_path / 'run'}", env={"DYNARCH_LEAN_IMPORTS": "maybe"})
+    assert proc.returncode != 0
+    assert "DYNARCH_LEAN_IMPORTS" in proc.stderr and "maybe" in proc.stderr and "fix:" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -13,7 +13,7 @@ import numpy as np
 from .arrays import Arrays, epoch_order
 
 
-def _scale(x):
+def scale_tensor(x):
     """uint8 pixels / 255 (the division, exactly as before, so results stay bitwise identical); float as is."""
     import tensorflow as tf
 
@@ -40,7 +40,7 @@ def fixed_batches(xy, batch_size: int):
 
     x, y = (tf.constant(v) if isinstance(v, np.ndarray) else v for v in xy)
     rows = _index_rows(tf.range(tf.shape(y, out_type=tf.int64)[0]), batch_size)
-    return _map(rows, lambda b, i: (_scale(tf.gather(x, i)), tf.gather(y, i))).prefetch(tf.data.AUTOTUNE)
+    return _map(rows, lambda b, i: (scale_tensor(tf.gather(x, i)), tf.gather(y, i))).prefetch(tf.data.AUTOTUNE)
 
 
 def _index_rows(order, batch_size: int, first_batch: int = 0):
@@ -132,7 +132,7 @@ class Pipelines:
         x, y = self._train
 
         def cut(epoch, batch, index):
-            images = _scale(tf.gather(x, index))
+            images = scale_tensor(tf.gather(x, index))
             return self._apply_augment(images, epoch, batch), tf.gather(y, index)
 
         return _map(rows, cut).prefetch(tf.data.AUTOTUNE)
@@ -186,4 +186,4 @@ class Pipelines:
     def probe(self, n: int = 256) -> np.ndarray:
         """Up to n scaled, unaugmented inputs (validation split, else training) for output-change checks."""
         x = self._val[0] if self._val is not None else self._train[0]
-        return _scale(x[:n]).numpy()
+        return scale_tensor(x[:n]).numpy()

@@ -45,10 +45,14 @@ class FusedStepper:
 
     def evaluate(self, split: str) -> dict[str, float]:
         """Loss and metrics on the val or test split, in the Keras loop's batches ({} when there is none)."""
-        from ..data.numpy_pipeline import scale
-
         xy = self.arrays.val if split == "val" else self.arrays.test
         if xy is None:
             return {}
-        result = self.model.evaluate(scale(xy[0]), xy[1], batch_size=self.batch, verbose=0, return_dict=True)
+        result = self.model.evaluate(**self.eval_inputs(xy), verbose=0, return_dict=True)
         return {k: float(v) for k, v in result.items()}
+
+    def eval_inputs(self, xy) -> dict:
+        """`evaluate`'s data for a split: the scaled arrays in batches (a backend may give a dataset)."""
+        from ..data.numpy_pipeline import scale
+
+        return {"x": scale(xy[0]), "y": xy[1], "batch_size": self.batch}

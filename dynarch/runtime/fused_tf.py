@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from ..data.pipeline import scale_tensor as _scale  # the tf.data pipeline's scaling, bit for bit
 from .fused import FusedStepper
-
-
-def _scale(x):
-    return tf.cast(x, tf.float32) / 255.0 if x.dtype == tf.uint8 else tf.cast(x, tf.float32)
 
 
 class TfFusedStepper(FusedStepper):
@@ -54,13 +51,9 @@ class TfFusedStepper(FusedStepper):
             self._chunk(tf.constant(x[rows]), tf.constant(y[rows]), local, tf.constant(0, tf.int64), steps)
         return self.logs()
 
-    def evaluate(self, split: str) -> dict[str, float]:
-        """As FusedStepper.evaluate, through dynarch's own tf.data batches (data/pipeline.fixed_batches): Keras'
-        array adapter would map in parallel, which op determinism turns into a logged rewrite."""
+    def eval_inputs(self, xy) -> dict:
+        """dynarch's own tf.data batches (data/pipeline.fixed_batches): Keras' array adapter would map in
+        parallel, which op determinism turns into a logged rewrite."""
         from ..data.pipeline import fixed_batches
 
-        xy = self.arrays.val if split == "val" else self.arrays.test
-        if xy is None:
-            return {}
-        result = self.model.evaluate(fixed_batches(xy, self.batch), verbose=0, return_dict=True)
-        return {k: float(v) for k, v in result.items()}
+        return {"x": fixed_batches(xy, self.batch)}

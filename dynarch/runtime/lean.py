@@ -72,8 +72,22 @@ HIDDEN = {  # backend -> top-level packages refused while Keras and that backend
 }
 
 
+SWITCH = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
 def enabled() -> bool:
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    value = os.environ.get(ENV, "1").strip().lower()
+    if value not in SWITCH:
+        from ..errors import ConfigError
+
+        raise ConfigError(
+            ENV,
+            "is not a switch",
+            expected="1 (the default: hide the optional packages while Keras starts) or 0",
+            received=os.environ[ENV],
+            fix=f"unset {ENV}, or set it to 1 or 0",
+        )
+    return SWITCH[value]
 
 
 class _Refuse(importlib.abc.Loader):
