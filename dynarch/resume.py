@@ -96,10 +96,16 @@ def model_state_variables(model) -> dict[str, Any]:
 
 
 def optimizer_state_variables(optimizer) -> dict[str, Any]:
-    """Optimizer variables keyed by path minus the optimizer's own (auto-numbered) name."""
+    """Optimizer variables keyed by path minus the optimizer's own (auto-numbered) name.
+
+    Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer whose `variables` hold its own
+    (iteration, learning_rate, loss scale) and the inner optimizer's (iteration, learning_rate, slots): the
+    inner ones are keyed `inner/...` so both `iteration`s are kept. Unwrapped optimizers keep their keys."""
+    inner = getattr(optimizer, "inner_optimizer", None)
+    inner_ids = {id(v) for v in inner.variables} if inner is not None else set()
     out = {}
     for v in optimizer.variables:
-        key = v.path.split("/", 1)[-1]
+        key = ("inner/" if id(v) in inner_ids else "") + v.path.split("/", 1)[-1]
         if key in out:
             raise CheckpointError(
                 "optimizer",
