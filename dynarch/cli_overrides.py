@@ -82,6 +82,24 @@ def _options(override: Any) -> list[str]:
     return [value] if isinstance(value, str) else []
 
 
+def _check_group_value(override: Any, group: str, known: list[str]) -> None:
+    """A config group takes an option name (or a list of them): `trainer=null`, `trainer=5` or `model=true`
+    made Hydra raise a ValueError with its full traceback ("Config group override must be a string or a list")."""
+    if override.is_delete() or override.is_sweep_override():
+        return
+    value = override.value()
+    if isinstance(value, (str, list)):
+        return
+    shown = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    raise ConfigError(
+        f"{group}={shown}",
+        f"'{group}' is a config group: it takes the name of a file in {group}/, not {shown}",
+        expected=f"one of {', '.join(known)}",
+        received=shown,
+        fix=f"pick one of those (e.g. {group}={known[0] if known else 'NAME'})",
+    )
+
+
 def check_overrides(argv: Sequence[str], dirs: Sequence[Path]) -> None:
     """Every override parses; every config-group choice (model=, data=, ...) names an existing file; the
     primary config named by --config-name exists.
@@ -114,6 +132,7 @@ def check_overrides(argv: Sequence[str], dirs: Sequence[Path]) -> None:
                 if (Path(d) / group).is_dir()
             }
         )
+        _check_group_value(override, group, known)
         for option in _options(override):
             if not any((Path(d) / group / f"{option}.yaml").is_file() for d in dirs):
                 raise ConfigError(

@@ -41,6 +41,12 @@ RUN_ARTIFACTS = (
     "migration.md",
     "migration.json",
     "error.json",
+    "metrics.csv",  # logger=csv (rewritten each epoch)
+    "checkpoint-best",  # callbacks=best_checkpoint (replaced when the metric improves)
+    "tensorboard",  # logger=tensorboard
+    "mlflow.db",  # logger=mlflow's default store
+    "mlflow-run.json",  # logger=mlflow: the run a resume logs into
+    "mlartifacts",  # logger=mlflow's artifacts next to mlflow.db
 )
 RUN_ARTIFACT_PATTERNS = ("model-phase-*.md", "migration-phase-*.md", "migration-phase-*.json")  # phased runs
 # Room kept for the deepest file dynarch writes under a run dir (state/.step-N.tmp-XXXXXXXX/weights.safetensors).
@@ -231,6 +237,37 @@ def make_run_dir(path: str | Path, key: str = "hydra.run.dir") -> Path:
     return target
 
 
+def _refuse_shared_place(value: str, key: str) -> None:
+    """Refuse `~...` (Hydra does not expand it: the run went to a folder named `~` under the working dir, while
+    a check that expanded it created the home's folder) and a run dir that is the file system's root, the home
+    folder, the working dir or one of its parents: `.hydra/`, the log, `state/` and the results would land
+    among the user's own files, as with an empty hydra.run.dir."""
+    if value.lstrip().startswith("~"):
+        raise RunDirError(
+            key,
+            "Hydra does not expand '~': the run would go to a folder named '~' under the working dir",
+            expected="an absolute path or one relative to the working dir",
+            received=value,
+            fix=f"write the home folder out: {key}={os.path.expanduser(value.strip())}",
+        )
+    if "${" in value:
+        return
+    target = Path(os.path.abspath(value))
+    cwd = Path(os.getcwd())
+    shared = {p: "the working dir" if p == cwd else "a parent of the working dir" for p in (cwd, *cwd.parents)}
+    shared.update({Path.home(): "your home folder", Path(target.anchor or "/"): "the file system's root"})
+    if target in shared:
+        raise RunDirError(
+            key,
+            f"the run dir would be {shared[target]}: .hydra/, the log, state/ and the results would land among "
+            "the files already there",
+            expected="a folder of its own for this run's outputs",
+            received=f"{value} ({target})",
+            fix=f"pass {key}=DIR with a new folder (e.g. {key}=outputs/my-run), or leave {key} out for a "
+            "timestamped one",
+        )
+
+
 def check_cli_run_dir(argv: Sequence[str], create: bool = True) -> None:
     """Pre-Hydra check of the output dir a command line names (Hydra creates it and writes `.hydra/` there
     before any dynarch code runs, and fails with a traceback when it cannot).
@@ -259,6 +296,7 @@ def check_cli_run_dir(argv: Sequence[str], create: bool = True) -> None:
         )
     if not isinstance(value, str) or not value:
         return  # the configured default pattern (timestamped, relative to the working dir)
+    _refuse_shared_place(value, key)
     if "${" in value:
         check_run_dir_usable(re.sub(r"\$\{[^}]*\}", "0", value), key, shown=value)
         return

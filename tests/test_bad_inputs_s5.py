@@ -53,6 +53,9 @@ def check(proc: subprocess.CompletedProcess, names: list[str], code: int = 2) ->
 def tmp(tmp_path):
     (tmp_path / "tmpdir").mkdir()
     (tmp_path / "outside.txt").write_text("keep me\n")
+    (tmp_path / "home").mkdir()  # HOME for the cases that need one
+    (tmp_path / "work").mkdir()  # a working dir holding a user's file
+    (tmp_path / "work" / "notes.txt").write_text("the user's\n")
     before = {k: v for k, v in snapshot(tmp_path).items() if not k.startswith(("run", "tmpdir"))}
     yield tmp_path
     after = {k: v for k, v in snapshot(tmp_path).items() if not k.startswith(("run", "tmpdir"))}
@@ -87,3 +90,55 @@ def test_mixed_float16_trains_and_resumes_bitwise(tmp_path, loop):
     whole, split = final_weights(tmp_path / "whole"), final_weights(tmp_path / "split")
     assert whole.keys() == split.keys()
     assert all(np.array_equal(whole[k], split[k]) for k in whole)
+
+
+# -- config groups set to a value that is not an option name --------------------------------------------------
+# Hydra raised "ValueError: Config group override must be a string or a list" with its whole traceback.
+@pytest.mark.parametrize("override", ["trainer=null", "trainer=5", "model=true", "callbacks=null"])
+def test_a_config_group_set_to_a_non_name_is_one_clear_error(tmp, override):
+    group = override.split("=")[0]
+    check(run(dynarch(tmp, override), tmp), [override, f"'{group}' is a config group", "expected: one of"])
+    assert not (tmp / "run").exists()
+
+
+# -- hydra.run.dir in places shared with the user's own files -------------------------------------------------
+def test_a_quoted_tilde_run_dir_is_refused_and_creates_nothing(tmp):
+    # Hydra does not expand ~: the run went to WORKDIR/~/x while the pre-Hydra check created $HOME/x.
+    argv = ["-m", "dynarch", *QUICK, 'hydra.run.dir="~/x"']
+    err = check(run(argv, tmp, env={"HOME": str(tmp / "home")}, cwd=tmp / "work"), ["hydra.run.dir", "'~'"])
+    assert f"hydra.run.dir={tmp / 'home' / 'x'}" in err
+    assert not list((tmp / "home").iterdir())
+
+
+@pytest.mark.parametrize("where", [".", ".."])
+def test_the_working_dir_its_parents_and_the_root_are_refused_as_run_dirs(tmp, where):
+    err = check(run(["-m", "dynarch", *QUICK, f"hydra.run.dir={where}"], tmp, cwd=tmp / "work"), ["hydra.run.dir"])
+    assert "would be" in err and "outputs/my-run" in err
+    assert sorted(p.name for p in (tmp / "work").iterdir()) == ["notes.txt"]
+
+
+def test_the_file_system_root_is_refused_as_a_run_dir():
+    # In-process and without creating anything: a regression must not run a training into / (it did, as root).
+    from dynarch.rundir import RunDirError, check_cli_run_dir
+
+    with pytest.raises(RunDirError, match="the file system's root") as err:
+        check_cli_run_dir(["hydra.run.dir=/"], create=False)
+    assert "fix:" in str(err.value)
+
+
+def test_the_home_folder_is_refused_as_a_sweep_dir(tmp):
+    argv = ["-m", "dynarch", "-m", *QUICK, f"hydra.sweep.dir={tmp / 'home'}"]
+    check(run(argv, tmp, env={"HOME": str(tmp / "home")}, cwd=tmp), ["hydra.sweep.dir", "your home folder"])
+    assert not list((tmp / "home").iterdir())
+
+
+# -- a fresh run into a dir holding files the loggers and callbacks write -------------------------------------
+@pytest.mark.parametrize(
+    "name, overrides",
+    [("metrics.csv", ["logger=csv"]), ("checkpoint-best", ["callbacks=best_checkpoint"]), ("mlflow.db", [])],
+)
+def test_a_fresh_run_does_not_overwrite_a_logger_or_callback_file(tmp, name, overrides):
+    (tmp / "run").mkdir()
+    (tmp / "run" / name).write_text("the user's own file\n")
+    check(run(dynarch(tmp, *overrides), tmp), [name, "already holds a run's results"])
+    assert (tmp / "run" / name).read_text() == "the user's own file\n"
