@@ -292,13 +292,25 @@ def _usable_cache_dir(path: Path) -> Path:
         problem = "is not a writable directory"
     except OSError as e:
         ok, problem = False, f"cannot be created ({e.strerror or e})"
+    foreign = _foreign_entries(path) if ok else []
+    if foreign:  # JAX writes its entries flat into the folder: DYNARCH_COMPILE_CACHE=/ or =~ sprayed them there
+        ok, problem = False, f"holds files that are not JAX cache entries (e.g. {foreign[0]!r})"
     if not ok:
         raise ConfigError(
             "DYNARCH_COMPILE_CACHE",
             f"the JAX compilation cache directory {problem}",
-            expected="a writable directory (created if missing)",
+            expected="a writable directory of its own (created if missing)",
             received=str(path),
             fix="unset DYNARCH_COMPILE_CACHE (the cache then lives in the sweep or run dir), point it at a "
-            "writable directory, or set trainer.compile_cache=off",
+            "writable directory of its own (new, empty or an earlier cache), or set trainer.compile_cache=off",
         )
     return path
+
+
+def _foreign_entries(path: Path) -> list[str]:
+    """Names in `path` that JAX's cache did not write (its entries end -cache, their access times -atime)."""
+    try:
+        with os.scandir(path) as entries:
+            return sorted(e.name for e in entries if not e.name.endswith(("-cache", "-atime")))[:3]
+    except OSError:
+        return []

@@ -142,3 +142,23 @@ def test_a_fresh_run_does_not_overwrite_a_logger_or_callback_file(tmp, name, ove
     (tmp / "run" / name).write_text("the user's own file\n")
     check(run(dynarch(tmp, *overrides), tmp), [name, "already holds a run's results"])
     assert (tmp / "run" / name).read_text() == "the user's own file\n"
+
+
+# -- DYNARCH_COMPILE_CACHE naming a folder of the user's -----------------------------------------------------
+# JAX writes its cache entries flat into the folder: DYNARCH_COMPILE_CACHE=/ (or ~, or the project) put 20
+# `jit_*-cache` files among the user's.
+def test_compile_cache_env_naming_a_folder_of_other_files_is_refused(tmp):
+    argv = dynarch(tmp, "backend=jax")
+    err = check(run(argv, tmp, env={"DYNARCH_COMPILE_CACHE": str(tmp / "work")}), ["DYNARCH_COMPILE_CACHE", "notes.txt"])
+    assert "of its own" in err
+
+
+def test_a_jax_run_reuses_its_cache_and_logs_no_absent_backend_line(tmp):
+    # JAX logged "Unable to initialize backend 'tpu': INTERNAL: Failed to open libtpu.so" (INFO) on every run.
+    cache = tmp / "tmpdir" / "cache"
+    for name in ("run", "run2"):
+        argv = ["-m", "dynarch", *QUICK, "backend=jax", "trainer.loop=fused", f"hydra.run.dir={tmp / name}"]
+        proc = run(argv, tmp, env={"DYNARCH_COMPILE_CACHE": str(cache)})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "Unable to initialize backend" not in proc.stderr, proc.stderr[-3000:]
+    assert any(p.name.endswith("-cache") for p in cache.iterdir())
