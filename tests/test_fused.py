@@ -216,3 +216,33 @@ def test_jax_streaming_gives_the_same_weights_as_the_resident_split(tmp_path):
         proc = cli(*TINY, "backend=jax", *FUSED, f"trainer.device_data_mb={budget}", f"hydra.run.dir={out}")
         assert proc.returncode == 0, proc.stderr[-2000:]
     assert weights_sha(outs[0]) == weights_sha(outs[1])
+
+
+def test_jax_partial_batch_as_its_own_program_gives_the_same_weights_as_the_cond_branch(tmp_path):
+    """On an accelerator the epoch's partial batch (540 = 4 x 128 + 28 here) is its own program, compiled on a
+    thread while the chunk runs; on a CPU a `cond` branch of the chunk program. Forced here on the CPU (a real
+    process, the CLI through runpy as `python -m` runs it): the same weights, bit for bit."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    outs = [tmp_path / "branch", tmp_path / "thread"]
+    args = [*TINY, "backend=jax", *FUSED, "trainer.checkpoint_every=3"]
+    assert cli(*args, f"hydra.run.dir={outs[0]}").returncode == 0
+    code = (
+        "import runpy, sys; import dynarch.runtime.fused_jax as f; f.tail_on_thread = lambda: True; "
+        "sys.argv = ['dynarch', *sys.argv[1:]]; runpy.run_module('dynarch', run_name='__main__', alter_sys=True)"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args, f"hydra.run.dir={outs[1]}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert weights_sha(outs[0]) == weights_sha(outs[1])
+    assert _history(outs[0])["loss"] == _history(outs[1])["loss"]

@@ -14,14 +14,19 @@ models that dispatch is most of the step. Here the loop runs inside XLA:
   as the Keras loop: the two give the same loss curve, and positions are interchangeable) and sent once per
   epoch (4 bytes a sample);
 - the trip count is a traced argument (`fori_loop` with a dynamic bound lowers to a while loop), so one
-  compilation serves every chunk length; the partial last batch of an epoch is a `cond` branch of the same
-  program (one compilation, not two: on an H100 the separate one-step program cost 0.8-0.9 s of XLA compile
-  for the MLP, 2.8-3.2 s for the CNN, all of it inside the first epoch — experiments/gpu/README.md);
+  compilation serves every chunk length. The epoch's partial last batch has another shape, so another train
+  step, compiled where it costs least (see `tail_on_thread`): on an accelerator, a second program compiled on
+  a host thread while the chunk program compiles and runs (on an H100 that program cost 0.8-0.9 s of compile
+  for the MLP, 2.8-3.2 s for the CNN, all of it inside the first epoch when compiled in turn —
+  experiments/gpu/README.md); on a CPU, a `cond` branch of the chunk program (the same cores would compile
+  and train: one program is the least work there);
 - when the split exceeds `trainer.device_data_mb`, it streams instead: blocks of STREAM_STEPS batches are
   gathered on the host and sent per call (same batches, same compiled loop, padded to one shape).
 """
 
 from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +35,24 @@ import numpy as np
 from .fused import FusedStepper
 
 STREAM_STEPS = 64  # batches per host->device block when the split is streamed
+# XLA compiles outside the GIL: the partial-batch program compiles here while the main thread compiles and runs
+# the chunk. One worker, not daemon: an interpreter exit waits for a compile under way rather than killing it
+# inside XLA.
+_COMPILER: ThreadPoolExecutor | None = None
+
+
+def _compile_soon(lowered) -> Future:
+    global _COMPILER
+    if _COMPILER is None:
+        _COMPILER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynarch-compile")
+    return _COMPILER.submit(lowered.compile)
+
+
+def tail_on_thread() -> bool:
+    """Whether the partial batch's step is its own program compiled on a host thread (an accelerator trains:
+    the host's cores are free to compile) rather than a `cond` branch of the chunk program (a CPU trains:
+    compiling beside it takes the cores it trains on; on 2 cores the branch was as fast or faster)."""
+    return jax.default_backend() != "cpu"
 
 
 def _scale(x):
@@ -49,33 +72,46 @@ class JaxFusedStepper(FusedStepper):
             self.x, self.y = arrays._jax_resident
         x0, y0 = arrays.train[0][:1], arrays.train[1][:1].astype(np.int32)
         model._symbolic_build(data_batch=(_scale(jnp.asarray(x0)), jnp.asarray(y0)))  # metric variables exist
+        self.full, self.rest = divmod(self.n, self.batch)  # full batches an epoch; rows of its partial one
+        # the partial batch: a `cond` branch of the chunk program, or its own program (see tail_on_thread);
+        # streamed, the chunk program never sees it (its data come per block)
+        self._branch = bool(self.rest) and self.resident and not tail_on_thread()
         self._chunk = jax.jit(self._chunk_fn, donate_argnums=0)
-        self._step = jax.jit(self._step_fn, donate_argnums=0)
+        self._tail: Future | None = None  # the partial batch's own program, compiling from the first chunk on
 
     # -- compiled parts ----------------------------------------------------------------------------------
     def _chunk_fn(self, state, x, y, order, first, count, tail):
-        batch, full, rest = self.batch, self.n // self.batch, self.n % self.batch
+        batch = self.batch
 
         def body(i, state):
             rows = jax.lax.dynamic_slice_in_dim(order, (first + i) * batch, batch)
             _, state = self.model.train_step(state, (_scale(x[rows]), y[rows]))
             return state
 
-        if full:  # a split smaller than one batch has none: `body` could not even be traced
+        if self.full:  # a split smaller than one batch has none: `body` could not even be traced
             state = jax.lax.fori_loop(0, count, body, state)
-        if not rest:  # every batch is full: no partial one to branch to
+        if not self._branch:
             return state
+        return jax.lax.cond(tail, lambda state: self._tail_fn(state, x, y, order), lambda state: state, state)
 
-        def partial(state):  # the epoch's partial last batch, its rows the order's last `rest`
-            rows = jax.lax.dynamic_slice_in_dim(order, full * batch, rest)
-            _, state = self.model.train_step(state, (_scale(x[rows]), y[rows]))
-            return state
-
-        return jax.lax.cond(tail, partial, lambda state: state, state)
-
-    def _step_fn(self, state, x, y):
-        _, state = self.model.train_step(state, (_scale(x), y))
+    def _tail_fn(self, state, x, y, order):
+        rows = order[len(order) - self.rest :]  # the order's last `rest` rows: the epoch's partial batch
+        _, state = self.model.train_step(state, (_scale(x[rows]), y[rows]))
         return state
+
+    def _tail_inputs(self, order) -> tuple:
+        """(x, y, order) for `_tail_fn`: the resident split and the epoch's order on the device, or the
+        partial batch's rows gathered on the host when the split is streamed."""
+        if self.resident:
+            return self.x, self.y, self._device_order
+        rows, (x, y) = order[self.full * self.batch :], self.arrays.train
+        return jnp.asarray(x[rows]), jnp.asarray(y[rows].astype(np.int32)), jnp.arange(self.rest, dtype=jnp.int32)
+
+    def _compile_tail(self, state, order) -> None:
+        """Trace the partial batch's own program here (Keras tracing is not thread-safe), compile it on a thread."""
+        if self._tail is None and self.rest and not self._branch:
+            lowered = jax.jit(self._tail_fn, donate_argnums=0).lower(state, *self._tail_inputs(order))
+            self._tail = _compile_soon(lowered)
 
     # -- state in and out of the model -------------------------------------------------------------------
     def _variables(self):
@@ -92,20 +128,18 @@ class JaxFusedStepper(FusedStepper):
 
     # -- the Stepper interface ---------------------------------------------------------------------------
     def train(self, epoch: int, first: int, count: int) -> dict[str, float]:
-        (order, new), batch = self.epoch_order(epoch), self.batch
+        order, new = self.epoch_order(epoch)
         if new and self.resident:
             self._device_order = jax.device_put(order.astype(np.int32))  # sent once per epoch
-        full = self.n // batch  # batches of full size; a partial one follows when n % batch
-        n_full, tail = max(0, min(first + count, full) - first), first + count > full
+        n_full, tail = max(0, min(first + count, self.full) - first), first + count > self.full
         state = self._pull()
-        if self.resident:  # one call: the full batches, then the partial one when the chunk ends the epoch
+        self._compile_tail(state, order)  # compiles while the full batches below run
+        if self.resident and (n_full or self._branch):  # one call: the full batches, then a `cond` tail
             state = self._chunk(state, self.x, self.y, self._device_order, first, n_full, tail)
-        else:
-            state = self._streamed(state, order, first, n_full) if n_full else state
-            if tail:
-                rows = order[full * batch :]
-                x, y = self.arrays.train
-                state = self._step(state, jnp.asarray(x[rows]), jnp.asarray(y[rows].astype(np.int32)))
+        elif n_full:
+            state = self._streamed(state, order, first, n_full)
+        if tail and not self._branch:
+            state = self._tail.result()(state, *self._tail_inputs(order))
         self._push(state)
         return self.logs()
 
@@ -119,5 +153,5 @@ class JaxFusedStepper(FusedStepper):
             rows = np.concatenate([rows, np.zeros(pad, np.int32)]) if pad else rows
             block = np.arange(STREAM_STEPS * batch, dtype=np.int32)
             xb, yb = jnp.asarray(x[rows]), jnp.asarray(y[rows].astype(np.int32))
-            state = self._chunk(state, xb, yb, block, 0, steps, False)  # the partial batch: `_step`
+            state = self._chunk(state, xb, yb, block, 0, steps, False)
         return state
