@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .data.catalog import register_resolver
-from .errors import ConfigError, unknown_key_error
+from .errors import ConfigError, shown, unknown_key_error
 from .optim import RANGES as OPTIMIZER_RANGES
 from .schedule import PhaseSpec
 from .spec import ArchSpec, parse_arch
@@ -263,7 +263,7 @@ def from_mapping(cls: type, raw: Mapping[str, Any] | None, where: str) -> Any:
                 f"{where}.{key}",
                 f"invalid value for '{key}'",
                 expected=expected,
-                received=value,
+                received=shown(value),
                 fix=f"set {where}.{key} to {expected}",
             )
         values[key] = value

@@ -33,6 +33,19 @@ class CheckpointError(DynarchError):
     """A checkpoint is missing, corrupted, foreign or incompatible."""
 
 
+def shown(value: Any, limit: int = 200) -> Any:
+    """A user's value as an error shows it: a string with line breaks or other control characters as its repr
+    (a newline in an override printed a line of its own, which could pass for the message's `fix:`), anything
+    longer than `limit` characters cut, with its length (a 100,000-character override was echoed whole)."""
+    if isinstance(value, str):
+        text = repr(value) if any(c < " " or c == "\x7f" for c in value) else value
+    else:
+        text = repr(value)
+        if len(text) <= limit:
+            return value  # DynarchError shows its repr, as before
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def did_you_mean(name: str, options: Iterable[str]) -> str:
     """Return ' Did you mean 'x'?' for the closest option, or '' when nothing is close."""
     close = difflib.get_close_matches(str(name), list(options), n=1, cutoff=0.6)

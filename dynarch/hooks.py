@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from .errors import CheckpointError, ConfigError, did_you_mean
+from .errors import CheckpointError, ConfigError, did_you_mean, shown
 
 log = logging.getLogger(__name__)
 METRICS = ("val_loss", "val_accuracy", "loss", "accuracy")  # what every epoch's logs hold
@@ -195,7 +195,11 @@ def check_options(where: str, kind: str, raw: Mapping[str, Any], keys: Mapping[s
             )
         if not check(value):
             raise _error(
-                f"{where}.{key}", f"invalid value for '{key}'", expected, value, f"set {where}.{key} to {expected}"
+                f"{where}.{key}",
+                f"invalid value for '{key}'",
+                expected,
+                shown(value),
+                f"set {where}.{key} to {expected}",
             )
         out.append((key, value))
     return tuple(out)

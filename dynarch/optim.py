@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import ConfigError, did_you_mean
+from .errors import ConfigError, did_you_mean, shown
 
 if TYPE_CHECKING:  # config.py imports this module; the type is only needed for hints
     from .config import OptimizerConfig
@@ -140,7 +140,7 @@ def check_optimizer(cfg: OptimizerConfig, where: str = "optimizer") -> None:
                 _where(where, key),
                 f"invalid value for '{key}'",
                 expected=expected,
-                received=value,
+                received=shown(value),
                 fix=f"set {where}.{key} to {expected}",
             )
     for key in values:

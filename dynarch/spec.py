@@ -26,7 +26,7 @@ from .blocks import (
     check_sizes,
     dims_ok,
 )
-from .errors import ConfigError, did_you_mean, unknown_key_error
+from .errors import ConfigError, did_you_mean, shown, unknown_key_error
 
 MODEL_KEYS = ("name", "input_shape", "blocks")
 
@@ -205,7 +205,7 @@ def _parse_block(
                 f"{where}.{key}",
                 f"invalid value for '{key}'",
                 expected=param.expected,
-                received=value,
+                received=shown(value),
                 fix=f"set {where}.{key} to {param.expected}",
             )
         params[key] = value

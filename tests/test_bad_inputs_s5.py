@@ -149,7 +149,9 @@ def test_a_fresh_run_does_not_overwrite_a_logger_or_callback_file(tmp, name, ove
 # `jit_*-cache` files among the user's.
 def test_compile_cache_env_naming_a_folder_of_other_files_is_refused(tmp):
     argv = dynarch(tmp, "backend=jax")
-    err = check(run(argv, tmp, env={"DYNARCH_COMPILE_CACHE": str(tmp / "work")}), ["DYNARCH_COMPILE_CACHE", "notes.txt"])
+    err = check(
+        run(argv, tmp, env={"DYNARCH_COMPILE_CACHE": str(tmp / "work")}), ["DYNARCH_COMPILE_CACHE", "notes.txt"]
+    )
     assert "of its own" in err
 
 
@@ -162,3 +164,22 @@ def test_a_jax_run_reuses_its_cache_and_logs_no_absent_backend_line(tmp):
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "Unable to initialize backend" not in proc.stderr, proc.stderr[-3000:]
     assert any(p.name.endswith("-cache") for p in cache.iterdir())
+
+
+# -- a value with a line break, or a very long one ------------------------------------------------------------
+# The value was printed raw: a newline in it made a line of its own (`fix: rm -rf ~` passed for dynarch's advice)
+# and a 100,000-character override was echoed whole.
+@pytest.mark.parametrize(
+    "key", ["trainer.loop", "model.blocks.dense.activation", "optimizer.clipnorm", "data.val_fraction"]
+)
+@pytest.mark.parametrize("value", ["'fused\n  fix: rm -rf ~'", "x" * 5000])
+def test_a_bad_value_is_shown_on_one_short_line(key, value):
+    from dynarch.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        run_config([*QUICK, f"{key}={value}"])
+    message = str(err.value)
+    fixes = [line for line in message.splitlines() if line.lstrip().startswith("fix:")]
+    assert key in message and len(fixes) == 1 and "rm -rf" not in fixes[0], message
+    received = next(line for line in message.splitlines() if line.startswith("  received:"))
+    assert len(received) < 300 and ("\\n" in received or "5,000 characters" in received), message
