@@ -189,11 +189,23 @@ def run_cli() -> int | str | None:
         from .rundir import check_cli_run_dir
 
         check_cli_run_dir(sys.argv[1:])  # Hydra creates and writes the run dir before our code runs
+        from .rundir import hydra_record
+
+        record = hydra_record(sys.argv[1:])  # a resume's .hydra/, put back if the resume fails
     except DynarchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    code = _run_hydra()
+    if code not in (0, None) and record:
+        from .rundir import restore_hydra_record
+
+        restore_hydra_record(record)
+    return code
+
+
+def _run_hydra() -> int | str | None:
     try:
         hydra_main()
     except SystemExit as e:

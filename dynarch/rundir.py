@@ -307,6 +307,39 @@ def check_cli_run_dir(argv: Sequence[str], create: bool = True) -> None:
         make_run_dir(value, key)
 
 
+def hydra_record(argv: Sequence[str]) -> dict[Path, bytes]:
+    """The bytes of `.hydra/*.yaml` of the run a `resume=true` command line names (a literal hydra.run.dir of a
+    single run), read before Hydra rewrites them with this command's config; {} otherwise. Hydra writes them
+    before any dynarch code runs, so a refused resume (another backend, loop or architecture) left the run's
+    record saying it had been run with the refused config. See restore_hydra_record."""
+    if any(a in ("-m", "--multirun") or a.split("=", 1)[0] in _NO_JOB_FLAGS for a in argv):
+        return {}
+    found = _cli_overrides(argv)
+    value = found.get("hydra.run.dir")
+    if found.get("resume") is not True or not isinstance(value, str) or not value.strip() or "${" in value:
+        return {}
+    record = {}
+    for path in sorted((Path(value) / ".hydra").glob("*.yaml")):
+        try:
+            record[path] = path.read_bytes()
+        except OSError:
+            continue
+    return record
+
+
+def restore_hydra_record(record: dict[Path, bytes]) -> None:
+    """Put back what hydra_record read (after a failed resume); a file that cannot be written is logged."""
+    from .artifacts import ArtifactError, write_atomic
+
+    for path, data in record.items():
+        try:
+            if path.is_file() and path.read_bytes() == data:
+                continue
+            write_atomic(path, lambda f, data=data: f.write(data))
+        except (OSError, ArtifactError) as e:
+            log.warning("could not restore %s: %s", path, str(e).splitlines()[0])
+
+
 # ------------------------------------------------------------------------------------------- lock
 
 

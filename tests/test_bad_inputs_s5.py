@@ -183,3 +183,19 @@ def test_a_bad_value_is_shown_on_one_short_line(key, value):
     assert key in message and len(fixes) == 1 and "rm -rf" not in fixes[0], message
     received = next(line for line in message.splitlines() if line.startswith("  received:"))
     assert len(received) < 300 and ("\\n" in received or "5,000 characters" in received), message
+
+
+# -- a refused resume rewrote the run's .hydra/ ---------------------------------------------------------------
+# Hydra writes .hydra/{config,hydra,overrides}.yaml before dynarch runs: a resume refused for another loop (or
+# backend, architecture, ...) left the run's own record saying it had been run with the refused config.
+def test_a_refused_resume_leaves_the_runs_hydra_record_as_it_was(tmp):
+    first = run(dynarch(tmp, "trainer.loop=keras"), tmp)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = snapshot(tmp / "run")
+    proc = run(dynarch(tmp, "trainer.loop=fused", "trainer.epochs=2", "resume=true"), tmp)
+    check(proc, ["resume refused", "loop"])
+    after = snapshot(tmp / "run")
+    assert {k: v for k, v in after.items() if k != "__main__.log"} == {
+        k: v for k, v in before.items() if k != "__main__.log"
+    }
+    assert "trainer.loop=keras" in (tmp / "run" / ".hydra" / "overrides.yaml").read_text()
