@@ -252,10 +252,10 @@ def _refuse_shared_place(value: str, key: str) -> None:
         )
     if "${" in value:
         return
-    target = Path(os.path.abspath(value))
-    cwd = Path(os.getcwd())
+    target = Path(os.path.realpath(value))  # a link to / or to the working dir is that place
+    cwd = Path(os.path.realpath(os.getcwd()))
     shared = {p: "the working dir" if p == cwd else "a parent of the working dir" for p in (cwd, *cwd.parents)}
-    shared.update({Path.home(): "your home folder", Path(target.anchor or "/"): "the file system's root"})
+    shared.update({Path(os.path.realpath(Path.home())): "your home folder", Path("/"): "the file system's root"})
     if target in shared:
         raise RunDirError(
             key,
