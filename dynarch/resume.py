@@ -241,6 +241,9 @@ def read_position(ckpt: Checkpoint) -> Position:
     )
 
 
+OVERRIDE_OF = {"backend": "backend", "loop": "trainer.loop"}  # fingerprint key -> the override that sets it
+
+
 def check_compatible(ckpt: Checkpoint, run: RunConfig) -> Position:
     """Refuse a checkpoint of another config, or one that already trained past this run's end."""
     saved, now = ckpt.manifest.get("fingerprint", {}), fingerprint(run)
@@ -249,13 +252,18 @@ def check_compatible(ckpt: Checkpoint, run: RunConfig) -> Position:
     diff = [k for k in now if not isinstance(saved, dict) or saved.get(k) != now[k]]
     if diff:
         saved = saved if isinstance(saved, dict) else {}
+        # the keys a user changes by a plain override get it spelled out (the loop is not a key of its own here)
+        spelled = [f"{OVERRIDE_OF[k]}={saved[k]}" for k in diff if k in OVERRIDE_OF and saved.get(k) is not None]
+        run_dir = Path(ckpt.path).parent.parent
         raise CheckpointError(
             str(ckpt.path),
             f"resume refused: the config differs in {', '.join(diff)}",
             expected={k: saved.get(k) for k in diff},
             received={k: now[k] for k in diff},
-            fix="resume with the original overrides (only trainer.epochs may grow), "
-            "or start a new run with init_from=RUN_DIR to migrate the weights",
+            fix=(f"add {' '.join(spelled)}; " if spelled else "")
+            + "resume with the original overrides (only trainer.epochs may grow; the first command's are in "
+            f"{run_dir / '.hydra' / 'overrides.yaml'}), or start a new run with init_from=RUN_DIR to migrate "
+            "the weights",
         )
     position = read_position(ckpt)
     total = run.total_epochs

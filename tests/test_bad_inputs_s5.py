@@ -195,7 +195,7 @@ def test_a_refused_resume_leaves_the_runs_hydra_record_as_it_was(tmp):
     assert first.returncode == 0, first.stderr[-3000:]
     before = snapshot(tmp / "run")
     proc = run(dynarch(tmp, "trainer.loop=fused", "trainer.epochs=2", "resume=true"), tmp)
-    check(proc, ["resume refused", "loop"])
+    check(proc, ["resume refused", "loop", "fix: add trainer.loop=keras;", "overrides.yaml"])
     after = snapshot(tmp / "run")
     assert {k: v for k, v in after.items() if k != "__main__.log"} == {
         k: v for k, v in before.items() if k != "__main__.log"
