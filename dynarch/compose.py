@@ -109,6 +109,12 @@ def resolve_config(
     With a `schedule` node, every phase's architecture is composed (its variant files and inline patch
     merged onto the run's model) and validated here, before anything is built.
     """
+    if "data" not in cfg:  # `~data`: else the first error named model.input_shape's ${data.input_shape}
+        data_dir = CONF_DIR / "data"
+        known = ", ".join(f"data={p.stem}" for p in sorted(data_dir.glob("*.yaml")))
+        raise ConfigError(
+            "data", "no dataset selected", expected=known, fix="add data=mnist_subset (offline) or data=mnist"
+        )
     container = _to_plain(cfg)
     container.pop("hydra", None)
     schedule_raw = container.pop("schedule", None)

@@ -87,12 +87,13 @@ def finish(loop: PhaseLoop, arrays, runtime, migrated_from, resume, train_time, 
         checkpoint.export_keras(model, out_dir / "model.keras")
     metrics["wall_time_s"] = round(time.perf_counter() - t_start, 3)
     artifacts.write_json(out_dir / "metrics.json", metrics)
+    rate = metrics["samples_per_s"]  # None: no steady epoch to measure (a one-epoch run printed "None samples/s")
     log.info(
-        "test accuracy %.4f, loss %.4f (%s, %s samples/s) -> %s",
+        "test accuracy %.4f, loss %.4f (%s, %s) -> %s",
         test_acc,
         test_loss,
         arrays.source,
-        metrics["samples_per_s"],
+        f"{rate} samples/s" if rate is not None else "samples/s not measured",
         out_dir,
     )
     return metrics

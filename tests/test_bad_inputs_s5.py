@@ -201,3 +201,22 @@ def test_a_refused_resume_leaves_the_runs_hydra_record_as_it_was(tmp):
         k: v for k, v in before.items() if k != "__main__.log"
     }
     assert "trainer.loop=keras" in (tmp / "run" / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_a_one_epoch_run_does_not_log_none_samples_per_s(tmp_path, caplog):
+    from dynarch.train import train
+
+    caplog.set_level("INFO", logger="dynarch.results")
+    metrics = train(run_config(QUICK), tmp_path / "run")
+    assert metrics["samples_per_s"] is None  # the first epoch is warm-up: nothing steady to report
+    final = [r.getMessage() for r in caplog.records if r.getMessage().startswith("test accuracy")]
+    assert final and "None" not in final[0] and "samples/s not measured" in final[0]
+
+
+def test_no_dataset_selected_names_data_not_model_input_shape():
+    # `~data` was reported as "model.input_shape: cannot resolve ... fix: set model.input_shape=VALUE".
+    from dynarch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no dataset selected") as err:
+        run_config(["~data"])
+    assert str(err.value).startswith("data:") and "data=mnist_subset" in str(err.value).split("fix:")[1]
