@@ -47,6 +47,7 @@ RUN_ARTIFACTS = (
     "mlflow.db",  # logger=mlflow's default store
     "mlflow-run.json",  # logger=mlflow: the run a resume logs into
     "mlartifacts",  # logger=mlflow's artifacts next to mlflow.db
+    "multirun.yaml",  # a sweep's own dir (its jobs are its subfolders): a single run would mix into it
 )
 RUN_ARTIFACT_PATTERNS = ("model-phase-*.md", "migration-phase-*.md", "migration-phase-*.json")  # phased runs
 # Room kept for the deepest file dynarch writes under a run dir (state/.step-N.tmp-XXXXXXXX/weights.safetensors).

@@ -137,7 +137,12 @@ def test_the_home_folder_is_refused_as_a_sweep_dir(tmp):
 # -- a fresh run into a dir holding files the loggers and callbacks write -------------------------------------
 @pytest.mark.parametrize(
     "name, overrides",
-    [("metrics.csv", ["logger=csv"]), ("checkpoint-best", ["callbacks=best_checkpoint"]), ("mlflow.db", [])],
+    [
+        ("metrics.csv", ["logger=csv"]),
+        ("checkpoint-best", ["callbacks=best_checkpoint"]),
+        ("mlflow.db", []),
+        ("multirun.yaml", []),  # a sweep's dir
+    ],
 )
 def test_a_fresh_run_does_not_overwrite_a_logger_or_callback_file(tmp, name, overrides):
     (tmp / "run").mkdir()
