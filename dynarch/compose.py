@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .config import RunConfig, load_run_config
-from .errors import ConfigError, did_you_mean
+from .errors import ConfigError, did_you_mean, shown
 from .preflight import CONF_DIR, check_variant_file, check_yaml_file, preflight
 
 __all__ = [
@@ -264,12 +264,31 @@ def _epochs(value: Any, where: str) -> int:
     return value
 
 
+def _override_list(overrides: Any) -> list[str]:
+    """The overrides as a list of strings: a notebook's compose_run("data=mnist_subset") was split into
+    characters ("d: Hydra cannot parse the override"), a non-string item raised AttributeError."""
+    if overrides is None:
+        return []
+    items = list(overrides) if isinstance(overrides, Iterable) and not isinstance(overrides, (str, bytes)) else None
+    if items is None or not all(isinstance(o, str) for o in items):
+        bad = overrides if items is None else next(o for o in items if not isinstance(o, str))
+        raise ConfigError(
+            "overrides",
+            "the overrides are a list of strings, one KEY=VALUE each",
+            expected='e.g. ["data=mnist_subset", "trainer.epochs=3"]',
+            received=f"{type(bad).__name__} {shown(bad)!r}" if not isinstance(bad, str) else f"the string {bad!r}",
+            fix="pass a list: compose_run([" + (repr(bad) if isinstance(bad, str) else "'KEY=VALUE'") + "])",
+        )
+    return items
+
+
 def compose_config(overrides: Sequence[str]) -> tuple[DictConfig, dict[str, Any]]:
     """Compose conf/ with Hydra's compose API (after the pre-flight check): (config, what resolve_config
     needs besides it: variant, schedule_name, search_dirs)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
+    overrides = _override_list(overrides)
     overrides = qualify_arch_overrides(overrides)
     preflight(overrides)
     try:

@@ -225,3 +225,25 @@ def test_no_dataset_selected_names_data_not_model_input_shape():
     with pytest.raises(ConfigError, match="no dataset selected") as err:
         run_config(["~data"])
     assert str(err.value).startswith("data:") and "data=mnist_subset" in str(err.value).split("fix:")[1]
+
+
+# -- compose_run from a notebook with the overrides not a list of strings -------------------------------------
+# compose_run("data=mnist_subset") was split into characters ("d: Hydra cannot parse the override"); a
+# non-string item raised AttributeError.
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [("data=mnist_subset", "the string 'data=mnist_subset'"), (["data=mnist_subset", 5], "int 5"), (7, "int 7")],
+)
+def test_compose_run_with_overrides_not_a_list_of_strings(overrides, needle):
+    import dynarch
+
+    with pytest.raises(dynarch.ConfigError) as err:
+        dynarch.compose_run(overrides)
+    assert needle in str(err.value) and "fix: pass a list" in str(err.value)
+
+
+def test_compose_run_takes_a_tuple_and_none():
+    import dynarch
+
+    assert dynarch.compose_run(("data=mnist_subset",)).data.name == "mnist_subset"
+    assert dynarch.compose_run(None).trainer.epochs > 0
