@@ -39,7 +39,10 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        module = importlib.import_module(_EXPORTS[name])
+        # `train` is also a submodule: the package attribute is that module from now on (callable, see
+        # dynarch/train.py), so answer the same thing the first time too
+        return module if _EXPORTS[name] == f"{__name__}.{name}" else getattr(module, name)
     raise AttributeError(f"module 'dynarch' has no attribute {name!r}")
 
 

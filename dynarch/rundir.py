@@ -238,7 +238,22 @@ def make_run_dir(path: str | Path, key: str = "hydra.run.dir") -> Path:
     return target
 
 
-def _refuse_shared_place(value: str, key: str) -> None:
+def check_out_dir_arg(out_dir: Any) -> Path:
+    """train()'s `out_dir` from Python (a notebook): a path of a folder of its own, as the CLI checks it —
+    `train(run, "")` wrote the run among the working dir's files, `train(run, None)` raised a TypeError."""
+    if not isinstance(out_dir, (str, os.PathLike)) or not os.fspath(out_dir).strip():
+        raise RunDirError(
+            "out_dir",
+            "train() needs the run dir as a path",
+            expected='a new folder, e.g. "outputs/notebook-run"',
+            received=repr(out_dir),
+            fix='call dynarch.train(run, "outputs/my-run")',
+        )
+    _refuse_shared_place(os.fspath(out_dir), "out_dir", fix='pass a new folder, e.g. "outputs/my-run"')
+    return Path(out_dir)
+
+
+def _refuse_shared_place(value: str, key: str, fix: str | None = None) -> None:
     """Refuse `~...` (Hydra does not expand it: the run went to a folder named `~` under the working dir, while
     a check that expanded it created the home's folder) and a run dir that is the file system's root, the home
     folder, the working dir or one of its parents: `.hydra/`, the log, `state/` and the results would land
@@ -249,7 +264,9 @@ def _refuse_shared_place(value: str, key: str) -> None:
             "Hydra does not expand '~': the run would go to a folder named '~' under the working dir",
             expected="an absolute path or one relative to the working dir",
             received=value,
-            fix=f"write the home folder out: {key}={os.path.expanduser(value.strip())}",
+            fix=f"write the home folder out: {key}={os.path.expanduser(value.strip())}"
+            if fix is None
+            else f"write the home folder out: {os.path.expanduser(value.strip())}",
         )
     if "${" in value:
         return
@@ -264,7 +281,8 @@ def _refuse_shared_place(value: str, key: str) -> None:
             "the files already there",
             expected="a folder of its own for this run's outputs",
             received=f"{value} ({target})",
-            fix=f"pass {key}=DIR with a new folder (e.g. {key}=outputs/my-run), or leave {key} out for a "
+            fix=fix
+            or f"pass {key}=DIR with a new folder (e.g. {key}=outputs/my-run), or leave {key} out for a "
             "timestamped one",
         )
 

@@ -13,7 +13,9 @@ import dataclasses
 import logging
 import os
 import signal
+import sys
 import time
+import types
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -74,10 +76,11 @@ def train(
     Returns:
         The metrics written to metrics.json.
     """
-    from .rundir import RunDirLock, check_new_run_dir, clean_stale_temps
+    from .rundir import RunDirLock, check_new_run_dir, check_out_dir_arg, clean_stale_temps
 
     t_start = time.perf_counter()
-    out_dir = Path(out_dir)
+    _check_run_arg(run)
+    out_dir = check_out_dir_arg(out_dir)
     scratch = _worker_scratch(run, out_dir, resume)  # a multi-worker non-chief: writes only here
     stop, loop_running = StopState(), [False]
     previous = _signal_handlers(stop, loop_running)
@@ -314,3 +317,29 @@ def _foreign_entries(path: Path) -> list[str]:
             return sorted(e.name for e in entries if not e.name.endswith(("-cache", "-atime")))[:3]
     except OSError:
         return []
+
+
+def _check_run_arg(run: Any) -> None:
+    """From Python, `run` is what compose_run returns (a string or a DictConfig raised AttributeError)."""
+    if not isinstance(run, RunConfig):
+        from .errors import ConfigError
+
+        raise ConfigError(
+            "run",
+            "train() takes the RunConfig that dynarch.compose_run returns",
+            expected="a dynarch RunConfig",
+            received=type(run).__name__,
+            fix='run = dynarch.compose_run(["data=mnist_subset"]); dynarch.train(run, "outputs/my-run")',
+        )
+
+
+class _CallableModule(types.ModuleType):
+    """`dynarch.train(run, out_dir)` is the public API (dynarch/__init__.py), but once this submodule is imported
+    the import system sets the package's `train` attribute to the module itself: a notebook's second
+    `dynarch.train(...)` met "'module' object is not callable". Calling the module calls `train`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict:
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -247,3 +247,37 @@ def test_compose_run_takes_a_tuple_and_none():
 
     assert dynarch.compose_run(("data=mnist_subset",)).data.name == "mnist_subset"
     assert dynarch.compose_run(None).trainer.epochs > 0
+
+
+# -- dynarch.train from a notebook -----------------------------------------------------------------------------
+def test_dynarch_train_can_be_called_twice(tmp_path):
+    # Importing the dynarch.train submodule made the package's `train` that module: the second call raised
+    # "TypeError: 'module' object is not callable".
+    import dynarch
+
+    run = dynarch.compose_run(QUICK)
+    first = dynarch.train(run, tmp_path / "a")
+    second = dynarch.train(run, tmp_path / "b")
+    assert first["test_accuracy"] == second["test_accuracy"]
+    assert dynarch.train.PhaseLoop and dynarch.TrainingStopped  # the module's names stay reachable
+
+
+@pytest.mark.parametrize("out_dir, needle", [("", "train() needs the run dir"), (None, "None"), (".", "working dir")])
+def test_dynarch_train_refuses_no_path_or_the_working_dir(tmp_path, monkeypatch, out_dir, needle):
+    # train(run, "") wrote the whole run among the working dir's files; train(run, None) raised a TypeError.
+    import dynarch
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("the user's\n")
+    with pytest.raises(dynarch.DynarchError) as err:
+        dynarch.train(dynarch.compose_run(QUICK), out_dir)
+    assert "out_dir" in str(err.value) and needle in str(err.value) and "fix:" in str(err.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_dynarch_train_refuses_a_run_that_is_not_a_run_config(tmp_path):
+    import dynarch
+
+    with pytest.raises(dynarch.ConfigError, match="compose_run"):
+        dynarch.train("data=mnist_subset", tmp_path / "run")
+    assert not (tmp_path / "run").exists()
