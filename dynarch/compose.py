@@ -215,6 +215,16 @@ def _attach_schedule(run: RunConfig, cfg: DictConfig, raw: Any, name: str, dirs:
         else:
             plateau, cap = parse_until(raw_phase["until"], f"{where}.until")
             phases.append(PhaseSpec(i, str(label), arch, optimizer, plateau=plateau, max_epochs=cap))
+    for phase in phases:  # a val_* monitor without validation never plateaus: the phase ran to its cap silently
+        if phase.plateau is not None and run.data.val_fraction == 0 and phase.plateau.monitor.startswith("val_"):
+            where = f"schedule.phases[{phase.index}].until.plateau.monitor"
+            raise ConfigError(
+                where,
+                f"{phase.plateau.monitor} does not exist: data.val_fraction is 0 (no validation)",
+                expected="loss or accuracy, or data.val_fraction > 0",
+                received=phase.plateau.monitor,
+                fix=f"set schedule.phases.{phase.index}.until.plateau.monitor=loss or data.val_fraction=0.1",
+            )
     if phases[-1].rest:  # the phases before `rest` must leave it at least one epoch of trainer.epochs
         budget = sum(p.epochs if p.epochs is not None else p.max_epochs for p in phases[:-1])
         if budget >= run.trainer.epochs:

@@ -281,3 +281,14 @@ def test_dynarch_train_refuses_a_run_that_is_not_a_run_config(tmp_path):
     with pytest.raises(dynarch.ConfigError, match="compose_run"):
         dynarch.train("data=mnist_subset", tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_plateau_phase_on_a_validation_metric_without_validation_is_refused():
+    # grow_on_plateau with data.val_fraction=0: val_loss never existed, the phase silently ran to max_epochs.
+    from dynarch.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        run_config([*QUICK, "data.val_fraction=0", "+schedule=grow_on_plateau", "trainer.epochs=6"])
+    message = str(err.value)
+    assert "schedule.phases[0].until.plateau.monitor" in message and "val_fraction is 0" in message
+    run_config([*QUICK, "data.val_fraction=0", "+schedule=grow", "trainer.epochs=6"])  # no plateau: fine
