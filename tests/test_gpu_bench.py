@@ -57,3 +57,27 @@ def test_tiny_gpu_bench_runs_without_tensorflow_and_writes_its_page(tmp_path: Pa
         "TF import attempts",
     ):
         assert needle in text
+
+
+def test_the_bench_compares_where_the_partial_batch_compiles(tmp_path: Path):
+    """fused-thread / fused-branch: the epoch's partial batch (1,800 = 7 x 256 + 8 here) as its own program
+    compiled on a thread, or as a cond branch of the chunk program — the A/B for a GPU, run here on the CPU."""
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    args = ["--tiny", "--loops", "fused-thread,fused-branch", "--plain-spe", "", "--no-hand-fused", "--log-compiles"]
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *args, "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    runs = json.loads((tmp_path / "results.json").read_text())["results"]["mlp-b256"]
+    compiled = {
+        row: [name for name, _ in runs[f"dynarch:{row}"][0]["compiles"]] for row in ("fused-thread", "fused-branch")
+    }
+    assert "jit(_tail_fn)" in compiled["fused-thread"] and "jit(_tail_fn)" not in compiled["fused-branch"], compiled
+    assert all("jit(_chunk_fn)" in names for names in compiled.values()), compiled
+    accuracy = {row: runs[f"dynarch:{row}"][0]["test_accuracy"] for row in compiled}
+    assert accuracy["fused-thread"] == accuracy["fused-branch"]  # the same weights, bit for bit (test_fused.py)
+    assert "partial batch as a cond branch" in (tmp_path / "results.md").read_text()

@@ -12,7 +12,10 @@ For each repeat (interleaved, the order rotated every repeat), model and batch s
   - dynarch, `trainer.loop=keras` and `trainer.loop=fused`: the real CLI (`runpy` of `dynarch` as
     `python -m dynarch` does, in a fresh process, TensorFlow blocked); a loop that fails is reported, not fatal;
     `fused-warm`: the fused loop with a compilation cache (DYNARCH_COMPILE_CACHE) filled by one earlier,
-    unrecorded run of the same model and batch — what a second run of a sweep pays
+    unrecorded run of the same model and batch — what a second run of a sweep pays; `fused-branch`: the
+    epoch's partial batch as a `cond` branch of the chunk program (what a CPU does) instead of its own
+    program compiled on a thread (what an accelerator does), for an A/B of the two on a GPU; `fused-thread`:
+    the reverse, for the same A/B on a CPU
   - plain Keras on JAX, in this process: the same model as conf/model/*.yaml, Adam 1e-3, same batch, same
     train/validation/test arrays (dynarch's loader), `steps_per_execution` 1 (Keras' default) and `epoch`
     (the whole epoch per execution)
@@ -191,7 +194,10 @@ def dynarch_overrides(args, model: str, batch: int, loop: str, run_dir: Path) ->
 VARIANTS = {
     "fused-warm": "trainer.loop=fused, warm compile cache",
     "fused-nondet": "trainer.loop=fused, trainer.deterministic=false",
+    "fused-branch": "trainer.loop=fused, partial batch as a cond branch (the CPU's way)",
+    "fused-thread": "trainer.loop=fused, partial batch compiled on a thread (an accelerator's way)",
 }
+TAIL_ENV = "BENCH_FUSED_TAIL"  # fused-branch / fused-thread: the child sets what fused_jax.tail_on_thread() says
 COMPILE_LINE = re.compile(r"Finished XLA compilation of (.+?) in ([0-9.e-]+) ?s")
 
 
@@ -209,6 +215,7 @@ def run_dynarch(args, model: str, batch: int, loop: str, work: Path, cache: Path
         env["DYNARCH_COMPILE_CACHE"] = str(cache)
     if args.log_compiles:
         env["JAX_LOG_COMPILES"] = "1"
+    env[TAIL_ENV] = loop.removeprefix("fused-") if loop in ("fused-branch", "fused-thread") else ""
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work)
     wall = time.perf_counter() - t0
@@ -258,6 +265,12 @@ def dynarch_child(guard_log: str, argv: list[str]) -> None:
     """`python -m dynarch ARGV` with TensorFlow blocked: runpy is what `-m` does."""
     install_guard(guard_log)
     import runpy
+
+    tail = os.environ.get(TAIL_ENV)
+    if tail:  # A/B of where the epoch's partial batch compiles (runtime/fused_jax.py)
+        import dynarch.runtime.fused_jax as fused_jax
+
+        fused_jax.tail_on_thread = lambda: tail == "thread"
 
     sys.argv = ["dynarch", *argv]
     runpy.run_module("dynarch", run_name="__main__", alter_sys=True)
