@@ -81,3 +81,15 @@ def test_the_bench_compares_where_the_partial_batch_compiles(tmp_path: Path):
     accuracy = {row: runs[f"dynarch:{row}"][0]["test_accuracy"] for row in compiled}
     assert accuracy["fused-thread"] == accuracy["fused-branch"]  # the same weights, bit for bit (test_fused.py)
     assert "partial batch as a cond branch" in (tmp_path / "results.md").read_text()
+
+
+def test_tail_compile_experiment_runs_and_writes_its_table(tmp_path: Path):
+    """experiments/gpu/tail_compile.py (the A/B's compile split) on the CPU, one small repeat."""
+    script = ROOT / "experiments" / "gpu" / "tail_compile.py"
+    args = ["--repeats", "1", "--train-size", "600", "--out", str(tmp_path)]
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    table = (tmp_path / "tail_compile.md").read_text()
+    assert "4 full batches + 28" in table  # 600 - 10% validation = 540 = 4 x 128 + 28
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "seconds" not in line]
+    assert len(rows) == 8 and all(float(line.split("|")[2].split()[0]) > 0 for line in rows), table
