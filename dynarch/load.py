@@ -11,6 +11,7 @@ For a scheduled run the final checkpoint's `arch` is the last phase's architectu
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,14 @@ class RunMetadata:
 
 def checkpoint_folder(path: str | Path) -> Path:
     """Resolve like `checkpoint.resolve`, with a clearer message for a run dir that never finished."""
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path).strip():  # load_run(None) was a TypeError
+        raise CheckpointError(
+            "path",
+            "no run named: a run dir, its checkpoint folder, weights.safetensors or SWEEP_DIR#JOB is needed",
+            expected='a path, e.g. "outputs/my-run"',
+            received=repr(path),
+            fix='call dynarch.load_run("outputs/my-run")',
+        )
     sweep, sep, job = str(path).rpartition("#")
     folder = Path(sweep).expanduser() / job if sep and job.isdigit() else Path(path).expanduser()
     is_run = folder.is_dir() and any((folder / n).exists() for n in ("config.yaml", "state", "history.csv", "model.md"))

@@ -292,3 +292,14 @@ def test_a_plateau_phase_on_a_validation_metric_without_validation_is_refused():
     message = str(err.value)
     assert "schedule.phases[0].until.plateau.monitor" in message and "val_fraction is 0" in message
     run_config([*QUICK, "data.val_fraction=0", "+schedule=grow", "trainer.epochs=6"])  # no plateau: fine
+
+
+@pytest.mark.parametrize("path", [None, "", "  ", 5])
+def test_load_run_without_a_path_is_a_checkpoint_error(path):
+    # load_run(None) raised "TypeError: expected str, bytes or os.PathLike object"; load_run("") said
+    # ": the path holds no dynarch checkpoint" (an empty name).
+    import dynarch
+
+    with pytest.raises(dynarch.DynarchError) as err:
+        dynarch.load_run(path)
+    assert str(err.value).startswith("path: no run named") and "fix:" in str(err.value)
