@@ -249,11 +249,14 @@ def check_out_dir_arg(out_dir: Any) -> Path:
             received=repr(out_dir),
             fix='call dynarch.train(run, "outputs/my-run")',
         )
-    _refuse_shared_place(os.fspath(out_dir), "out_dir", fix='pass a new folder, e.g. "outputs/my-run"')
+    # Not the working dir test: under hydra.job.chdir=true Hydra runs the job inside its run dir.
+    _refuse_shared_place(
+        os.fspath(out_dir), "out_dir", fix='pass a new folder, e.g. "outputs/my-run"', working_dir=False
+    )
     return Path(out_dir)
 
 
-def _refuse_shared_place(value: str, key: str, fix: str | None = None) -> None:
+def _refuse_shared_place(value: str, key: str, fix: str | None = None, working_dir: bool = True) -> None:
     """Refuse `~...` (Hydra does not expand it: the run went to a folder named `~` under the working dir, while
     a check that expanded it created the home's folder) and a run dir that is the file system's root, the home
     folder, the working dir or one of its parents: `.hydra/`, the log, `state/` and the results would land
@@ -273,6 +276,8 @@ def _refuse_shared_place(value: str, key: str, fix: str | None = None) -> None:
     target = Path(os.path.realpath(value))  # a link to / or to the working dir is that place
     cwd = Path(os.path.realpath(os.getcwd()))
     shared = {p: "the working dir" if p == cwd else "a parent of the working dir" for p in (cwd, *cwd.parents)}
+    if not working_dir:
+        shared = {}
     shared.update({Path(os.path.realpath(Path.home())): "your home folder", Path("/"): "the file system's root"})
     if target in shared:
         raise RunDirError(

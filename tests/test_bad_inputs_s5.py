@@ -262,17 +262,30 @@ def test_dynarch_train_can_be_called_twice(tmp_path):
     assert dynarch.train.PhaseLoop and dynarch.TrainingStopped  # the module's names stay reachable
 
 
-@pytest.mark.parametrize("out_dir, needle", [("", "train() needs the run dir"), (None, "None"), (".", "working dir")])
-def test_dynarch_train_refuses_no_path_or_the_working_dir(tmp_path, monkeypatch, out_dir, needle):
+@pytest.mark.parametrize(
+    "out_dir, needle", [("", "train() needs the run dir"), (None, "None"), ("{tmp}/home", "your home folder")]
+)
+def test_dynarch_train_refuses_no_path_or_the_home_folder(tmp_path, monkeypatch, out_dir, needle):
     # train(run, "") wrote the whole run among the working dir's files; train(run, None) raised a TypeError.
     import dynarch
 
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.txt").write_text("the user's\n")
+    out_dir = out_dir.format(tmp=tmp_path) if out_dir else out_dir
     with pytest.raises(dynarch.DynarchError) as err:
         dynarch.train(dynarch.compose_run(QUICK), out_dir)
     assert "out_dir" in str(err.value) and needle in str(err.value) and "fix:" in str(err.value)
-    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "notes.txt"]
+    assert not list((tmp_path / "home").iterdir())
+
+
+def test_hydra_job_chdir_still_runs(tmp):
+    # Hydra runs the job inside its run dir then: the API's out_dir check must not take it for a shared place.
+    proc = run(dynarch(tmp, "hydra.job.chdir=true"), tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp / "run" / "checkpoint" / "weights.safetensors").is_file()
 
 
 def test_dynarch_train_refuses_a_run_that_is_not_a_run_config(tmp_path):
