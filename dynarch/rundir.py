@@ -194,7 +194,8 @@ def _cli_overrides(argv: Sequence[str]) -> dict[str, Any]:
     """hydra.run.dir / hydra.sweep.dir / resume / hydra.mode as Hydra would parse them from argv."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parser, wanted, found = OverridesParser.create(), ("hydra.run.dir", "hydra.sweep.dir", "resume", "hydra.mode"), {}
+    wanted = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir", "resume", "hydra.mode")
+    parser, found = OverridesParser.create(), {}
     for arg in argv:
         if arg.startswith("-") or arg.lstrip("+~").split("=", 1)[0] not in wanted:
             continue
@@ -256,6 +257,21 @@ def check_out_dir_arg(out_dir: Any) -> Path:
     return Path(out_dir)
 
 
+def _refuse_shared_job_dir(found: dict[str, Any]) -> None:
+    """A constant hydra.sweep.subdir puts every job of the sweep into one folder: the second job was refused
+    there ("already holds a checkpointed run"), wrote its error.json and .hydra/ over the first's, the summary
+    showed one job `ok` with the other's overrides, and the command exited 0."""
+    subdir = found.get("hydra.sweep.subdir", "${")
+    if "${" not in str(subdir):
+        raise RunDirError(
+            "hydra.sweep.subdir",
+            "every job of the sweep would share this one folder",
+            expected="a pattern that differs per job, e.g. ${hydra.job.num} (the default)",
+            received=str(subdir) if str(subdir).strip() else repr(subdir),
+            fix="leave hydra.sweep.subdir out, or include ${hydra.job.num} in it",
+        )
+
+
 def _refuse_shared_place(value: str, key: str, fix: str | None = None, working_dir: bool = True) -> None:
     """Refuse `~...` (Hydra does not expand it: the run went to a folder named `~` under the working dir, while
     a check that expanded it created the home's folder) and a run dir that is the file system's root, the home
@@ -308,6 +324,8 @@ def check_cli_run_dir(argv: Sequence[str], create: bool = True) -> None:
     found = _cli_overrides(argv)
     multirun = any(a in ("-m", "--multirun") for a in argv) or str(found.get("hydra.mode", "")).upper() == "MULTIRUN"
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    if multirun:
+        _refuse_shared_job_dir(found)
     value = found.get(key)
     if key in found and (value is None or isinstance(value, str) and not value.strip()):
         # `hydra.run.dir=` is the working dir itself: .hydra/ and the log would land among the user's files

@@ -316,3 +316,12 @@ def test_load_run_without_a_path_is_a_checkpoint_error(path):
     with pytest.raises(dynarch.DynarchError) as err:
         dynarch.load_run(path)
     assert str(err.value).startswith("path: no run named") and "fix:" in str(err.value)
+
+
+@pytest.mark.parametrize("subdir", ["same", "''"])
+def test_a_sweep_whose_jobs_would_share_one_folder_is_refused(tmp, subdir):
+    # hydra.sweep.subdir=same: job 1 was refused in job 0's folder, wrote error.json and .hydra/ over it, the
+    # summary showed one job `ok` with job 1's overrides, and the command exited 0.
+    argv = ["-m", "dynarch", "-m", *QUICK, "+arch=no_dense,wide", f"hydra.sweep.dir={tmp / 'run'}"]
+    check(run([*argv, f"hydra.sweep.subdir={subdir}"], tmp), ["hydra.sweep.subdir", "share this one folder"])
+    assert not (tmp / "run").exists()
