@@ -59,13 +59,16 @@ def _parse(overrides: list[str]) -> list[Any]:
             parsed.append(parser.parse_override(text))
         except HydraException as e:
             first = str(e).splitlines()[0] if str(e) else "cannot parse"
+            key, _, value = text.partition("=")
+            # SWEEP_DIR#JOB (init_from, lineage.parent) is documented, and Hydra's grammar refuses a bare '#'
+            hint = f"quote the value (the shell's quotes outside): '{key}=\"{value}\"'" if "#" in value else ""
             raise ConfigError(
-                text.split("=", 1)[0] or text,
+                key or text,
                 f"Hydra cannot parse the override: {first}",
                 expected="KEY=VALUE with an ASCII key; quote values holding spaces, unicode or "
                 "special characters, e.g. model.name='my model'",
                 received=text,
-                fix="fix or quote the override (see python -m dynarch --help)",
+                fix=hint or "fix or quote the override (see python -m dynarch --help)",
             ) from None
     return parsed
 

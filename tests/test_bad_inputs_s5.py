@@ -325,3 +325,18 @@ def test_a_sweep_whose_jobs_would_share_one_folder_is_refused(tmp, subdir):
     argv = ["-m", "dynarch", "-m", *QUICK, "+arch=no_dense,wide", f"hydra.sweep.dir={tmp / 'run'}"]
     check(run([*argv, f"hydra.sweep.subdir={subdir}"], tmp), ["hydra.sweep.subdir", "share this one folder"])
     assert not (tmp / "run").exists()
+
+
+def test_a_sweep_job_source_unquoted_gets_the_quoted_form_that_parses():
+    # init_from=SWEEP#1 is documented; Hydra's grammar refuses the bare '#' and the fix only said "fix or quote".
+    import shlex
+
+    from dynarch.cli_overrides import check_overrides
+    from dynarch.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        check_overrides(["init_from=/runs/sweep#1"], [])
+    fix = str(err.value).split("fix: ")[1]
+    suggested = shlex.split(fix.split("): ")[1])[0]  # what the shell passes on
+    assert suggested == 'init_from="/runs/sweep#1"'
+    check_overrides([suggested], [])
