@@ -132,13 +132,21 @@ def resolve(path: str | Path) -> Path:
         p = p / RUN_SUBDIR
     if not (p / MANIFEST).is_file() or not (p / WEIGHTS).is_file():
         what = "does not exist" if not p.exists() else "holds no dynarch checkpoint"
+        fix = "pass the output dir of an earlier dynarch run"
+        if sep and job.isdigit() and Path(sweep).expanduser().is_dir():  # SWEEP#7 of a sweep with jobs 0-3
+            jobs = sorted(
+                (d.name for d in Path(sweep).expanduser().iterdir() if d.name.isdigit() and (d / RUN_SUBDIR).is_dir()),
+                key=int,
+            )
+            what = f"is not a finished job of that sweep (job {job})"
+            fix = f"pass {sweep}#N with N one of: {', '.join(jobs[:20]) or 'none (no job finished)'}"
         raise CheckpointError(
             str(path),
             f"the path {what}",
             expected=f"a run dir (with {RUN_SUBDIR}/), a checkpoint folder with {MANIFEST} "
             f"and {WEIGHTS}, that {WEIGHTS} file, or SWEEP_DIR#JOB_NUM",
             received=str(path),
-            fix="pass the output dir of an earlier dynarch run",
+            fix=fix,
         )
     return p
 

@@ -340,3 +340,16 @@ def test_a_sweep_job_source_unquoted_gets_the_quoted_form_that_parses():
     suggested = shlex.split(fix.split("): ")[1])[0]  # what the shell passes on
     assert suggested == 'init_from="/runs/sweep#1"'
     check_overrides([suggested], [])
+
+
+def test_a_missing_sweep_job_names_the_jobs_there_are(tmp_path):
+    # init_from=SWEEP#7 of a sweep with jobs 0 and 1 said only "the path does not exist".
+    from dynarch.checkpoint import resolve
+    from dynarch.errors import CheckpointError
+
+    for job in ("0", "1", "10"):
+        (tmp_path / job / "checkpoint").mkdir(parents=True)
+    (tmp_path / "2" / ".hydra").mkdir(parents=True)  # a job that did not finish
+    with pytest.raises(CheckpointError) as err:
+        resolve(f"{tmp_path}#7")
+    assert "not a finished job of that sweep" in str(err.value) and "one of: 0, 1, 10" in str(err.value)
