@@ -32,17 +32,21 @@ from .backend import seed_without_tensorflow
 log = logging.getLogger(__name__)
 
 
-class _DropAbsentBackendInfo(logging.Filter):
+class _DropStartupInfo(logging.Filter):
     """JAX probes every platform it knows when it starts and logs each it cannot load at INFO, e.g.
-    "Unable to initialize backend 'tpu': INTERNAL: Failed to open libtpu.so" on every CPU or GPU run: Hydra's
-    INFO log level put that alarming line into every JAX run's stderr. Warnings (a GPU present without a CUDA
-    jaxlib) are kept; the device line dynarch logs says what is used."""
+    "Unable to initialize backend 'tpu': INTERNAL: Failed to open libtpu.so" on every CPU or GPU run, and
+    "Resetting cache at <empty>." when dynarch points the compile cache at the run: Hydra's INFO log level put
+    those lines into every JAX run's stderr. Warnings (a GPU present without a CUDA jaxlib) are kept; the device
+    line dynarch logs says what is used."""
+
+    PREFIXES = ("Unable to initialize backend", "Resetting cache at")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno <= logging.INFO and str(record.msg).startswith("Unable to initialize backend"))
+        return not (record.levelno <= logging.INFO and str(record.msg).startswith(self.PREFIXES))
 
 
-logging.getLogger("jax._src.xla_bridge").addFilter(_DropAbsentBackendInfo())
+for _name in ("jax._src.xla_bridge", "jax._src.compilation_cache"):
+    logging.getLogger(_name).addFilter(_DropStartupInfo())
 DETERMINISTIC_GPU_FLAG = "--xla_gpu_deterministic_ops=true"
 HOST_DEVICES_FLAG = "--xla_force_host_platform_device_count"
 # jax/_src/dispatch.py BACKEND_COMPILE_EVENT: wraps compiler.compile_or_get_cached (an XLA compile, or a
