@@ -19,7 +19,7 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from .compose import preflight, qualify_arch_overrides, resolve_config, shell_command, variant_name  # noqa: E402
-from .errors import DynarchError  # noqa: E402
+from .errors import DynarchError, shown  # noqa: E402
 
 log = logging.getLogger("dynarch")
 REPORTED = False  # set once report_and_exit has printed its own message (with its fix line)
@@ -184,6 +184,7 @@ def main() -> None:
 def run_cli() -> int | str | None:
     """The whole command, every job of a sweep included; returns the exit code (SystemExit's `code`)."""
     try:
+        _check_fast_exit_switch()
         sys.argv[1:] = qualify_arch_overrides(backend_override(sys.argv[1:]))  # +arch=deep -> +arch=mlp/deep
         preflight(sys.argv[1:])
         from .rundir import check_cli_run_dir
@@ -220,6 +221,20 @@ def _run_hydra() -> int | str | None:
         print("error: interrupted during start-up; nothing was trained\n  fix: run the command again", file=sys.stderr)
         return 130
     return 0
+
+
+def _check_fast_exit_switch() -> None:
+    """DYNARCH_FAST_EXIT takes 0 or 1 (empty: decided by how dynarch was started); any other value was silently
+    taken for 'unset' at the end of the command, unlike DYNARCH_LEAN_IMPORTS, which refuses one."""
+    value = os.environ.get("DYNARCH_FAST_EXIT", "").strip()
+    if value not in ("", "0", "1"):
+        raise DynarchError(
+            "DYNARCH_FAST_EXIT",
+            "is not a switch",
+            expected="0 (the interpreter's normal exit) or 1 (skip its teardown)",
+            received=shown(os.environ["DYNARCH_FAST_EXIT"]),
+            fix="unset DYNARCH_FAST_EXIT, or set it to 0 or 1",
+        )
 
 
 def fast_exit_wanted() -> bool:

@@ -354,3 +354,9 @@ def test_a_missing_sweep_job_names_the_jobs_there_are(tmp_path):
     with pytest.raises(CheckpointError) as err:
         resolve(f"{tmp_path}#7")
     assert "not a finished job of that sweep" in str(err.value) and "one of: 0, 1, 10" in str(err.value)
+
+
+def test_a_bad_fast_exit_switch_is_refused_like_the_lean_switch(tmp):
+    # DYNARCH_FAST_EXIT=maybe was silently taken for unset (DYNARCH_LEAN_IMPORTS=maybe is refused).
+    check(run(dynarch(tmp), tmp, env={"DYNARCH_FAST_EXIT": "maybe"}), ["DYNARCH_FAST_EXIT", "maybe"])
+    assert not (tmp / "run").exists()
