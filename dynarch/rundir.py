@@ -151,9 +151,13 @@ def run_artifacts(path: str | Path) -> list[str]:
 
 
 def check_new_run_dir(path: str | Path, key: str = "hydra.run.dir") -> None:
-    """Refuse, for a fresh run, a dir that already holds a run's artifacts (it would overwrite them)."""
+    """Refuse, for a fresh run, a dir that already holds a run's artifacts (it would overwrite them).
+
+    A dir where an earlier attempt stopped before it trained anything (`.hydra/` and only config.yaml /
+    model[-phase-K].md: a data path typo, a crash while starting) is accepted: refusing it sent the user who
+    fixed the typo and reran the same command to a new dir, for files that hold nothing of value."""
     found = run_artifacts(path)
-    if not found:
+    if not found or _stopped_before_training(Path(path), found):
         return
     state = Path(path) / "state"
     resumable = state.is_dir() and any(state.glob("step-*"))
@@ -167,6 +171,11 @@ def check_new_run_dir(path: str | Path, key: str = "hydra.run.dir") -> None:
         received=", ".join(found),
         fix=fix,
     )
+
+
+def _stopped_before_training(path: Path, found: list[str]) -> bool:
+    started = {"config.yaml", "model.md"}  # what _train_locked writes before the first epoch ends
+    return (path / ".hydra").is_dir() and all(n in started or re.fullmatch(r"model-phase-\d+\.md", n) for n in found)
 
 
 def check_new_sweep_dir(path: str | Path, key: str = "hydra.sweep.dir") -> None:

@@ -360,3 +360,20 @@ def test_a_bad_fast_exit_switch_is_refused_like_the_lean_switch(tmp):
     # DYNARCH_FAST_EXIT=maybe was silently taken for unset (DYNARCH_LEAN_IMPORTS=maybe is refused).
     check(run(dynarch(tmp), tmp, env={"DYNARCH_FAST_EXIT": "maybe"}), ["DYNARCH_FAST_EXIT", "maybe"])
     assert not (tmp / "run").exists()
+
+
+def test_rerunning_after_a_start_that_failed_before_training_is_accepted(tmp):
+    # data.path typo: the run stopped after writing config.yaml; the corrected command into the same run dir was
+    # refused ("already holds a run's results: config.yaml") although nothing had been trained.
+    check(run(dynarch(tmp, "data=idx", f"data.path={tmp / 'nope'}"), tmp), ["data.path", "no such folder"])
+    assert (tmp / "run" / "config.yaml").is_file() and not (tmp / "run" / "state").exists()
+    proc = run(dynarch(tmp), tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "mnist_subset" in (tmp / "run" / "config.yaml").read_text()
+
+
+def test_a_users_own_config_yaml_still_makes_the_dir_refused(tmp):
+    (tmp / "run").mkdir()
+    (tmp / "run" / "config.yaml").write_text("mine: 1\n")  # no .hydra/: not an earlier attempt of dynarch
+    check(run(dynarch(tmp), tmp), ["config.yaml", "already holds a run's results"])
+    assert (tmp / "run" / "config.yaml").read_text() == "mine: 1\n"
