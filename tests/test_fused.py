@@ -173,6 +173,8 @@ def test_jax_fused_matches_the_jax_keras_loop(tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
     a, b = _history(outs["keras"]), _history(outs["fused"])
     np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a["accuracy"], b["accuracy"], rtol=1e-4, atol=1e-5)  # computed inside the program
+    assert list(b)[:3] == ["epoch", "loss", "accuracy"]  # in the metrics' order, not sorted by JAX
     assert json.loads((outs["fused"] / "metrics.json").read_text())["loop"] == "fused"
 
 

@@ -78,6 +78,9 @@ def test_the_bench_compares_where_the_partial_batch_compiles(tmp_path: Path):
     }
     assert "jit(_tail_fn)" in compiled["fused-thread"] and "jit(_tail_fn)" not in compiled["fused-branch"], compiled
     assert all("jit(_chunk_fn)" in names for names in compiled.values()), compiled
+    for names in compiled.values():  # training compiles its programs and nothing else (the metrics are inside)
+        training = names[names.index("jit(_chunk_fn)") : names.index("jit(test_step)")]
+        assert set(training) <= {"jit(_chunk_fn)", "jit(_tail_fn)"}, names
     accuracy = {row: runs[f"dynarch:{row}"][0]["test_accuracy"] for row in compiled}
     assert accuracy["fused-thread"] == accuracy["fused-branch"]  # the same weights, bit for bit (test_fused.py)
     assert "partial batch as a cond branch" in (tmp_path / "results.md").read_text()

@@ -20,6 +20,8 @@ models that dispatch is most of the step. Here the loop runs inside XLA:
   for the MLP, 2.8-3.2 s for the CNN, all of it inside the first epoch when compiled in turn —
   experiments/gpu/README.md); on a CPU, a `cond` branch of the chunk program (the same cores would compile
   and train: one program is the least work there);
+- each program returns the metrics' results (the epoch's running loss and accuracy) beside the state: one
+  transfer per chunk, no eager metric ops (each a small compile of its own in the first epoch);
 - when the split exceeds `trainer.device_data_mb`, it streams instead: blocks of STREAM_STEPS batches are
   gathered on the host and sent per call (same batches, same compiled loop, padded to one shape).
 """
@@ -30,6 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
+import keras
 import numpy as np
 
 from .fused import FusedStepper
@@ -78,6 +81,7 @@ class JaxFusedStepper(FusedStepper):
         self._branch = bool(self.rest) and self.resident and not tail_on_thread()
         self._chunk = jax.jit(self._chunk_fn, donate_argnums=0)
         self._tail: Future | None = None  # the partial batch's own program, compiling from the first chunk on
+        self._result_names: list[str] = []  # the metrics' names, in the order of the results the programs return
 
     # -- compiled parts ----------------------------------------------------------------------------------
     def _chunk_fn(self, state, x, y, order, first, count, tail):
@@ -90,14 +94,26 @@ class JaxFusedStepper(FusedStepper):
 
         if self.full:  # a split smaller than one batch has none: `body` could not even be traced
             state = jax.lax.fori_loop(0, count, body, state)
-        if not self._branch:
-            return state
-        return jax.lax.cond(tail, lambda state: self._tail_fn(state, x, y, order), lambda state: state, state)
+        if self._branch:
+            state = jax.lax.cond(tail, lambda state: self._tail_step(state, x, y, order), lambda state: state, state)
+        return state, self._results(state)
 
     def _tail_fn(self, state, x, y, order):
+        state = self._tail_step(state, x, y, order)
+        return state, self._results(state)
+
+    def _tail_step(self, state, x, y, order):
         rows = order[len(order) - self.rest :]  # the order's last `rest` rows: the epoch's partial batch
         _, state = self.model.train_step(state, (_scale(x[rows]), y[rows]))
         return state
+
+    def _results(self, state) -> list:
+        """The metrics' results (`get_metrics_result`) from the state's metric variables, inside the program: a
+        list in the names' order (JAX returns a dict's keys sorted: history.csv's columns would change order)."""
+        with keras.StatelessScope(state_mapping=list(zip(self.model.metrics_variables, state[3]))):
+            results = self.model.get_metrics_result()
+        self._result_names = list(results)  # set while tracing: before any call returns
+        return list(results.values())
 
     def _tail_inputs(self, order) -> tuple:
         """(x, y, order) for `_tail_fn`: the resident split and the epoch's order on the device, or the
@@ -132,20 +148,21 @@ class JaxFusedStepper(FusedStepper):
         if new and self.resident:
             self._device_order = jax.device_put(order.astype(np.int32))  # sent once per epoch
         n_full, tail = max(0, min(first + count, self.full) - first), first + count > self.full
-        state = self._pull()
+        state, results = self._pull(), None
         self._compile_tail(state, order)  # compiles while the full batches below run
         if self.resident and (n_full or self._branch):  # one call: the full batches, then a `cond` tail
-            state = self._chunk(state, self.x, self.y, self._device_order, first, n_full, tail)
+            state, results = self._chunk(state, self.x, self.y, self._device_order, first, n_full, tail)
         elif n_full:
-            state = self._streamed(state, order, first, n_full)
+            state, results = self._streamed(state, order, first, n_full)
         if tail and not self._branch:
-            state = self._tail.result()(state, *self._tail_inputs(order))
+            state, results = self._tail.result()(state, *self._tail_inputs(order))
         self._push(state)
-        return self.logs()
+        return {k: float(v) for k, v in zip(self._result_names, jax.device_get(results))}
 
     def _streamed(self, state, order, first: int, count: int):
+        """(state, results) after batches first..first+count-1, sent in blocks of STREAM_STEPS batches."""
         x, y = self.arrays.train
-        batch = self.batch
+        batch, results = self.batch, None
         for start in range(first, first + count, STREAM_STEPS):
             steps = min(STREAM_STEPS, first + count - start)
             rows = order[start * batch : (start + steps) * batch]
@@ -153,5 +170,5 @@ class JaxFusedStepper(FusedStepper):
             rows = np.concatenate([rows, np.zeros(pad, np.int32)]) if pad else rows
             block = np.arange(STREAM_STEPS * batch, dtype=np.int32)
             xb, yb = jnp.asarray(x[rows]), jnp.asarray(y[rows].astype(np.int32))
-            state = self._chunk(state, xb, yb, block, 0, steps, False)
-        return state
+            state, results = self._chunk(state, xb, yb, block, 0, steps, False)
+        return state, results
