@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -23,10 +24,13 @@ from .errors import DynarchError, shown  # noqa: E402
 
 log = logging.getLogger("dynarch")
 REPORTED = False  # set once report_and_exit has printed its own message (with its fix line)
+JOB_RAN = False  # set when a job starts: a later exit 1 is the sweep's (failed jobs), not an override Hydra refused
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
+    global JOB_RAN
+    JOB_RAN = True
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     try:
@@ -84,6 +88,19 @@ def hydra_main(cfg: DictConfig) -> float:
             raise
         record_failure(out_dir, e)
         log.error("job %s failed: %s", hc.job.num, e)
+        in_process = str(hc.launcher.get("_target_", "")).endswith("BasicLauncher")  # jobs one after another here
+        if in_process and getattr(e, "exit_code", None) in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+            # Ctrl-C / SIGTERM stops the command, not one job: the sweep went on to train every other job
+            global REPORTED
+            REPORTED = True
+            log.error(
+                "sweep stopped by signal %d: the jobs after job %s were not run\n  fix: finish this job with the "
+                "command above; rerun the sweep for the others; python -m dynarch.report %s rebuilds the summary",
+                e.exit_code - 128,
+                hc.job.num,
+                out_dir.parent,
+            )
+            raise SystemExit(e.exit_code) from None
         return float("nan")
     print(
         f"test accuracy {metrics['test_accuracy']:.4f}  test loss {metrics['test_loss']:.4f}  "
@@ -210,7 +227,7 @@ def _run_hydra() -> int | str | None:
     try:
         hydra_main()
     except SystemExit as e:
-        if e.code == 1 and not REPORTED:  # Hydra reported a config/override error itself, without a fix line
+        if e.code == 1 and not REPORTED and not JOB_RAN:  # Hydra reported a config/override error itself
             print(
                 "  fix: check the override or config file named above (python -m dynarch --help lists the "
                 "keys; a new key needs a leading +)",

@@ -353,7 +353,9 @@ class ReportCallback(Callback):
         if failed:
             print(
                 f"{len(failed)} of {len(rows)} jobs did not finish: "
-                + "; ".join(f"job {r.job} ({r.status}) {r.error}" for r in failed),
+                + "; ".join(f"job {r.job} ({r.status}) {r.error}" for r in failed)
+                + f"\n  fix: see each job's error above (and JOB/error.json); rerun or resume those jobs, then "
+                f"python -m dynarch.report {sweep_dir} rebuilds this summary",
                 file=sys.stderr,
             )
             raise SystemExit(1)

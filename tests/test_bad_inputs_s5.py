@@ -377,3 +377,34 @@ def test_a_users_own_config_yaml_still_makes_the_dir_refused(tmp):
     (tmp / "run" / "config.yaml").write_text("mine: 1\n")  # no .hydra/: not an earlier attempt of dynarch
     check(run(dynarch(tmp), tmp), ["config.yaml", "already holds a run's results"])
     assert (tmp / "run" / "config.yaml").read_text() == "mine: 1\n"
+
+
+# -- sweeps: Ctrl-C stops the command; a failed job's exit says what to do -------------------------------------
+def test_ctrl_c_in_a_sweep_stops_the_sweep_not_only_the_job(tmp):
+    # SIGINT during job 0 stopped job 0 only: the sweep went on to train job 1 in full, then exited 1 with the
+    # fix line meant for a bad override.
+    import signal
+    import time
+
+    sweep = tmp / "run"
+    argv = [sys.executable, "-m", "dynarch", "-m", "data=mnist_subset", "data.limit_train=3000", "trainer.epochs=30"]
+    argv += ["trainer.checkpoint_every=4", "trainer.verbose=0", "+arch=no_dense,wide", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (sweep / "0" / "state" / "latest").exists():  # job 0 is in its training loop (handler installed)
+        assert proc.poll() is None and time.monotonic() < deadline, "job 0 never wrote a checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, err[-3000:]
+    assert "sweep stopped by signal 2" in err and "resume=true" in err and "Traceback" not in err + out
+    assert "a new key needs a leading +" not in err
+    assert not (sweep / "1").exists()
+
+
+def test_a_sweep_with_a_failed_job_ends_with_its_own_fix_line(tmp):
+    argv = ["-m", "dynarch", "-m", *QUICK, "model.blocks.dense.units=0,8", f"hydra.sweep.dir={tmp / 'run'}"]
+    proc = run(argv, tmp)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "1 of 2 jobs did not finish" in proc.stderr and "dynarch.report" in proc.stderr.split("fix:")[-1]
+    assert "a new key needs a leading +" not in proc.stderr
