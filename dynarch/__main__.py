@@ -19,7 +19,14 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from .compose import preflight, qualify_arch_overrides, resolve_config, shell_command, variant_name  # noqa: E402
+from .compose import (  # noqa: E402
+    hydra_value,
+    preflight,
+    qualify_arch_overrides,
+    resolve_config,
+    shell_command,
+    variant_name,
+)
 from .errors import DynarchError, shown  # noqa: E402
 
 log = logging.getLogger("dynarch")
@@ -158,7 +165,8 @@ def report_and_exit(error: BaseException) -> None:
 def resume_command(hc, out_dir: Path) -> str:
     """The command that continues this run in place, shell-quoted."""
     keep = [o for o in hc.overrides.task if not o.startswith(("resume=", "hydra.run.dir="))]
-    return shell_command(["python", "-m", "dynarch", *keep, f"hydra.run.dir={out_dir}", "resume=true"])
+    run_dir = f"hydra.run.dir={hydra_value(str(out_dir))}"
+    return shell_command(["python", "-m", "dynarch", *keep, run_dir, "resume=true"])
 
 
 def record_failure(out_dir: Path, error: BaseException) -> None:

@@ -5,6 +5,7 @@ preflight.py.
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -322,6 +323,15 @@ def compose_run(overrides: Sequence[str]) -> RunConfig:
     """What a CLI run with these overrides would train, validated, without running anything."""
     cfg, context = compose_config(overrides)
     return resolve_config(cfg, **context)[0]
+
+
+def hydra_value(value: str) -> str:
+    """`value` as Hydra's override grammar reads it back unchanged: quoted when it holds anything but plain path
+    characters (a run dir named `it's a dir`, `a,b` or `ü` made the printed resume command unparsable, or a
+    sweep). Inside the quotes Hydra takes \\' for a quote."""
+    if re.fullmatch(r"[\w/.+:@-]+", value, re.ASCII):
+        return value
+    return "'" + value.replace("'", "\\'") + "'"
 
 
 def shell_command(args: Iterable[str]) -> str:

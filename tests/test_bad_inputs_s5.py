@@ -408,3 +408,31 @@ def test_a_sweep_with_a_failed_job_ends_with_its_own_fix_line(tmp):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "1 of 2 jobs did not finish" in proc.stderr and "dynarch.report" in proc.stderr.split("fix:")[-1]
     assert "a new key needs a leading +" not in proc.stderr
+
+
+def test_the_printed_resume_command_works_for_a_run_dir_with_a_quote_and_a_comma(tmp):
+    # The run dir was only shell-quoted: Hydra could not parse `hydra.run.dir=.../it's a,dir` back (a comma
+    # would even have made the resume a sweep).
+    import shlex
+    import signal
+    import time
+
+    from dynarch.compose import hydra_value
+
+    run_dir = tmp / "run" / "it's a,dir"
+    base = ["data=mnist_subset", "data.limit_train=3000", "trainer.epochs=30", "trainer.checkpoint_every=4"]
+    argv = [sys.executable, "-m", "dynarch", *base, "trainer.verbose=0", f"hydra.run.dir={hydra_value(str(run_dir))}"]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (run_dir / "state" / "latest").exists():  # in the training loop: dynarch's handler is installed
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 143, err[-3000:]
+    printed = err.split("continue with: ")[1].splitlines()[0]
+    words = shlex.split(printed)
+    assert words[:3] == ["python", "-m", "dynarch"]
+    resumed = subprocess.run([sys.executable, "-m", "dynarch", *words[3:]], cwd=ROOT, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr and (run_dir / "checkpoint" / "weights.safetensors").is_file()
