@@ -56,6 +56,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))  # experiments/argtypes.py: standard library only, as this box needs
+import argtypes  # noqa: E402
+
 BLOCKED = ("tensorflow", "tensorflow_datasets")
 # Importable names of the GPU box's packages (device KINDS.md's list, 2026-11-17), the wheels that travel there
 # (keras optree namex hydra omegaconf antlr4) and dynarch. Any other non-standard top-level module is refused
@@ -447,19 +450,21 @@ def main() -> None:
         return dynarch_child(sys.argv[2], sys.argv[4:])
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, help="IDX folder (MNIST format); default: generate one")
-    p.add_argument("--train-size", type=int, default=60000)
+    p.add_argument("--train-size", type=argtypes.at_least(1), default=60000)
     p.add_argument("--models", default="mlp,cnn")
-    p.add_argument("--batches", default="128,1024", help="batch sizes, comma-separated")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--target", type=float, default=0.95, help="validation accuracy (0.85 suits Fashion-MNIST)")
+    p.add_argument("--batches", default="128,1024", type=argtypes.positive_ints, help="batch sizes, comma-separated")
+    p.add_argument("--epochs", type=argtypes.at_least(1), default=5)
+    p.add_argument("--repeats", type=argtypes.at_least(0), default=3, help="0: the data and the page only")
+    p.add_argument("--target", type=argtypes.fraction, default=0.95, help="validation accuracy (0.85: Fashion-MNIST)")
     p.add_argument("--loops", default="keras,fused,fused-warm", help="dynarch trainer.loop values, one row each")
-    p.add_argument("--plain-spe", default="1,epoch", help="plain Keras steps_per_execution values (epoch: all)")
+    p.add_argument(
+        "--plain-spe", default="1,epoch", type=plain_spe, help="plain Keras steps_per_execution (epoch: all)"
+    )
     p.add_argument("--no-hand-fused", dest="hand_fused", action="store_false", help="leave out the hand-fused row")
     p.add_argument("--log-compiles", action="store_true", help="JAX_LOG_COMPILES=1 in dynarch runs: each compile")
     p.add_argument("--deadline-s", type=float, default=0, help="start no run after this many seconds (0: none)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--out", type=Path, default=HERE, help="where results.md and results.json go")
+    p.add_argument("--seed", type=argtypes.at_least(0), default=42)
+    p.add_argument("--out", type=argtypes.out_dir, default=HERE, help="where results.md and results.json go")
     p.add_argument("--label", default=None, help="device label on the page (default: from JAX)")
     p.add_argument("--tiny", action="store_true", help="2,000 samples, 1 epoch, 1 repeat, MLP (a smoke test)")
     args = p.parse_args()
@@ -478,21 +483,26 @@ def main() -> None:
         raise
 
 
+def plain_spe(text: str) -> str:
+    """--plain-spe: comma-separated integers > 0 or `epoch` (empty: no plain Keras rows), checked."""
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if part != "epoch":
+            try:
+                argtypes.at_least(1)(part)
+            except argparse.ArgumentTypeError:
+                raise argparse.ArgumentTypeError(f"{part!r}: an integer > 0 or epoch") from None
+    return text
+
+
 def bad_args(args) -> str | None:
     """What is wrong with the arguments, before anything is generated, trained or written (None: fine)."""
     models = {p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")}
-    spe = args.plain_spe.split(",")
     checks = [
         (
             set(args.loops.split(",")) <= {"keras", "fused", "auto", "", *VARIANTS},
             f"--loops {args.loops}: keras, fused, auto or one of {', '.join(VARIANTS)}",
         ),
         (set(args.models.split(",")) <= models, f"--models {args.models}: one of {', '.join(sorted(models))}"),
-        (all(v in ("", "epoch") or (v.isdigit() and int(v) > 0) for v in spe), "--plain-spe: integers > 0 or epoch"),
-        (all(b.isdigit() and int(b) > 0 for b in args.batches.split(",")), f"--batches {args.batches}: integers > 0"),
-        (min(args.train_size, args.epochs) > 0, "--train-size, --epochs: integers > 0"),
-        (args.repeats >= 0, "--repeats: an integer >= 0 (0: the data and the page only)"),
-        (0 < args.target <= 1, f"--target {args.target}: an accuracy in (0, 1]"),
         (args.data is None or args.data.is_dir(), f"--data {args.data}: not a folder of IDX files"),
     ]
     return next((why for ok, why in checks if not ok), None)

@@ -29,19 +29,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parents[1]), str(HERE)]
+sys.path[:0] = [str(HERE.parents[1]), str(HERE), str(HERE.parent)]
 os.environ["KERAS_BACKEND"] = "jax"
+
+import argtypes  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=6)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--train-size", type=int, default=60000)
-    p.add_argument("--out", type=Path, default=None, help="folder for tail_compile.md (default: print only)")
+    p.add_argument("--repeats", type=argtypes.at_least(1), default=6)
+    p.add_argument("--batch", type=argtypes.at_least(1), default=128)
+    p.add_argument("--train-size", type=argtypes.at_least(300), default=60000)
+    p.add_argument("--out", type=argtypes.out_dir, default=None, help="folder for tail_compile.md (default: print)")
     args = p.parse_args()
-    if args.repeats < 1 or args.batch < 1 or args.train_size < 2 * args.batch:
-        sys.exit("tail_compile.py: --repeats >= 1, --batch >= 1 and --train-size >= 2 x --batch, please")
+    if args.train_size * 0.9 < 2 * args.batch:  # 10% is the validation split
+        p.error(f"--train-size {args.train_size} leaves fewer than two batches of {args.batch} to train on")
     with tempfile.TemporaryDirectory(prefix="dynarch-tail-") as tmp:
         table = measure(args, Path(tmp))
     print(table)

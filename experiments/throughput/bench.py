@@ -40,7 +40,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))  # experiments/argtypes.py
 
+import argtypes  # noqa: E402
 import numpy as np  # noqa: E402
 
 BATCH = 128
@@ -216,13 +218,13 @@ def measure(key, model_name, folder, args) -> tuple[float, float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="mlp,cnn")
-    parser.add_argument("--epochs", type=int, default=4, help="per run; the first is warm-up")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--models", default="mlp,cnn", type=argtypes.choices(("mlp", "cnn")))
+    parser.add_argument("--epochs", type=argtypes.at_least(2), default=4, help="per run; the first is warm-up")
+    parser.add_argument("--repeats", type=argtypes.at_least(1), default=2)
     parser.add_argument("--no-loops", action="store_true", help="skip bench_loops.py (fused vs keras loop, TF and JAX)")
-    parser.add_argument("--train-size", type=int, default=48000)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument("--train-size", type=argtypes.at_least(BATCH), default=48000)
+    parser.add_argument("--seed", type=argtypes.at_least(0), default=42)
+    parser.add_argument("--out", type=argtypes.out_dir, default=HERE)
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

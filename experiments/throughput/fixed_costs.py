@@ -232,12 +232,15 @@ def parts(events: list[dict], t0: float, t_end: float, epoch_s: list[float]) -> 
 def main() -> None:
     if sys.argv[1:2] == ["--child"]:
         return child(sys.argv[2], sys.argv[4:])
+    sys.path.insert(0, str(HERE.parent))  # experiments/argtypes.py
+    import argtypes
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", default="5000,60000")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--rows", default=",".join(ROWS))
-    p.add_argument("--out", type=Path, default=HERE)
+    p.add_argument("--sizes", default="5000,60000", type=argtypes.positive_ints, help="training samples per row")
+    p.add_argument("--epochs", type=argtypes.at_least(1), default=5)
+    p.add_argument("--repeats", type=argtypes.at_least(1), default=3)
+    p.add_argument("--rows", default=",".join(ROWS), type=argtypes.choices(ROWS))
+    p.add_argument("--out", type=argtypes.out_dir, default=HERE)
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "experiments" / "gpu"))
