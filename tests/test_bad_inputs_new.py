@@ -29,13 +29,14 @@ def snapshot(root: Path) -> dict[str, str]:
     }
 
 
-def run(argv: list[str], tmp: Path, env: dict[str, str] | None = None, timeout: float = 300):
-    """argv in a fresh process (cwd = repo root); the process's environment without any cluster variables."""
-    base = {k: v for k, v in os.environ.items() if k != "TF_CONFIG" and not k.startswith("SLURM_")}
-    base.pop("DYNARCH_COMPILE_CACHE", None)
+def run(argv: list[str], tmp: Path, env: dict[str, str] | None = None, cwd: Path = ROOT, timeout: float = 300):
+    """argv in a fresh process (cwd: the repo root); the process's environment without cluster variables, a
+    compile cache or a backend choice (`env` sets any of them)."""
+    drop = ("TF_CONFIG", "DYNARCH_COMPILE_CACHE", "KERAS_BACKEND")
+    base = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("SLURM_")}
     return subprocess.run(
         [sys.executable, *argv],
-        cwd=ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -43,13 +44,15 @@ def run(argv: list[str], tmp: Path, env: dict[str, str] | None = None, timeout: 
     )
 
 
-def check(proc: subprocess.CompletedProcess, names: list[str], code: int = 2) -> None:
+def check(proc: subprocess.CompletedProcess, names: list[str], code: int = 2) -> str:
+    """No traceback, exit `code`, a fix line and every name; returns the output."""
     err = proc.stderr + proc.stdout
     assert "Traceback" not in err, err[-3000:]
     assert proc.returncode == code, (proc.returncode, err[-3000:])
     assert "fix:" in err, err[-3000:]
     for name in names:
         assert name in err, (name, err[-3000:])
+    return err
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ variable or file and carries a `fix:` line, print no traceback, and leave every 
 
 from __future__ import annotations
 
-import hashlib
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,37 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT, TINY, run_config
+from test_bad_inputs_new import check, run, snapshot
 
 QUICK = ["data=mnist_subset", "data.limit_train=64", "data.limit_test=64", "trainer.epochs=1", "trainer.verbose=0"]
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-        for p in sorted(root.rglob("*"))
-    }
-
-
-def run(argv: list[str], tmp: Path, env: dict[str, str] | None = None, cwd: Path = ROOT, timeout: float = 300):
-    base = {k: v for k, v in os.environ.items() if k not in ("DYNARCH_COMPILE_CACHE", "KERAS_BACKEND")}
-    return subprocess.run(
-        [sys.executable, *argv],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**base, "TMPDIR": str(tmp / "tmpdir"), **(env or {})},
-    )
-
-
-def check(proc: subprocess.CompletedProcess, names: list[str], code: int = 2) -> str:
-    err = proc.stderr + proc.stdout
-    assert "Traceback" not in err, err[-3000:]
-    assert proc.returncode == code, (proc.returncode, err[-3000:])
-    assert "fix:" in err, err[-3000:]
-    for name in names:
-        assert name in err, (name, err[-3000:])
-    return err
 
 
 @pytest.fixture

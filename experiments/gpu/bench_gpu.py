@@ -351,24 +351,15 @@ def run_plain(args, model_name: str, batch: int, arrays, spe: str) -> dict:
     }
 
 
-def run_hand_fused(args, model_name: str, batch: int, arrays) -> dict:
-    """One `lax.scan` per epoch over Keras' stateless call and Adam's stateless apply, data on the device."""
+def hand_fused_epoch(model, opt, n: int, batch: int):
+    """epoch(state, key, x, y) -> (state, mean loss): one `lax.scan` over the epoch's full batches, in an order
+    drawn on the device, through Keras' `stateless_call` and the optimizer's `stateless_apply` (also used by
+    experiments/gpu/tail_compile.py)."""
     import jax
     import jax.numpy as jnp
     import keras
-    import numpy as np
 
-    (x, y), val, test = arrays["uint8"]
-    n, steps = len(y), len(y) // batch
-    if not steps:  # it drops the partial batch: nothing would be left to train on
-        return {"rc": 1, "error": f"the training split ({n}) is smaller than one batch ({batch})"}
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(args.seed)
-    t0 = time.perf_counter()
-    model, opt = plain_model(model_name), keras.optimizers.Adam(1e-3)
-    opt.build(model.trainable_variables)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy()
-    xd, yd = jax.device_put(x), jax.device_put(y.astype(np.int32))
+    loss_fn, steps = keras.losses.SparseCategoricalCrossentropy(), n // batch
 
     def loss_of(tv, ntv, xb, yb):
         pred, ntv = model.stateless_call(tv, ntv, xb, training=True)
@@ -387,6 +378,28 @@ def run_hand_fused(args, model_name: str, batch: int, arrays) -> dict:
 
         state, losses = jax.lax.scan(body, state, order)
         return state, losses.mean()
+
+    return epoch
+
+
+def run_hand_fused(args, model_name: str, batch: int, arrays) -> dict:
+    """One `lax.scan` per epoch over Keras' stateless call and Adam's stateless apply, data on the device."""
+    import jax
+    import jax.numpy as jnp
+    import keras
+    import numpy as np
+
+    (x, y), val, test = arrays["uint8"]
+    n, steps = len(y), len(y) // batch
+    if not steps:  # it drops the partial batch: nothing would be left to train on
+        return {"rc": 1, "error": f"the training split ({n}) is smaller than one batch ({batch})"}
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(args.seed)
+    t0 = time.perf_counter()
+    model, opt = plain_model(model_name), keras.optimizers.Adam(1e-3)
+    opt.build(model.trainable_variables)
+    xd, yd = jax.device_put(x), jax.device_put(y.astype(np.int32))
+    epoch = hand_fused_epoch(model, opt, n, batch)
 
     @jax.jit
     def predict(tv, ntv, xb):

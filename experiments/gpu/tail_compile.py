@@ -153,38 +153,16 @@ def measure(args, tmp: Path) -> str:
 
 def hand_fused_compile(arrays, batch: int, s) -> float:
     """Trace + compile of bench_gpu.py's hand-fused epoch on the same model (its compile_s)."""
+    import bench_gpu
     import jax
-    import jax.numpy as jnp
-    import keras
     import numpy as np
 
     model, opt = s.model, s.model.optimizer
-    loss_fn = keras.losses.SparseCategoricalCrossentropy()
     x, y = arrays.train
     xd, yd = jax.device_put(x), jax.device_put(y.astype(np.int32))
-    n, steps = len(y), len(y) // batch
-
-    def loss_of(tv, ntv, xb, yb):
-        pred, ntv = model.stateless_call(tv, ntv, xb, training=True)
-        return loss_fn(yb, pred), ntv
-
-    grad = jax.value_and_grad(loss_of, has_aux=True)
-
-    def epoch(state, key, xd, yd):
-        order = jax.random.permutation(key, n)[: steps * batch].reshape(steps, batch)
-
-        def body(state, rows):
-            tv, ntv, ov = state
-            (loss, ntv), g = grad(tv, ntv, xd[rows].astype(jnp.float32) / 255.0, yd[rows])
-            tv, ov = opt.stateless_apply(ov, g, tv)
-            return (tv, ntv, ov), loss
-
-        state, losses = jax.lax.scan(body, state, order)
-        return state, losses.mean()
-
-    state = tuple(
-        [v.value for v in vs] for vs in (model.trainable_variables, model.non_trainable_variables, opt.variables)
-    )
+    epoch = bench_gpu.hand_fused_epoch(model, opt, len(y), batch)
+    groups = (model.trainable_variables, model.non_trainable_variables, opt.variables)
+    state = tuple([v.value for v in vs] for vs in groups)
     t = time.perf_counter()
     jax.jit(epoch, donate_argnums=0).lower(state, jax.random.key(0), xd, yd).compile()
     return time.perf_counter() - t
