@@ -212,10 +212,10 @@ def run_cli() -> int | str | None:
         _check_fast_exit_switch()
         sys.argv[1:] = qualify_arch_overrides(backend_override(sys.argv[1:]))  # +arch=deep -> +arch=mlp/deep
         preflight(sys.argv[1:])
-        from .rundir import check_cli_run_dir
+        from .placement import check_cli_run_dir
 
         check_cli_run_dir(sys.argv[1:])  # Hydra creates and writes the run dir before our code runs
-        from .rundir import hydra_record
+        from .placement import hydra_record
 
         record = hydra_record(sys.argv[1:])  # a resume's .hydra/, put back if the resume fails
     except DynarchError as e:
@@ -225,7 +225,7 @@ def run_cli() -> int | str | None:
         return 130
     code = _run_hydra()
     if code not in (0, None) and record:
-        from .rundir import restore_hydra_record
+        from .placement import restore_hydra_record
 
         restore_hydra_record(record)
     return code

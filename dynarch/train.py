@@ -76,7 +76,8 @@ def train(
     Returns:
         The metrics written to metrics.json.
     """
-    from .rundir import RunDirLock, check_new_run_dir, check_out_dir_arg, clean_stale_temps
+    from .placement import check_out_dir_arg
+    from .rundir import RunDirLock, check_new_run_dir, clean_stale_temps
 
     t_start = time.perf_counter()
     _check_run_arg(run)

@@ -16,8 +16,9 @@ from helpers import Case, snapshot
 
 from dynarch import artifacts
 from dynarch.errors import DynarchError
+from dynarch.placement import check_cli_run_dir
 from dynarch.report import check_sweep_dir
-from dynarch.rundir import RunDirLock, check_cli_run_dir, check_new_run_dir
+from dynarch.rundir import RunDirLock, check_new_run_dir
 
 
 def cli(*argv):

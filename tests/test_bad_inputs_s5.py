@@ -90,7 +90,8 @@ def test_the_working_dir_its_parents_and_the_root_are_refused_as_run_dirs(tmp, w
 @pytest.mark.parametrize("where", ["/", "{tmp}/root-link", "{tmp}/root-link/tmp/.."])
 def test_the_file_system_root_is_refused_as_a_run_dir(tmp_path, where):
     # In-process and without creating anything: a regression must not run a training into / (it did, as root).
-    from dynarch.rundir import RunDirError, check_cli_run_dir
+    from dynarch.placement import check_cli_run_dir
+    from dynarch.rundir import RunDirError
 
     (tmp_path / "root-link").symlink_to("/")
     with pytest.raises(RunDirError, match="the file system's root") as err:

@@ -15,12 +15,12 @@ from conftest import ROOT
 
 from dynarch import artifacts, rundir
 from dynarch.artifacts import ArtifactError
+from dynarch.placement import check_cli_run_dir
 from dynarch.rundir import (
     RUN_ARTIFACTS,
     RunDirError,
     RunDirLock,
     RunDirLocked,
-    check_cli_run_dir,
     check_new_run_dir,
     check_run_dir_usable,
     clean_stale_temps,
@@ -265,7 +265,7 @@ def test_cli_check(tmp_path):
 
 def test_cli_check_does_not_import_tensorflow():
     code = (
-        "import sys; from dynarch.rundir import check_cli_run_dir; check_cli_run_dir(['hydra.run.dir=/tmp']);"
+        "import sys; from dynarch.placement import check_cli_run_dir; check_cli_run_dir(['hydra.run.dir=/tmp']);"
         " print('tensorflow' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True).stdout == "False\n"
