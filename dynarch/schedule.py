@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .errors import ConfigError, unknown_key_error
 
@@ -231,3 +231,19 @@ def phase_list(raw: Any) -> list[Mapping[str, Any]]:
             fix="list the phases, e.g. [{epochs: 2}, {arch: deep, epochs: 3}]",
         )
     return [check_phase_keys(p, f"schedule.phases[{i}]") for i, p in enumerate(phases)]
+
+
+def unused_epochs_note(schedule: str | None, phases: Sequence[PhaseSpec], run_epochs: int) -> str | None:
+    """What to tell a user whose `trainer.epochs` no phase reads (every phase sets its own length), when it
+    differs from what the schedule trains: `+schedule=grow trainer.epochs=2` trained 5 epochs, and a finished
+    run resumed with a higher trainer.epochs trained nothing, both without a word. None when nothing to say."""
+    if schedule is None or any(p.epochs is None or p.rest for p in phases):
+        return None  # a plateau phase or `epochs: rest` reads trainer.epochs (cap / total)
+    total = sum(int(p.epochs) for p in phases)
+    if total == run_epochs:
+        return None
+    return (
+        f"trainer.epochs={run_epochs} is not used: every phase of schedule {schedule} sets its own length "
+        f"({total} epochs in all); to change it, set schedule.phases.N.epochs, or end the last phase with "
+        "'epochs: rest' (until trainer.epochs)"
+    )

@@ -23,6 +23,7 @@ from .callbacks import StopState
 from .config import RunConfig
 from .phases import PhaseLoop, TrainingStopped  # noqa: F401  (TrainingStopped: public here too)
 from .resume import check_compatible, has_state, load_latest_state, restore
+from .schedule import unused_epochs_note
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,9 @@ def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbac
         runtime.strategy_text(),
         run.trainer.precision,
     )
+    note = unused_epochs_note(run.schedule, run.phases, run.trainer.epochs)
+    if note:
+        log.warning("%s", note)
     ckpt = load_latest_state(out_dir) if resume else None
     from .steploop import check_fused_devices, pick_loop
 

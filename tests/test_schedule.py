@@ -250,3 +250,32 @@ def test_a_rest_phase_must_be_left_some_epochs():
     ):
         run_config(["+schedule=grow_on_plateau", "trainer.epochs=2"])
     assert run_config(["+schedule=grow_on_plateau", "trainer.epochs=5"]).total_epochs == 5
+
+
+def test_a_trainer_epochs_no_phase_reads_is_said_not_ignored_silently(tmp_path, caplog):
+    """grow's phases set their own lengths (2 + 3): trainer.epochs=2 cannot shorten the run — the log says so;
+    a schedule whose last phase is `epochs: rest` reads it, and nothing is said."""
+    from dynarch.schedule import unused_epochs_note
+
+    grow = run_config(["data=mnist_subset", "+schedule=grow", "trainer.epochs=2"])
+    note = unused_epochs_note(grow.schedule, grow.phases, grow.trainer.epochs)
+    assert note and "trainer.epochs=2 is not used" in note and "(5 epochs in all)" in note
+    same = run_config(["data=mnist_subset", "+schedule=grow", "trainer.epochs=5"])
+    assert unused_epochs_note(same.schedule, same.phases, same.trainer.epochs) is None
+    rest = run_config(["data=mnist_subset", "+schedule=grow_on_plateau", "trainer.epochs=9"])
+    assert unused_epochs_note(rest.schedule, rest.phases, rest.trainer.epochs) is None
+    plain = run_config(["data=mnist_subset", "trainer.epochs=2"])
+    assert unused_epochs_note(plain.schedule, plain.phases, plain.trainer.epochs) is None
+    run = run_config(
+        [
+            "data=mnist_subset",
+            "data.limit_train=200",
+            "data.limit_test=100",
+            "+schedule=grow",
+            "trainer.epochs=2",
+            "trainer.verbose=0",
+        ]
+    )
+    with caplog.at_level("WARNING", logger="dynarch.train"):
+        metrics = train(run, tmp_path / "run")
+    assert metrics["epochs"] == 5 and "trainer.epochs=2 is not used" in caplog.text
