@@ -234,16 +234,17 @@ def phase_list(raw: Any) -> list[Mapping[str, Any]]:
 
 
 def unused_epochs_note(schedule: str | None, phases: Sequence[PhaseSpec], run_epochs: int) -> str | None:
-    """What to tell a user whose `trainer.epochs` no phase reads (every phase sets its own length), when it
-    differs from what the schedule trains: `+schedule=grow trainer.epochs=2` trained 5 epochs, and a finished
-    run resumed with a higher trainer.epochs trained nothing, both without a word. None when nothing to say."""
-    if schedule is None or any(p.epochs is None or p.rest for p in phases):
-        return None  # a plateau phase or `epochs: rest` reads trainer.epochs (cap / total)
-    total = sum(int(p.epochs) for p in phases)
+    """What to tell a user whose `trainer.epochs` no phase reads (only `epochs: rest` does), when it differs
+    from what the schedule trains: `+schedule=grow trainer.epochs=2` trained 5 epochs, and a finished run
+    resumed with a higher trainer.epochs trained nothing, both without a word. None when nothing to say."""
+    if schedule is None or any(p.rest for p in phases):
+        return None
+    total = sum(int(p.epochs if p.epochs is not None else p.max_epochs) for p in phases)
     if total == run_epochs:
         return None
+    length = f"{total} epochs in all" if all(p.epochs is not None for p in phases) else f"at most {total} epochs"
     return (
         f"trainer.epochs={run_epochs} is not used: every phase of schedule {schedule} sets its own length "
-        f"({total} epochs in all); to change it, set schedule.phases.N.epochs, or end the last phase with "
-        "'epochs: rest' (until trainer.epochs)"
+        f"({length}); to change it, set schedule.phases.N.epochs, or end the last phase with 'epochs: rest' "
+        "(until trainer.epochs)"
     )

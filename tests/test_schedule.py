@@ -276,6 +276,6 @@ def test_a_trainer_epochs_no_phase_reads_is_said_not_ignored_silently(tmp_path, 
             "trainer.verbose=0",
         ]
     )
-    with caplog.at_level("WARNING", logger="dynarch.train"):
+    with caplog.at_level("INFO", logger="dynarch.train"):
         metrics = train(run, tmp_path / "run")
     assert metrics["epochs"] == 5 and "trainer.epochs=2 is not used" in caplog.text
