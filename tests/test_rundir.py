@@ -263,12 +263,14 @@ def test_cli_check(tmp_path):
     assert not (tmp_path / "not made").exists()
 
 
-def test_cli_check_does_not_import_tensorflow():
+def test_cli_check_does_not_import_tensorflow(tmp_path):
+    # a run dir of its own: /tmp is refused where the checkout lives under it (a parent of the working dir)
     code = (
-        "import sys; from dynarch.placement import check_cli_run_dir; check_cli_run_dir(['hydra.run.dir=/tmp']);"
-        " print('tensorflow' in sys.modules)"
+        "import sys; from dynarch.placement import check_cli_run_dir; "
+        f"check_cli_run_dir(['hydra.run.dir={tmp_path}/run']); print('tensorflow' in sys.modules)"
     )
-    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True).stdout == "False\n"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.stdout == "False\n", proc.stderr[-2000:]
 
 
 # ---------------------------------------------------------------------------------------------- stale temps
