@@ -27,7 +27,7 @@ from .compose import (  # noqa: E402
     shell_command,
     variant_name,
 )
-from .errors import DynarchError, shown  # noqa: E402
+from .errors import DynarchError  # noqa: E402
 
 log = logging.getLogger("dynarch")
 REPORTED = False  # set once report_and_exit has printed its own message (with its fix line)
@@ -209,7 +209,7 @@ def main() -> None:
 def run_cli() -> int | str | None:
     """The whole command, every job of a sweep included; returns the exit code (SystemExit's `code`)."""
     try:
-        _check_fast_exit_switch()
+        _fast_exit_switch()
         sys.argv[1:] = qualify_arch_overrides(backend_override(sys.argv[1:]))  # +arch=deep -> +arch=mlp/deep
         preflight(sys.argv[1:])
         from .placement import check_cli_run_dir
@@ -248,18 +248,12 @@ def _run_hydra() -> int | str | None:
     return 0
 
 
-def _check_fast_exit_switch() -> None:
-    """DYNARCH_FAST_EXIT takes 0 or 1 (empty: decided by how dynarch was started); any other value was silently
-    taken for 'unset' at the end of the command, unlike DYNARCH_LEAN_IMPORTS, which refuses one."""
-    value = os.environ.get("DYNARCH_FAST_EXIT", "").strip()
-    if value not in ("", "0", "1"):
-        raise DynarchError(
-            "DYNARCH_FAST_EXIT",
-            "is not a switch",
-            expected="0 (the interpreter's normal exit) or 1 (skip its teardown)",
-            received=shown(os.environ["DYNARCH_FAST_EXIT"]),
-            fix="unset DYNARCH_FAST_EXIT, or set it to 0 or 1",
-        )
+def _fast_exit_switch() -> bool | None:
+    """DYNARCH_FAST_EXIT: 1 forces the fast exit, 0 turns it off, unset leaves it to how dynarch was started; any
+    other value is refused at start (it was silently taken for 'unset' at the end of the command)."""
+    from .envswitch import env_switch
+
+    return env_switch("DYNARCH_FAST_EXIT", "1 (skip the interpreter's teardown) or 0 (its normal exit)")
 
 
 def fast_exit_wanted() -> bool:
@@ -268,9 +262,12 @@ def fast_exit_wanted() -> bool:
     Not when dynarch.__main__ is run from other Python code (runpy in a test, an embedding script): that code
     may go on after SystemExit. DYNARCH_FAST_EXIT=0 turns it off, =1 forces it (a wrapper that is itself the
     whole process, e.g. a benchmark's child)."""
-    forced = os.environ.get("DYNARCH_FAST_EXIT", "").strip()
-    if forced in ("0", "1"):
-        return forced == "1"
+    try:
+        forced = _fast_exit_switch()
+    except DynarchError:
+        forced = None  # refused at start (run_cli); here only when __main__ was driven another way
+    if forced is not None:
+        return forced
     argv = list(getattr(sys, "orig_argv", []))
     if "-m" in argv[:-1] and argv[argv.index("-m") + 1] == "dynarch":
         return True

@@ -57,7 +57,6 @@ import contextlib
 import importlib.abc
 import importlib.machinery
 import logging
-import os
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -72,22 +71,11 @@ HIDDEN = {  # backend -> top-level packages refused while Keras and that backend
 }
 
 
-SWITCH = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
-
-
 def enabled() -> bool:
-    value = os.environ.get(ENV, "1").strip().lower()
-    if value not in SWITCH:
-        from ..errors import ConfigError
+    from ..envswitch import env_switch
 
-        raise ConfigError(
-            ENV,
-            "is not a switch",
-            expected="1 (the default: hide the optional packages while Keras starts) or 0",
-            received=os.environ[ENV],
-            fix=f"unset {ENV}, or set it to 1 or 0",
-        )
-    return SWITCH[value]
+    on = env_switch(ENV, "1 (the default: hide the optional packages while Keras starts) or 0")
+    return True if on is None else on
 
 
 class _Refuse(importlib.abc.Loader):
