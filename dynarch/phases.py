@@ -92,7 +92,14 @@ class PhaseLoop:
         from . import artifacts
 
         artifacts.write_history_csv(self.out_dir / "history.csv", history)
-        if self._plotting_prefetch is None:  # after epoch 1: the import overlaps compiled training, not tracing
+        self.prefetch_plotting()  # after epoch 1: the import overlaps compiled training, not tracing
+
+    def prefetch_plotting(self) -> None:
+        """Start the curves' imports on a thread, once per run: after the first epoch, or earlier where a
+        stepper has a better moment (runtime/fused_jax.py: during its first compile, on an accelerator)."""
+        if self._plotting_prefetch is None:
+            from . import artifacts
+
             self._plotting_prefetch = artifacts.prefetch_plotting()
 
     def phase_should_end(self) -> bool:
@@ -181,6 +188,7 @@ class PhaseLoop:
             from .steploop import make_stepper
 
             self._stepper = make_stepper(self)
+            self._stepper.on_host_idle = self.prefetch_plotting
         return self._stepper
 
     def evaluate_test(self) -> tuple[float, float]:

@@ -21,6 +21,8 @@ CASES = [
     ("throughput/fixed_costs.py", ["--out", "README.md"], "--out: README.md: cannot be a results folder"),
     ("throughput/profile.py", ["--bogus"], "unrecognized arguments: --bogus"),
     ("gpu/bench_gpu.py", ["--batches", "²"], "--batches: '²' is not an integer"),
+    ("gpu/epoch_probe.py", ["--combos", "thread/prefetch"], "--combos: 'thread/prefetch': expected MODE/PREFETCH"),
+    ("gpu/epoch_probe.py", ["--epochs", "1"], "--epochs: 1 is below 2"),
     ("gpu/bench_gpu.py", ["--plain-spe", "³"], "--plain-spe: '³': an integer > 0 or epoch"),
     ("gpu/bench_gpu.py", ["--seed", "-5"], "--seed: -5 is below 0"),
     ("gpu/bench_gpu.py", ["--out", "README.md"], "--out: README.md: cannot be a results folder"),

@@ -222,29 +222,38 @@ def test_jax_streaming_gives_the_same_weights_as_the_resident_split(tmp_path):
 
 def test_jax_partial_batch_as_its_own_program_gives_the_same_weights_as_the_cond_branch(tmp_path):
     """On an accelerator the epoch's partial batch (540 = 4 x 128 + 28 here) is its own program, compiled on a
-    thread while the chunk runs; on a CPU a `cond` branch of the chunk program. Forced here on the CPU (a real
-    process, the CLI through runpy as `python -m` runs it): the same weights, bit for bit."""
+    thread while the chunk runs, and the curves' imports start while the chunk program compiles; on a CPU a
+    `cond` branch of the chunk program, and the imports start after epoch 1. Forced here on the CPU (real
+    processes, the CLI through runpy as `python -m` runs it): the same weights, bit for bit, and the imports
+    started once, at the moment each device kind asks for."""
     import os
     import subprocess
     import sys
 
     from conftest import ROOT
 
+    def run(out, accelerator: bool) -> str:
+        code = (
+            "import runpy, sys; import dynarch.runtime.fused_jax as f, dynarch.artifacts as a, dynarch.phases as p\n"
+            f"f.tail_on_thread = f.host_free_while_compiling = lambda: {accelerator}\n"
+            "start, record = a.prefetch_plotting, p.PhaseLoop.record_epoch\n"
+            "a.prefetch_plotting = lambda: print('MARK prefetch', file=sys.stderr) or start()\n"
+            "p.PhaseLoop.record_epoch = lambda s, *x: print('MARK epoch', file=sys.stderr) or record(s, *x)\n"
+            "sys.argv = ['dynarch', *sys.argv[1:]]; runpy.run_module('dynarch', run_name='__main__', alter_sys=True)"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *args, f"hydra.run.dir={out}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "KERAS_BACKEND": "jax"},
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return " ".join(line.split()[1] for line in proc.stderr.splitlines() if line.startswith("MARK "))
+
     outs = [tmp_path / "branch", tmp_path / "thread"]
-    args = [*TINY, "backend=jax", *FUSED, "trainer.checkpoint_every=3"]
-    assert cli(*args, f"hydra.run.dir={outs[0]}").returncode == 0
-    code = (
-        "import runpy, sys; import dynarch.runtime.fused_jax as f; f.tail_on_thread = lambda: True; "
-        "sys.argv = ['dynarch', *sys.argv[1:]]; runpy.run_module('dynarch', run_name='__main__', alter_sys=True)"
-    )
-    env = {**os.environ, "KERAS_BACKEND": "jax"}
-    proc = subprocess.run(
-        [sys.executable, "-c", code, *args, f"hydra.run.dir={outs[1]}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    args = [*TINY, "backend=jax", *FUSED, "trainer.checkpoint_every=3", "trainer.epochs=2"]
+    assert run(outs[0], accelerator=False) == "epoch prefetch epoch"
+    assert run(outs[1], accelerator=True) == "prefetch epoch epoch"
     assert weights_sha(outs[0]) == weights_sha(outs[1])
     assert _history(outs[0])["loss"] == _history(outs[1])["loss"]

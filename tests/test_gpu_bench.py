@@ -96,3 +96,31 @@ def test_tail_compile_experiment_runs_and_writes_its_table(tmp_path: Path):
     assert "4 full batches + 28" in table  # 600 - 10% validation = 540 = 4 x 128 + 28
     rows = [line for line in table.splitlines() if line.startswith("| ") and "seconds" not in line]
     assert len(rows) == 8 and all(float(line.split("|")[2].split()[0]) > 0 for line in rows), table
+
+
+def test_epoch_probe_times_the_parts_of_each_fused_call(tmp_path: Path):
+    """experiments/gpu/epoch_probe.py (the H100 diagnosis of epoch 2): one small run per mode, each train call's
+    parts recorded in the order the stepper runs them, the thread mode's partial batch in its own program."""
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    args = ["--repeats", "1", "--epochs", "2", "--train-size", "2000", "--batch", "256"]
+    args += ["--combos", "thread/prefetch/noguard,branch/noprefetch/guard", "--out", str(tmp_path)]
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT.with_name("epoch_probe.py")), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    results = json.loads((tmp_path / "epoch_probe.json").read_text())
+    assert set(results) == {"thread,prefetch,noguard", "branch,noprefetch,guard"}
+    for key, (run,) in results.items():
+        assert len(run["epoch_s"]) == 2 and [c["epoch"] for c in run["calls"]] == [0, 1], (key, run)
+        for call in run["calls"]:
+            assert (
+                abs(sum(v for k, v in call.items() if k not in ("epoch", "first", "count", "total")) - call["total"])
+                < 1e-6
+            )
+    thread, branch = results["thread,prefetch,noguard"][0]["calls"], results["branch,noprefetch,guard"][0]["calls"]
+    assert thread[0]["trace_tail"] > 0 and branch[0]["trace_tail"] < thread[0]["trace_tail"]  # branch: no own program
+    assert "## thread,prefetch,noguard" in (tmp_path / "epoch_probe.md").read_text()

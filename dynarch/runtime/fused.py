@@ -4,6 +4,7 @@ Backend-neutral: no TensorFlow or JAX here."""
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,9 @@ class FusedStepper:
         self.batch, self.n, self.seed = run.trainer.batch_size, len(arrays.train[1]), run.seed
         self.resident = fits_device(arrays, run.trainer.device_data_mb)
         self._order_epoch, self._order = None, None
+        # Python work the caller wants done while this stepper's host thread waits in a compile (the curves'
+        # imports: PhaseLoop.prefetch_plotting); a backend that has such a wait calls it once, else nobody does
+        self.on_host_idle: Callable[[], object] | None = None
         if not self.resident:
             log.info(
                 "fused loop: the training split (%.0f MiB) exceeds trainer.device_data_mb=%d: it is streamed, "

@@ -59,6 +59,12 @@ def tail_on_thread() -> bool:
     return jax.default_backend() != "cpu"
 
 
+def host_free_while_compiling() -> bool:
+    """Whether a host core is free while XLA compiles: on an accelerator (the compile uses a core or two of
+    the host's), not on a CPU (XLA:CPU's compile uses every core, and the same cores then train)."""
+    return jax.default_backend() != "cpu"
+
+
 def _scale(x):
     """uint8 / 255 in float32 (IEEE division: the bits of numpy_pipeline.scale); float as is."""
     return x.astype(jnp.float32) / jnp.float32(255.0) if x.dtype == jnp.uint8 else x.astype(jnp.float32)
@@ -80,7 +86,7 @@ class JaxFusedStepper(FusedStepper):
         # the partial batch: a `cond` branch of the chunk program, or its own program (see tail_on_thread);
         # streamed, the chunk program never sees it (its data come per block)
         self._branch = bool(self.rest) and self.resident and not tail_on_thread()
-        self._chunk = jax.jit(self._chunk_fn, donate_argnums=0)
+        self._chunk_program = None  # compiled at the first chunk (`_chunk`): traced, then compiled
         self._tail: Future | None = None  # the partial batch's own program, compiling from the first chunk on
         self._result_names: list[str] = []  # the metrics' names, in the order of the results the programs return
 
@@ -115,6 +121,21 @@ class JaxFusedStepper(FusedStepper):
             results = self.model.get_metrics_result()
         self._result_names = list(results)  # set while tracing: before any call returns
         return list(results.values())
+
+    def _chunk(self, state, *args):
+        """Run the chunk program, compiling it at the first call: traced here, then compiled, and between the
+        two, on an accelerator, `on_host_idle` runs. XLA compiles without the GIL, so Python work started
+        then (the curves' matplotlib import) uses a host core that training does not; started after the
+        first epoch instead, it held the GIL against the chunks' dispatches (H100, MLP b128: epoch 2 took
+        0.19-0.34 s instead of 0.04 s; experiments/gpu/README.md), started before the tracing it would slow
+        the tracing. On a CPU the compile already uses every core: the caller's default (after epoch 1)
+        stays."""
+        if self._chunk_program is None:
+            lowered = jax.jit(self._chunk_fn, donate_argnums=0).lower(state, *args)
+            if self.on_host_idle is not None and host_free_while_compiling():
+                self.on_host_idle()
+            self._chunk_program = lowered.compile()
+        return self._chunk_program(state, *args)
 
     def _tail_inputs(self, order) -> tuple:
         """(x, y, order) for `_tail_fn`: the resident split and the epoch's order on the device, or the

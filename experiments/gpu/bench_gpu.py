@@ -264,6 +264,37 @@ def curve(epoch_s: list[float], val_acc: list[float], n_train: int, target: floa
     }
 
 
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs `patch(module)` once `name` has been imported by whoever imports it first."""
+
+    def __init__(self, name: str, patch):
+        self.name, self.patch = name, patch
+
+    def find_spec(self, name, path=None, target=None):
+        if name != self.name:
+            return None
+        sys.meta_path.remove(self)
+        import importlib.util
+
+        spec = importlib.util.find_spec(name)
+        run, patch = spec.loader.exec_module, self.patch
+
+        def exec_module(module):
+            run(module)
+            patch(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def after_import(name: str, patch) -> None:
+    """Patch a dynarch module when dynarch imports it, not before: importing it here would import Keras before
+    `python -m dynarch` starts it the lean way (runtime/lean.py), and Keras would bring matplotlib in at once.
+    That changed what it measured: the curves' imports, which dynarch starts on a thread during training, were
+    then already done (the H100 run of 2026-11-26: epoch 2 0.04 s in those rows, 0.19-0.34 s in the others)."""
+    sys.meta_path.insert(0, _AfterImport(name, patch))
+
+
 def dynarch_child(guard_log: str, argv: list[str]) -> None:
     """`python -m dynarch ARGV` with TensorFlow blocked: runpy is what `-m` does."""
     install_guard(guard_log)
@@ -271,9 +302,9 @@ def dynarch_child(guard_log: str, argv: list[str]) -> None:
 
     tail = os.environ.get(TAIL_ENV)
     if tail:  # A/B of where the epoch's partial batch compiles (runtime/fused_jax.py)
-        import dynarch.runtime.fused_jax as fused_jax
-
-        fused_jax.tail_on_thread = lambda: tail == "thread"
+        after_import(
+            "dynarch.runtime.fused_jax", lambda module: setattr(module, "tail_on_thread", lambda: tail == "thread")
+        )
 
     sys.argv = ["dynarch", *argv]
     runpy.run_module("dynarch", run_name="__main__", alter_sys=True)
