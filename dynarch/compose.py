@@ -97,7 +97,6 @@ def _to_plain(cfg: DictConfig) -> dict:
             key,
             f"cannot resolve the config: {getattr(e, 'msg', None) or e}",
             expected="every ??? value set and every ${...} resolvable",
-            received=None,
             fix=f"set it on the command line, e.g. {key}=VALUE",
         ) from None
 
@@ -176,7 +175,7 @@ def _attach_schedule(run: RunConfig, cfg: DictConfig, raw: Any, name: str, dirs:
     """The run with its typed phases: each phase's model composed, parsed and shape-checked."""
     import dataclasses
 
-    from .schedule import PhaseSpec, parse_until, phase_list
+    from .schedule import PhaseSpec, check_plateau_monitors, parse_until, phase_list
     from .spec import parse_arch
 
     base = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("hydra", "schedule")])
@@ -216,16 +215,7 @@ def _attach_schedule(run: RunConfig, cfg: DictConfig, raw: Any, name: str, dirs:
         else:
             plateau, cap = parse_until(raw_phase["until"], f"{where}.until")
             phases.append(PhaseSpec(i, str(label), arch, optimizer, plateau=plateau, max_epochs=cap))
-    for phase in phases:  # a val_* monitor without validation never plateaus: the phase ran to its cap silently
-        if phase.plateau is not None and run.data.val_fraction == 0 and phase.plateau.monitor.startswith("val_"):
-            where = f"schedule.phases[{phase.index}].until.plateau.monitor"
-            raise ConfigError(
-                where,
-                f"{phase.plateau.monitor} does not exist: data.val_fraction is 0 (no validation)",
-                expected="loss or accuracy, or data.val_fraction > 0",
-                received=phase.plateau.monitor,
-                fix=f"set schedule.phases.{phase.index}.until.plateau.monitor=loss or data.val_fraction=0.1",
-            )
+    check_plateau_monitors(phases, run.data)
     if phases[-1].rest:  # the phases before `rest` must leave it at least one epoch of trainer.epochs
         budget = sum(p.epochs if p.epochs is not None else p.max_epochs for p in phases[:-1])
         if budget >= run.trainer.epochs:

@@ -41,6 +41,24 @@ class DataConfig:
     probe_timeout_s: float = 3.0
     path: str | None = None  # idx (folder), npz (file), folder (folder)
 
+    def no_validation(self, rows: int | None = None) -> str | None:
+        """Why this data will have no validation split, or None. `rows`: the training rows the source holds,
+        once loaded (before: `limit_train`, when set, bounds them). The split is `round(rows * val_fraction)`
+        rows (data/arrays.py split_validation), so a small limit leaves none: 5 x 0.1 rounds to 0."""
+        if self.val_fraction == 0:
+            return "data.val_fraction is 0 (no validation)"
+        rows = rows if rows is not None else self.limit_train
+        if rows is None or int(round(rows * self.val_fraction)) >= 1:
+            return None
+        need = max(1, int(0.5 / self.val_fraction))
+        while int(round(need * self.val_fraction)) < 1:
+            need += 1
+        where = "data.limit_train" if rows == self.limit_train else "the training split"
+        return (
+            f"{where} leaves no validation example ({rows} x data.val_fraction={self.val_fraction} rounds to 0; "
+            f"{need} training examples are the fewest that leave one)"
+        )
+
     @classmethod
     def from_raw(cls, raw: Any) -> "DataConfig":
         """The `data` node -> DataConfig: types and ranges here, then the source's own checks (pure Python)."""
@@ -374,7 +392,7 @@ def load_run_config(cfg: Mapping[str, Any], variant: str = "base") -> RunConfig:
         )
     if "model" not in cfg:
         raise ConfigError(
-            "model", "no model selected", expected="model=mlp or model=cnn", received=None, fix="add model=mlp"
+            "model", "no model selected", expected="model=mlp or model=cnn", received="(not set)", fix="add model=mlp"
         )
     arch = parse_arch(cfg["model"], data.num_classes)
     if tuple(arch.input_shape) != tuple(data.input_shape):

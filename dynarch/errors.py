@@ -5,17 +5,26 @@ from __future__ import annotations
 import difflib
 from typing import Any, Iterable
 
+NOT_GIVEN: Any = type("NotGiven", (), {"__repr__": lambda self: "NOT_GIVEN"})()  # no `received:` line
+
 
 class DynarchError(Exception):
-    """Base of every error dynarch raises on purpose; the CLI prints these without a traceback."""
+    """Base of every error dynarch raises on purpose; the CLI prints these without a traceback.
 
-    def __init__(self, where: str, problem: str, *, expected: Any = None, received: Any = None, fix: str | None = None):
+    `received` is shown whenever it is passed, None included (as `null`, the YAML word users typed: an error
+    about `trainer.compile_cache=null` must say what it got); leave it out when nothing was received."""
+
+    def __init__(
+        self, where: str, problem: str, *, expected: Any = None, received: Any = NOT_GIVEN, fix: str | None = None
+    ):
+        # `received` stays NOT_GIVEN when not given: an error re-raised with `received=e.received` keeps that
         self.where, self.problem, self.expected, self.received, self.fix = (where, problem, expected, received, fix)
         lines = [f"{where}: {problem}"]
         if expected is not None:
             lines.append(f"  expected: {expected}")
-        if received is not None:
-            lines.append(f"  received: {received!r}" if not isinstance(received, str) else f"  received: {received}")
+        if received is not NOT_GIVEN:
+            text = "null" if received is None else received if isinstance(received, str) else repr(received)
+            lines.append(f"  received: {text}")
         if fix:
             lines.append(f"  fix: {fix}")
         super().__init__("\n".join(lines))

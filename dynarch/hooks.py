@@ -282,10 +282,12 @@ def require_tensorboard(where: str, backend: str = "tensorflow") -> None:
         )
 
 
-def check_callbacks(specs: Iterable[CallbackSpec], run) -> None:
-    """Checks that need the whole run (pure Python): call after the schedule is attached, before training."""
+def check_callbacks(specs: Iterable[CallbackSpec], run, rows: int | None = None) -> None:
+    """Checks that need the whole run (pure Python): call after the schedule is attached, before training;
+    again with `rows` (the training rows loaded) when the data turned out too small for a validation split."""
     phases = getattr(run, "phases", ())
-    no_val = getattr(getattr(run, "data", None), "val_fraction", 0.1) == 0
+    data = getattr(run, "data", None)
+    no_val = data.no_validation(rows) if hasattr(data, "no_validation") else None
     for spec in specs:
         where, kwargs = f"callbacks.{spec.name}", spec.kwargs
         if spec.kind == "TensorBoard":
@@ -294,10 +296,11 @@ def check_callbacks(specs: Iterable[CallbackSpec], run) -> None:
         if spec.kind != "TensorBoard" and no_val and monitor.startswith("val_"):
             raise _error(
                 f"{where}.monitor",
-                f"{monitor} does not exist: data.val_fraction is 0 (no validation)",
-                "loss or accuracy, or data.val_fraction > 0",
+                f"{monitor} does not exist: {no_val}",
+                "loss or accuracy, or a validation split",
                 monitor,
-                f"set {where}.monitor=loss or data.val_fraction=0.1",
+                f"set {where}.monitor=loss, or give the data a validation split (data.val_fraction=0.1, "
+                "data.limit_train large enough)",
             )
         scheduled = [p for p in phases if getattr(p.optimizer, "schedule", None)]
         if spec.kind == "ReduceLROnPlateau" and scheduled:

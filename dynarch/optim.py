@@ -194,7 +194,7 @@ def check_optimizer(cfg: OptimizerConfig, where: str = "optimizer") -> None:
                     _where(where, key),
                     f"schedule '{cfg.schedule}' needs '{key}'",
                     expected=RANGES[key][1],
-                    received=None,
+                    received="(not set)",
                     fix=f"set {where}.{key}",
                 )
 

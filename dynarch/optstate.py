@@ -195,7 +195,7 @@ def migrate_optimizer(
             "optimizer",
             "the new model is not compiled",
             expected="model.compile(optimizer=...)",
-            received=None,
+            received="a model with no optimizer",
             fix="compile the new model before migrating the optimizer state",
         )
     if not opt.built:

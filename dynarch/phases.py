@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .background import BackgroundWriter
 from .callbacks import ContinuedFit, Keeper, StopState, Throughput
@@ -48,6 +48,7 @@ class PhaseLoop:
         self._stepper = None  # trainer.loop=fused: the step loop's stepper for the current model
         self.writer = BackgroundWriter("dynarch-checkpoint")  # train-state checkpoints, one at a time
         self._plotting_prefetch = None  # the curves' imports, started after the first epoch
+        self.check_run_dir: Callable[[], None] = lambda: None  # RunDirLock.check_still_held, set by train
 
     # -- state shared with the keeper ------------------------------------------------------------------
     @property
@@ -63,6 +64,7 @@ class PhaseLoop:
         the folder it will be. `flush_saves` waits for it: before a stop is reported, at the end, on errors."""
         from .hooks import callback_states
 
+        self.check_run_dir()
         folder, write = snapshot_state(
             self.out_dir,
             model,
@@ -91,6 +93,7 @@ class PhaseLoop:
             print(self.epoch_line(epoch, logs), flush=True)
         from . import artifacts
 
+        self.check_run_dir()
         artifacts.write_history_csv(self.out_dir / "history.csv", history)
         self.prefetch_plotting()  # after epoch 1: the import overlaps compiled training, not tracing
 

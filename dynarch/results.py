@@ -35,6 +35,7 @@ def finish(loop: PhaseLoop, arrays, runtime, migrated_from, resume, train_time, 
     run, model, out_dir, history = loop.run, loop.model, loop.out_dir, loop.position.history
     test_loss, test_acc = loop.evaluate_test()
     loop.flush_saves()  # the last epoch's train-state checkpoint, written while the test split was evaluated
+    loop.check_run_dir()  # before metrics, curves and the model are written
     steady = loop.rates
     final = loop.phase
     metrics = {

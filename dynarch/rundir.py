@@ -341,6 +341,22 @@ class RunDirLock:
         os.fsync(fd)
         return True
 
+    def check_still_held(self) -> None:
+        """Raise RunDirError when the run dir (or its .lock) was removed or replaced since `acquire`: the
+        writes that follow would recreate the folder (`mkdir(parents=True)`) without its config, Hydra files
+        or lock — a run dir that looks whole, that another process could take. Two stat calls; called before
+        each checkpoint, each epoch's history and the final results (PhaseLoop.check_run_dir)."""
+        if self._fd is None or self._same_file(self._fd):
+            return
+        raise RunDirError(
+            str(self.run_dir),
+            "the run dir was removed or replaced while this run was using it",
+            expected=f"the run dir and its {LOCK_NAME} in place until the run ends",
+            received=f"{self.path} is gone" if not os.path.lexists(self.path) else f"{self.path} is another file",
+            fix="dynarch stopped writing there; start the run again (a new hydra.run.dir, or the old one if "
+            "you restored it whole: add resume=true to continue from its last checkpoint)",
+        )
+
     def release(self) -> None:
         """Remove the lock file and drop the flock; safe to call twice."""
         fd, self._fd = self._fd, None

@@ -116,7 +116,7 @@ def parse_until(raw: Any, where: str) -> tuple[Plateau, int]:
             f"{where}.max_epochs",
             "a plateau phase needs a cap",
             expected="max_epochs: N",
-            received=None,
+            received="(not set)",
             fix=f"add {where}.max_epochs (the phase ends there at the latest)",
         )
     plateau_raw = raw.get("plateau") or {}
@@ -248,3 +248,19 @@ def unused_epochs_note(schedule: str | None, phases: Sequence[PhaseSpec], run_ep
         f"({length}); to change it, set schedule.phases.N.epochs, or end the last phase with 'epochs: rest' "
         "(until trainer.epochs)"
     )
+
+
+def check_plateau_monitors(phases: Sequence[Any], data: Any, rows: int | None = None) -> None:
+    """A val_* monitor without validation never plateaus: the phase would run to its cap silently. Checked
+    when the schedule is attached, and again with `rows` once the data is loaded (data.no_validation)."""
+    no_val = data.no_validation(rows)
+    for phase in phases:
+        if phase.plateau is not None and no_val and phase.plateau.monitor.startswith("val_"):
+            raise ConfigError(
+                f"schedule.phases[{phase.index}].until.plateau.monitor",
+                f"{phase.plateau.monitor} does not exist: {no_val}",
+                expected="loss or accuracy, or a validation split",
+                received=phase.plateau.monitor,
+                fix=f"set schedule.phases.{phase.index}.until.plateau.monitor=loss, or give the data a validation "
+                "split (data.val_fraction=0.1, data.limit_train large enough)",
+            )

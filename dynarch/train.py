@@ -91,7 +91,7 @@ def train(
             return _train_locked(
                 run, scratch, resume, resume_command, resolved_config, callbacks, stop, loop_running, t_start
             )
-        with RunDirLock(out_dir):
+        with RunDirLock(out_dir) as lock:
             if resume:
                 removed = clean_stale_temps(out_dir)
                 if removed:
@@ -109,7 +109,16 @@ def train(
             else:
                 check_new_run_dir(out_dir)
             return _train_locked(
-                run, out_dir, resume, resume_command, resolved_config, callbacks, stop, loop_running, t_start
+                run,
+                out_dir,
+                resume,
+                resume_command,
+                resolved_config,
+                callbacks,
+                stop,
+                loop_running,
+                t_start,
+                lock.check_still_held,
             )
     except Interrupted as e:
         raise TrainingStopped(
@@ -161,7 +170,9 @@ def _worker_scratch(run: RunConfig, out_dir: Path, resume: bool) -> Path | None:
     return scratch
 
 
-def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbacks, stop, loop_running, t_start):
+def _train_locked(
+    run, out_dir, resume, resume_command, resolved_config, callbacks, stop, loop_running, t_start, held=None
+):
     from . import artifacts
     from .data import Pipelines, load_arrays
     from .runtime import get_runtime
@@ -199,6 +210,13 @@ def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbac
             artifacts.write_text(out_dir / "config.yaml", resolved_config)
     arrays = load_arrays(run.data, run.seed)
     log.info("data: %s %s", arrays.source, arrays.sizes())
+    if arrays.val is None and run.data.no_validation() is None:  # fewer rows than data.limit_train promised
+        from .hooks import check_callbacks
+        from .schedule import check_plateau_monitors
+
+        rows = len(arrays.train[1])
+        check_callbacks(run.callbacks, run, rows)
+        check_plateau_monitors(run.phases, run.data, rows)
     if run.backend == "tensorflow" and run.loop == "keras":
         data = Pipelines(arrays, run.trainer.batch_size, run.seed)
     else:  # same batches, same order, no TensorFlow (augmentation is refused for these backends at validation);
@@ -222,6 +240,8 @@ def _train_locked(run, out_dir, resume, resume_command, resolved_config, callbac
         )
     loop = PhaseLoop(run, out_dir, runtime, data, callbacks)
     loop.stop, loop.arrays = stop, arrays
+    if held is not None:  # the run dir lock's check (a non-chief worker's scratch dir has no lock)
+        loop.check_run_dir = held
     migrated_from = None
     if ckpt is not None:
         loop.position = position
