@@ -23,6 +23,7 @@ from helpers import BACKEND_CFG, backend_env, migrated_outputs, ok, run_blocked,
 
 CFG = BACKEND_CFG
 KILL_STEP = 26  # epoch 2, after the step-24 checkpoint (7 of its 17 batches done)
+EVERY = 8  # trainer.checkpoint_every in BACKEND_CFG
 
 
 def torch_module(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -147,7 +148,8 @@ def test_torch_sigkill_mid_epoch_then_resume_is_bitwise_identical_on_cpu(torch_r
     """SIGKILL (no handler runs) after the step-24 checkpoint; `resume=true` continues from it and ends with
     the uninterrupted run's weights, bit for bit (CPU; see the README for what PyTorch guarantees). It needs
     build_model's Dropout layers seeded: unseeded, torch draws their masks from its global RNG, which the
-    train-state does not hold."""
+    train-state does not hold. The kill waits until `latest` names step 24: that write runs on the background
+    writer, and two torch steps were not always enough for it (under load `latest` still named step 17)."""
     out = tmp_path / "run"
     killed = torch_driver("kill_at", str(KILL_STEP), str(out))
     assert killed.returncode == -9, (killed.stdout + killed.stderr)[-3000:]
@@ -192,16 +194,27 @@ def test_a_two_job_sweep_runs_on_torch(tmp_path):
 
 # -- the torch side of the tests above, run as `python tests/test_backend_torch.py COMMAND ...` ------------
 def _kill_at(step: int, out: Path) -> None:
-    """Train until the optimizer reaches `step`, then SIGKILL this process (a condition, not a timer)."""
+    """Train until the optimizer reaches `step` and the checkpoint before it is on disk, then SIGKILL this
+    process (conditions, not timers). The checkpoint is written on dynarch's background writer while training
+    goes on (dynarch/background.py): reaching the step does not mean its write is done."""
     import signal
+    import time
 
     import keras
 
     from dynarch.train import train
 
+    saved = out / "state" / "latest"
+    wanted = f"step-{step - step % EVERY:09d}"  # the last train-state checkpoint at or before `step`
+
     class KillAtStep(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
             if int(self.model.optimizer.iterations.numpy()) >= step:
+                deadline = time.monotonic() + 300  # a bound for a write that never lands, not the synchronisation
+                while not (saved.is_file() and saved.read_text().strip() == wanted):
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"{saved} never named {wanted}")
+                    time.sleep(0.01)  # the writer thread runs meanwhile
                 os.kill(os.getpid(), signal.SIGKILL)
 
     train(run_config([*CFG, "++backend=torch"]), out, resume_command="CMD", callbacks=[KillAtStep()])

@@ -229,19 +229,47 @@ def test_killed_worker_recovers_to_the_same_weights_and_only_the_chief_writes(tm
         assert "this is worker 0" in logs and "scratch" not in logs
 
 
+def free_port_pair() -> int:
+    """A port p such that p and p + 1 are both free now: SlurmClusterResolver gives task i of a node the port
+    DYNARCH_SLURM_PORT + i, so both must be free (one free port from free_ports(1) left p + 1 unchecked). Taken
+    below the ephemeral range where there is room: until the workers bind them, no connection's local end can
+    be given one of them (an ephemeral port, as free_ports returns, can)."""
+    import random
+    import socket
+
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    top = min(ephemeral, 65000)  # DYNARCH_SLURM_PORT must be in [1024, 65000]
+    low, top = (10000, top - 1) if top > 11000 else (1024, 65000)
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(low, top)
+        sockets = [socket.socket(), socket.socket()]
+        try:
+            for s, p in zip(sockets, (port, port + 1)):
+                s.bind(("", p))  # every interface: a port bound on any of them is not free for the workers
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise AssertionError(f"no two consecutive free ports in [{low}, {top})")
+
+
 @pytest.mark.slow
 def test_slurm_tasks_through_the_slurm_cluster_resolver(tmp_path):
     """Two `launch_local --slurm` tasks with srun's variables set by hand (one node, 2 tasks): TensorFlow's
     SlurmClusterResolver builds the cluster; task 0 writes the run dir, task 1 nothing."""
-    from dynarch.launch_local import free_ports
-
     run_dir = tmp_path / "run"
     slurm = {
         "SLURM_JOB_ID": "7",
         "SLURM_STEP_NUM_TASKS": "2",
         "SLURM_STEP_NODELIST": "localhost",
         "SLURM_STEP_TASKS_PER_NODE": "2",
-        "DYNARCH_SLURM_PORT": str(free_ports(1)[0]),
+        "DYNARCH_SLURM_PORT": str(free_port_pair()),
     }
     argv = [
         sys.executable,

@@ -110,8 +110,15 @@ def test_sigkill_at_five_random_points_then_resume_is_bitwise_identical(tmp_path
             break
         out = tmp_path / f"killed{attempt}"
         proc = _cli(out)
-        deadline = time.time() + 120
-        while not (out / STATE_DIR / "latest").exists() and proc.poll() is None and time.time() < deadline:
+        # The kill point is random (the sleep below) but counted from the first checkpoint (a condition). The
+        # deadline only bounds a run that hangs: it used to fall through and kill a run still starting on a
+        # loaded machine, which then failed as "no usable train-state checkpoint" instead of saying so.
+        deadline = time.monotonic() + 600
+        while not (out / STATE_DIR / "latest").exists():
+            assert proc.poll() is None, f"the run ended before its first checkpoint: {proc.stderr.read()[-2000:]}"
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("no train-state checkpoint within 600 s")
             time.sleep(0.02)
         time.sleep(rng.uniform(0, 1.5))
         proc.kill()  # SIGKILL: no handler runs, no checkpoint is written on the way out
