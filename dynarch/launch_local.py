@@ -19,6 +19,7 @@ import collections
 import datetime
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -89,8 +90,48 @@ def run_dir_of(overrides: list[str], slurm: bool) -> tuple[str, list[str]]:
     return datetime.datetime.now().strftime("outputs/%Y-%m-%d/%H-%M-%S-%f"), rest
 
 
-def free_ports(n: int) -> list[int]:
-    """n ports free on 127.0.0.1 now (all held open together so they differ)."""
+def free_ports(n: int, consecutive: bool = False) -> list[int]:
+    """n ports free on this machine now (`consecutive`: p, p+1, ...; SlurmClusterResolver gives task i of a
+    node DYNARCH_SLURM_PORT + i). Drawn below the OS's ephemeral range: the workers bind them a few seconds
+    later, and meanwhile any outgoing connection (the workers' own to each other included) may be given an
+    ephemeral port as its local end — a port the OS handed out with `bind(0)` could be taken that way before
+    its worker binds it. Checked by binding them all together on every interface."""
+    low, top = 10000, _ephemeral_start()
+    if top - low < 1000:  # an unusual port range: leave the choice to the OS
+        return _os_ports(n)
+    rng = random.Random()
+    for _ in range(500):
+        first = rng.randrange(low, top - n)
+        ports = list(range(first, first + n)) if consecutive else sorted(set(rng.sample(range(low, top), n)))
+        if len(ports) == n and _all_free(ports):
+            return ports
+    return _os_ports(n)
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; macOS's range starts at 49152
+
+
+def _all_free(ports: list[int]) -> bool:
+    sockets = []
+    try:
+        for port in ports:
+            s = socket.socket()
+            sockets.append(s)
+            s.bind(("", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _os_ports(n: int) -> list[int]:
+    """n ports the OS picks (all held open together so they differ)."""
     sockets = []
     try:
         for _ in range(n):

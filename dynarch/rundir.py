@@ -334,7 +334,10 @@ class RunDirLock:
             ):
                 raise self._locked_error(holder)
             self.took_over = holder
-            log.warning("taking over a stale lock on %s: %s no longer holds it", self.run_dir, _holder_text(holder))
+            if os.fstat(fd).st_size:
+                log.warning("taking over a stale lock on %s: %s no longer holds it", self.run_dir, _holder_text(holder))
+            # else an empty file: its creator died before writing, or is between its create and its flock
+            # (and will now be refused, naming this process) — nothing stale to report
         info = json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode()
         os.ftruncate(fd, 0)
         os.pwrite(fd, info, 0)

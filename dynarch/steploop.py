@@ -135,18 +135,18 @@ def fit_phase_steps(loop, stepper: Stepper, end: int, callbacks: Sequence, verbo
         while batch_at < spe:
             count = chunk_length(_global_step(model), batch_at, spe, every)
             logs = stepper.train(epoch, batch_at, count)
-            _agree_on_stop(stepper, stop)
+            stopping = _agree_on_stop(stepper, stop)
             batch_at += count
             hooks.on_train_batch_end(batch_at - 1, logs)
             if not math.isfinite(logs.get("loss", 0.0)):
                 stop.nan_at, stop.mid_epoch = (epoch, batch_at), True
                 break
             crossed = every and _global_step(model) % every == 0
-            if batch_at < spe and (stop.signal or crossed):
+            if batch_at < spe and (stopping or crossed):
                 pos.batches_done = batch_at
                 if chief:
                     stop.saved = loop.save(model)
-                if stop.signal:
+                if stopping:
                     stop.mid_epoch = True
                     break
         if stop.mid_epoch:
@@ -164,18 +164,23 @@ def fit_phase_steps(loop, stepper: Stepper, end: int, callbacks: Sequence, verbo
             pos.phase_done = True  # a plateau or a stock callback (EarlyStopping) ended the phase
         if chief:
             stop.saved = loop.save(model)
-        _agree_on_stop(stepper, stop)  # a signal may land during evaluation or the save
-        if stop.signal:
+        if _agree_on_stop(stepper, stop):  # a signal may land during evaluation or the save
             break
     hooks.on_train_end(logs)
 
 
-def _agree_on_stop(stepper: Stepper, stop) -> None:
-    """Several workers stop at the same chunk boundary: a worker that leaves the loop alone would leave the
-    others waiting forever in the next collective. Single-process steppers have no `all_workers`."""
+def _agree_on_stop(stepper: Stepper, stop) -> bool:
+    """Whether to stop at this chunk boundary. Several workers stop at the same one: a worker that leaves the
+    loop alone would leave the others waiting forever in the next collective. So with several workers the
+    answer is the agreed one — a signal that lands here after this worker's vote waits for the next boundary
+    (re-reading `stop.signal` would stop this worker alone). Single-process steppers have no `all_workers`."""
     agree = getattr(stepper, "all_workers", None)
-    if agree is not None and agree(stop.signal is not None) and stop.signal is None:
+    if agree is None:
+        return stop.signal is not None
+    stopping = agree(stop.signal is not None)
+    if stopping and stop.signal is None:
         stop.signal = signal.SIGTERM  # another worker was signalled
+    return stopping
 
 
 def _global_step(model) -> int:

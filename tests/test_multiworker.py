@@ -100,6 +100,53 @@ def test_make_strategy_without_a_cluster_says_what_to_do(monkeypatch):
         make_strategy(run_config(["trainer.strategy=multi_worker"]).trainer)
 
 
+def test_worker_ports_are_free_and_outside_the_ephemeral_range():
+    """launch_local's ports: free on every interface, below the range the OS hands out to outgoing connections
+    (one of those could take a worker's port before it binds it), distinct, consecutive when asked."""
+    import socket
+
+    from dynarch.launch_local import _ephemeral_start, free_ports
+
+    for ports in (free_ports(4), free_ports(3, consecutive=True)):
+        assert len(set(ports)) == len(ports) and all(10000 <= p < _ephemeral_start() for p in ports), ports
+        for p in ports:
+            with socket.socket() as s:
+                s.bind(("", p))
+    first = free_ports(3, consecutive=True)
+    assert first == list(range(first[0], first[0] + 3))
+
+
+def test_workers_stop_at_the_boundary_they_agreed_on():
+    """A signal that lands on one worker after its vote at a chunk boundary must not stop it there alone (the
+    others would wait forever in the next collective): it stops everyone at the next boundary."""
+    import signal
+    from types import SimpleNamespace
+
+    from dynarch.steploop import _agree_on_stop
+
+    stop = SimpleNamespace(signal=None)
+    votes = []
+
+    class Worker:
+        def __init__(self, others_vote: bool, lands_after_vote: bool = False):
+            self.others_vote, self.lands_after_vote = others_vote, lands_after_vote
+
+        def all_workers(self, flag: bool) -> bool:
+            votes.append(flag)
+            if self.lands_after_vote:
+                stop.signal = signal.SIGINT  # dynarch's handler, between the vote and the decision
+            return flag or self.others_vote
+
+    assert _agree_on_stop(Worker(False, lands_after_vote=True), stop) is False  # not alone, not here
+    assert stop.signal == signal.SIGINT and _agree_on_stop(Worker(False), stop) is True  # the next boundary
+    assert votes == [False, True]
+    stop.signal = None
+    assert _agree_on_stop(Worker(True), stop) is True and stop.signal == signal.SIGTERM  # another was signalled
+    single = SimpleNamespace()  # one process: no collective, the signal decides at once
+    assert _agree_on_stop(single, SimpleNamespace(signal=None)) is False
+    assert _agree_on_stop(single, SimpleNamespace(signal=signal.SIGTERM)) is True
+
+
 def test_launch_local_arguments():
     args, overrides = parse(["--workers", "2", "data=mnist_subset"])
     assert args.workers == 2 and overrides == ["data=mnist_subset", "trainer.strategy=multi_worker"]
@@ -231,32 +278,10 @@ def test_killed_worker_recovers_to_the_same_weights_and_only_the_chief_writes(tm
 
 def free_port_pair() -> int:
     """A port p such that p and p + 1 are both free now: SlurmClusterResolver gives task i of a node the port
-    DYNARCH_SLURM_PORT + i, so both must be free (one free port from free_ports(1) left p + 1 unchecked). Taken
-    below the ephemeral range where there is room: until the workers bind them, no connection's local end can
-    be given one of them (an ephemeral port, as free_ports returns, can)."""
-    import random
-    import socket
+    DYNARCH_SLURM_PORT + i (one free port left p + 1 unchecked); below the ephemeral range (free_ports)."""
+    from dynarch.launch_local import free_ports
 
-    try:
-        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        ephemeral = 32768
-    top = min(ephemeral, 65000)  # DYNARCH_SLURM_PORT must be in [1024, 65000]
-    low, top = (10000, top - 1) if top > 11000 else (1024, 65000)
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(low, top)
-        sockets = [socket.socket(), socket.socket()]
-        try:
-            for s, p in zip(sockets, (port, port + 1)):
-                s.bind(("", p))  # every interface: a port bound on any of them is not free for the workers
-            return port
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise AssertionError(f"no two consecutive free ports in [{low}, {top})")
+    return free_ports(2, consecutive=True)[0]
 
 
 @pytest.mark.slow
