@@ -14,16 +14,19 @@ from conftest import ROOT
 SCRIPT = ROOT / "experiments" / "gpu" / "bench_gpu.py"
 
 
-def test_tiny_gpu_bench_runs_without_tensorflow_and_writes_its_page(tmp_path: Path):
+def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
+    """experiments/gpu/NAME ARGS in a fresh process, as on the GPU box: KERAS_BACKEND unset (the script and
+    dynarch choose JAX); fails the test with the output's tail when it does not exit 0."""
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tiny", "--loops", "keras", "--plain-spe", "64", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
+        [sys.executable, str(SCRIPT.with_name(name)), *args], capture_output=True, text=True, env=env, timeout=600
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return proc
+
+
+def test_tiny_gpu_bench_runs_without_tensorflow_and_writes_its_page(tmp_path: Path):
+    run_script("bench_gpu.py", "--tiny", "--loops", "keras", "--plain-spe", "64", "--out", str(tmp_path))
     page = json.loads((tmp_path / "results.json").read_text())
     assert page["device"] and page["versions"]["jax"] and page["versions"]["keras"]
     assert page["tensorflow_in_this_process"] is False
@@ -62,16 +65,8 @@ def test_tiny_gpu_bench_runs_without_tensorflow_and_writes_its_page(tmp_path: Pa
 def test_the_bench_compares_where_the_partial_batch_compiles(tmp_path: Path):
     """fused-thread / fused-branch: the epoch's partial batch (1,800 = 7 x 256 + 8 here) as its own program
     compiled on a thread, or as a cond branch of the chunk program — the A/B for a GPU, run here on the CPU."""
-    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     args = ["--tiny", "--loops", "fused-thread,fused-branch", "--plain-spe", "", "--no-hand-fused", "--log-compiles"]
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), *args, "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    run_script("bench_gpu.py", *args, "--out", str(tmp_path))
     runs = json.loads((tmp_path / "results.json").read_text())["results"]["mlp-b256"]
     compiled = {
         row: [name for name, _ in runs[f"dynarch:{row}"][0]["compiles"]] for row in ("fused-thread", "fused-branch")
@@ -88,10 +83,7 @@ def test_the_bench_compares_where_the_partial_batch_compiles(tmp_path: Path):
 
 def test_tail_compile_experiment_runs_and_writes_its_table(tmp_path: Path):
     """experiments/gpu/tail_compile.py (the A/B's compile split) on the CPU, one small repeat."""
-    script = ROOT / "experiments" / "gpu" / "tail_compile.py"
-    args = ["--repeats", "1", "--train-size", "600", "--out", str(tmp_path)]
-    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    run_script("tail_compile.py", "--repeats", "1", "--train-size", "600", "--out", str(tmp_path))
     table = (tmp_path / "tail_compile.md").read_text()
     assert "4 full batches + 28" in table  # 600 - 10% validation = 540 = 4 x 128 + 28
     rows = [line for line in table.splitlines() if line.startswith("| ") and "seconds" not in line]
@@ -101,17 +93,9 @@ def test_tail_compile_experiment_runs_and_writes_its_table(tmp_path: Path):
 def test_epoch_probe_times_the_parts_of_each_fused_call(tmp_path: Path):
     """experiments/gpu/epoch_probe.py (the H100 diagnosis of epoch 2): one small run per mode, each train call's
     parts recorded in the order the stepper runs them, the thread mode's partial batch in its own program."""
-    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     args = ["--repeats", "1", "--epochs", "2", "--train-size", "2000", "--batch", "256"]
     args += ["--combos", "thread/prefetch/noguard,branch/noprefetch/guard", "--out", str(tmp_path)]
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT.with_name("epoch_probe.py")), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    run_script("epoch_probe.py", *args)
     results = json.loads((tmp_path / "epoch_probe.json").read_text())
     assert set(results) == {"thread,prefetch,noguard", "branch,noprefetch,guard"}
     for key, (run,) in results.items():
