@@ -204,6 +204,7 @@ def supervise(workers: list[Worker]) -> int:
     by_pid = {w.proc.pid: w for w in workers}
     codes: dict[int, int] = {}
     killed: set[int] = set()  # workers this launcher killed: their 137 is not the cause
+    interrupted = False
     try:
         while len(codes) < len(workers):
             pid, status = os.wait()  # blocks until some child ends: no polling
@@ -222,8 +223,10 @@ def supervise(workers: list[Worker]) -> int:
                         other.proc.kill()  # blocked in a collective with a dead peer: nothing to save
                         killed.add(other.index)
     except KeyboardInterrupt:
+        interrupted = True
         stop_all(workers)
-        codes.update({w.index: exit_code(w.proc.returncode or 130) for w in workers})
+        # each worker's own code: 130/143 when it stopped at a boundary, 0 when it had finished anyway
+        codes.update({w.index: exit_code(w.proc.returncode) for w in workers})
     for w in workers:
         if codes.get(w.index) and not w.chief:
             if hasattr(w, "reader"):
@@ -231,6 +234,9 @@ def supervise(workers: list[Worker]) -> int:
             shown = "".join(w.tail).rstrip()
             if shown:
                 print(f"launch_local: last lines of worker {w.index}:\n{shown}", file=sys.stderr)
+    if interrupted:  # as a shell reports it (128 + the signal the launcher got), unless a worker failed
+        failures = [code for index, code in codes.items() if code not in (0, 130, 143) and index not in killed]
+        return failures[0] if failures else 128 + _STOPPED_BY[0] if any(codes.values()) else 0
     causes = [code for index, code in codes.items() if code and index not in killed]
     return causes[0] if causes else max(codes.values(), default=0)  # the first failure's own code
 
@@ -268,7 +274,11 @@ def slurm_task(overrides: list[str]) -> int:
     return code
 
 
+_STOPPED_BY = [signal.SIGINT]  # the signal that interrupted the launcher (Ctrl-C's SIGINT, or SIGTERM)
+
+
 def _interrupt(signum, frame) -> None:
+    _STOPPED_BY[0] = signum
     raise KeyboardInterrupt
 
 

@@ -135,9 +135,9 @@ def fit_phase_steps(loop, stepper: Stepper, end: int, callbacks: Sequence, verbo
         while batch_at < spe:
             count = chunk_length(_global_step(model), batch_at, spe, every)
             logs = stepper.train(epoch, batch_at, count)
-            stopping = _agree_on_stop(stepper, stop)
             batch_at += count
             hooks.on_train_batch_end(batch_at - 1, logs)
+            stopping = _agree_on_stop(stepper, stop)  # after the hooks: a stop they asked for counts here
             if not math.isfinite(logs.get("loss", 0.0)):
                 stop.nan_at, stop.mid_epoch = (epoch, batch_at), True
                 break

@@ -56,6 +56,21 @@ def _signal_handlers(stop: StopState, loop_running: list[bool]):
     return previous
 
 
+def _reclaim_signal_handlers() -> None:
+    """Install dynarch's SIGINT/SIGTERM handlers again at the C level. TensorFlow's multi-worker set-up (its
+    coordination service's preemption notifier) installs a SIGTERM handler of its own with `std::signal`,
+    behind Python's back: `signal.getsignal` still answers dynarch's handler, but a SIGTERM — what
+    launch_local sends on Ctrl-C — was only logged ("SIGTERM caught") and the workers trained to the end.
+    dynarch does not use TensorFlow's preemption checkpointing; its own handler checkpoints at the boundary."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if callable(handler):
+            try:
+                signal.signal(sig, handler)
+            except ValueError:  # not the main thread: _signal_handlers left signals alone too
+                pass
+
+
 def train(
     run: RunConfig,
     out_dir: Path,
@@ -189,6 +204,7 @@ def _train_locked(
         runtime.enable_compile_cache(cache)  # sweeps and reruns of a variant load compiled steps, not recompile
     flops = [p.arch.forward_flops for p in run.phases]
     runtime.configure(run.trainer, run.seed, None if None in flops else max(flops))
+    _reclaim_signal_handlers()  # the strategy made above may have taken SIGTERM
     log.info(
         "devices: %s; strategy: %s; precision: %s",
         runtime.device_report(),

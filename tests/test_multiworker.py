@@ -285,6 +285,37 @@ def free_port_pair() -> int:
 
 
 @pytest.mark.slow
+def test_ctrl_c_to_the_launcher_stops_every_worker_at_one_boundary_and_resume_finishes(tmp_path):
+    """SIGINT to the launcher alone (a scheduler or `kill -INT`): it sends SIGTERM to the workers. TensorFlow's
+    multi-worker set-up had taken SIGTERM from dynarch's handler (C level), so the workers only logged it and
+    trained to the end while the launcher said 130. Now: every worker stops at the boundary they agree on,
+    exit 130, no results written, and `resume=true` finishes with the same weights on both workers."""
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, "-m", "dynarch.launch_local", "--workers", "2", *SMALL, "trainer.epochs=20"]
+    argv += ["trainer.checkpoint_every=4", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "state" / "latest").exists():  # both workers are in the training loop
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # the launcher only, not its process group
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert "SIGTERM caught" not in err or "stopped by signal 15" in err, err[-3000:]
+    assert not (run_dir / "metrics.json").exists(), "the workers trained to the end"
+    latest = (run_dir / "state" / "latest").read_text().strip()
+    assert latest < "step-000000300", latest  # 20 epochs x 15 steps: it stopped early
+
+    p = launch(run_dir, "trainer.epochs=20", "trainer.checkpoint_every=4", "resume=true")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "resuming from" in p.stderr and "final weights identical on all 2 workers" in p.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 20
+
+
+@pytest.mark.slow
 def test_slurm_tasks_through_the_slurm_cluster_resolver(tmp_path):
     """Two `launch_local --slurm` tasks with srun's variables set by hand (one node, 2 tasks): TensorFlow's
     SlurmClusterResolver builds the cluster; task 0 writes the run dir, task 1 nothing."""
