@@ -24,6 +24,18 @@ class StopState:
     mid_epoch: bool = False  # the fit ended inside an epoch (signal or NaN)
 
 
+class RunDirGuard(keras.callbacks.Callback):
+    """First of the epoch-end hooks: the run dir is still this run's (RunDirLock.check_still_held) before any
+    callback writes into it (a best checkpoint, a CSV logger) — a write would recreate a removed run dir."""
+
+    def __init__(self, check):
+        super().__init__()
+        self.check = check
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.check()
+
+
 class Throughput(keras.callbacks.Callback):
     """Times the training part of each epoch (validation excluded) -> `epoch_time_s`, `samples_per_s`.
 

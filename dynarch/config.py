@@ -4,6 +4,7 @@ module takes plain containers and returns dataclasses, failing on unknown keys w
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -50,14 +51,24 @@ class DataConfig:
         rows = rows if rows is not None else self.limit_train
         if rows is None or int(round(rows * self.val_fraction)) >= 1:
             return None
-        need = max(1, int(0.5 / self.val_fraction))
+        where = "data.limit_train" if rows == self.limit_train else "the training split"
+        return f"{where} leaves no validation example ({rows} x data.val_fraction={self.val_fraction} rounds to 0)"
+
+    def validation_remedy(self, rows: int | None = None) -> str:
+        """What gives this data a validation split (for the `fix:` of an error built on no_validation)."""
+        if self.val_fraction == 0:
+            return "data.val_fraction=0.1"
+        rows = rows if rows is not None else self.limit_train
+        need = max(1, int(0.5 / self.val_fraction))  # the fewest rows whose split rounds to >= 1
         while int(round(need * self.val_fraction)) < 1:
             need += 1
-        where = "data.limit_train" if rows == self.limit_train else "the training split"
-        return (
-            f"{where} leaves no validation example ({rows} x data.val_fraction={self.val_fraction} rounds to 0; "
-            f"{need} training examples are the fewest that leave one)"
-        )
+        fraction = math.ceil(50 / rows + 1e-9) / 100 if rows else 1.0  # the least fraction (in %) that does
+        while rows and int(round(rows * fraction)) < 1:
+            fraction += 0.01
+        options = [f"data.val_fraction={fraction:g}"] if rows and rows >= 2 and fraction < 1 else []
+        if rows == self.limit_train:
+            options.insert(0, f"data.limit_train={need} or more")
+        return ", or ".join(options) or "more training data"
 
     @classmethod
     def from_raw(cls, raw: Any) -> "DataConfig":

@@ -136,7 +136,7 @@ def class_name(where: str, target: Any) -> str:
             f"{where}._target_",
             "each callback names its class in _target_",
             f"one of {allowed}",
-            target,
+            "(not set)" if target is None else target,
             f"set {where}._target_: EarlyStopping",
         )
     name = next((target[len(p) :] for p in _PREFIXES if target.startswith(p)), target)
@@ -299,8 +299,7 @@ def check_callbacks(specs: Iterable[CallbackSpec], run, rows: int | None = None)
                 f"{monitor} does not exist: {no_val}",
                 "loss or accuracy, or a validation split",
                 monitor,
-                f"set {where}.monitor=loss, or give the data a validation split (data.val_fraction=0.1, "
-                "data.limit_train large enough)",
+                f"set {where}.monitor=loss, or {data.validation_remedy(rows)}",
             )
         scheduled = [p for p in phases if getattr(p.optimizer, "schedule", None)]
         if spec.kind == "ReduceLROnPlateau" and scheduled:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .background import BackgroundWriter
-from .callbacks import ContinuedFit, Keeper, StopState, Throughput
+from .callbacks import ContinuedFit, Keeper, RunDirGuard, StopState, Throughput
 from .config import RunConfig
 from .errors import DynarchError
 from .resume import Position, snapshot_state
@@ -152,6 +152,7 @@ class PhaseLoop:
         title = f"{phase.arch.name} ({self.run.variant})" + (
             f", phase {phase.index}: {phase.name}" if self.run.schedule else ""
         )
+        self.check_run_dir()
         artifacts.write_text(self.out_dir / name, f"# {title}\n\n{table}\n")
         log.info("model %s:\n%s", title, table)
         return model
@@ -213,7 +214,7 @@ class PhaseLoop:
             initial_epoch=first,
             epochs=end,
             shuffle=False,
-            callbacks=[Throughput(samples), *callbacks, keeper],
+            callbacks=[Throughput(samples), RunDirGuard(self.check_run_dir), *callbacks, keeper],
             verbose=verbose,
         )
 
@@ -236,6 +237,7 @@ class PhaseLoop:
                 lr_changed=nxt.optimizer != prev.optimizer,
                 probe=self.data.probe(),
             )
+        self.check_run_dir()
         artifacts.write_text(self.out_dir / f"migration-phase-{index}.md", report.to_markdown())
         artifacts.write_json(
             self.out_dir / f"migration-phase-{index}.json",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -176,31 +177,59 @@ def check_cli_run_dir(argv: Sequence[str], create: bool = True) -> None:
         make_run_dir(value, key)
 
 
-def hydra_record(argv: Sequence[str]) -> dict[Path, bytes]:
+@dataclass
+class HydraRecord:
+    """What hydra_record read: the run dir, its identity then (device, inode), and the bytes of its files."""
+
+    run_dir: Path | None = None
+    identity: tuple[int, ...] | None = None
+    files: dict[Path, bytes] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.files)
+
+
+def _identity(run_dir: Path) -> tuple[int, ...] | None:
+    """The run dir's and its .hydra/'s inodes, and when .hydra/ last gained or lost an entry. Hydra rewrites the
+    files in place (no entry changes), so a resume keeps this; a folder put there since differs — in its
+    inodes, or, where the file system reuses a removed folder's inode number (tmpfs), in that time."""
+    try:
+        top, hydra = os.stat(run_dir), os.stat(run_dir / ".hydra")
+    except OSError:
+        return None
+    return top.st_dev, top.st_ino, hydra.st_ino, hydra.st_ctime_ns
+
+
+def hydra_record(argv: Sequence[str]) -> HydraRecord:
     """The bytes of `.hydra/*.yaml` of the run a `resume=true` command line names (a literal hydra.run.dir of a
-    single run), read before Hydra rewrites them with this command's config; {} otherwise. Hydra writes them
+    single run), read before Hydra rewrites them with this command's config; empty otherwise. Hydra writes them
     before any dynarch code runs, so a refused resume (another backend, loop or architecture) left the run's
     record saying it had been run with the refused config. See restore_hydra_record."""
     if any(a in ("-m", "--multirun") or a.split("=", 1)[0] in _NO_JOB_FLAGS for a in argv):
-        return {}
+        return HydraRecord()
     found = _cli_overrides(argv)
     value = found.get("hydra.run.dir")
     if found.get("resume") is not True or not isinstance(value, str) or not value.strip() or "${" in value:
-        return {}
-    record = {}
+        return HydraRecord()
+    record = HydraRecord(Path(value), _identity(Path(value)))
     for path in sorted((Path(value) / ".hydra").glob("*.yaml")):
         try:
-            record[path] = path.read_bytes()
+            record.files[path] = path.read_bytes()
         except OSError:
             continue
     return record
 
 
-def restore_hydra_record(record: dict[Path, bytes]) -> None:
-    """Put back what hydra_record read (after a failed resume); a file that cannot be written is logged."""
+def restore_hydra_record(record: HydraRecord) -> None:
+    """Put back what hydra_record read (after a failed resume); a file that cannot be written is logged. Not
+    when the run dir was removed or replaced meanwhile: the folder there now is not the run that was read (it
+    could be another run's, whose record this would overwrite)."""
     from .artifacts import ArtifactError, write_atomic
 
-    for path, data in record.items():
+    if record.run_dir is None or _identity(record.run_dir) != record.identity:
+        log.warning("%s was removed or replaced meanwhile: its .hydra/ record is not written back", record.run_dir)
+        return
+    for path, data in record.files.items():
         try:
             if path.is_file() and path.read_bytes() == data:
                 continue

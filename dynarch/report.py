@@ -177,8 +177,10 @@ def collect_job(job_dir: Path) -> JobRow:
 
 
 def collect(sweep_dir: Path) -> list[JobRow]:
-    """One row per job folder (a folder with .hydra/) under `sweep_dir`."""
-    jobs = [p.parent for p in Path(sweep_dir).glob("*/.hydra") if p.is_dir()]
+    """One row per job folder under `sweep_dir`: a folder with .hydra/, or with only an error.json (a job whose
+    folder was removed while it ran: its failure was recorded in a new one, without Hydra's files)."""
+    jobs = {p.parent for p in Path(sweep_dir).glob("*/.hydra") if p.is_dir()}
+    jobs |= {p.parent for p in Path(sweep_dir).glob("*/error.json") if p.is_file()}
     return [collect_job(d) for d in sorted(jobs, key=lambda p: (len(p.name), p.name))]
 
 

@@ -353,7 +353,7 @@ class RunDirLock:
             return
         raise RunDirError(
             str(self.run_dir),
-            "the run dir was removed or replaced while this run was using it",
+            "the run dir or its .lock was removed or replaced while this run was using it",
             expected=f"the run dir and its {LOCK_NAME} in place until the run ends",
             received=f"{self.path} is gone" if not os.path.lexists(self.path) else f"{self.path} is another file",
             fix="dynarch stopped writing there; start the run again (a new hydra.run.dir, or the old one if "

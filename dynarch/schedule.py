@@ -261,6 +261,6 @@ def check_plateau_monitors(phases: Sequence[Any], data: Any, rows: int | None = 
                 f"{phase.plateau.monitor} does not exist: {no_val}",
                 expected="loss or accuracy, or a validation split",
                 received=phase.plateau.monitor,
-                fix=f"set schedule.phases.{phase.index}.until.plateau.monitor=loss, or give the data a validation "
-                "split (data.val_fraction=0.1, data.limit_train large enough)",
+                fix=f"set schedule.phases.{phase.index}.until.plateau.monitor=loss, or "
+                f"{data.validation_remedy(rows)}",
             )

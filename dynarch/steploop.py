@@ -156,6 +156,7 @@ def fit_phase_steps(loop, stepper: Stepper, end: int, callbacks: Sequence, verbo
         logs.update({f"val_{k}": v for k, v in stepper.evaluate("val").items()})
         logs["epoch_time_s"] = seconds
         logs["samples_per_s"] = (n - min(n, first * batch)) / seconds
+        loop.check_run_dir()  # before the callbacks write (a best checkpoint, a CSV logger): callbacks.RunDirGuard
         hooks.on_epoch_end(epoch, logs)
         loop.record_epoch(epoch, logs)
         if loop.phase_should_end():

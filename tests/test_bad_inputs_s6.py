@@ -59,6 +59,7 @@ def test_a_run_whose_dir_is_removed_mid_run_stops_with_a_clear_error_and_recreat
     files or lock, and exited 0. Now the next write point (history, checkpoint) stops it: exit 2, one message."""
     run_dir = tmp_path / "run"
     args = ["data=mnist_subset", "data.limit_train=3000", "trainer.epochs=30", "trainer.checkpoint_every=4"]
+    args += ["callbacks=best_checkpoint", "logger=csv"]  # they write at each epoch's end too (RunDirGuard)
     argv = [sys.executable, "-m", "dynarch", *args, "trainer.verbose=0", f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
@@ -70,7 +71,7 @@ def test_a_run_whose_dir_is_removed_mid_run_stops_with_a_clear_error_and_recreat
         shutil.rmtree(run_dir, ignore_errors=True)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2, err[-3000:]
-    assert "the run dir was removed or replaced while this run was using it" in err and "Traceback" not in err
+    assert "the run dir or its .lock was removed or replaced while this run was using it" in err and "Traceback" not in err
     leftovers = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) if run_dir.exists() else []
     # at most the checkpoint that was being written when the folder went (its writer had already started)
     assert all(p == "state" or p.startswith("state/") for p in leftovers), leftovers
@@ -90,7 +91,8 @@ def test_a_limit_that_leaves_no_validation_is_refused_for_a_val_monitor_before_t
         proc = run_module_reporting_tf("dynarch", argv)
         assert proc.stdout.split()[-3:] == ["EXIT", "2", "NO_TF"], (proc.stdout + proc.stderr)[-2000:]
         assert f"{where}: val_loss does not exist: data.limit_train leaves no validation example" in proc.stderr
-        assert "6 training examples are the fewest" in proc.stderr and "Traceback" not in proc.stderr
+        assert "or data.limit_train=6 or more, or data.val_fraction=0.11" in proc.stderr
+        assert "Traceback" not in proc.stderr
 
 
 def test_data_smaller_than_its_limit_is_checked_again_once_loaded(tmp_path):
@@ -109,4 +111,42 @@ def test_data_smaller_than_its_limit_is_checked_again_once_loaded(tmp_path):
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "val_loss does not exist: the training split leaves no validation example (5 x" in proc.stderr
+    assert "fix: set callbacks.early_stopping.monitor=loss, or data.val_fraction=0.11" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "history.csv").exists()
+
+
+def test_a_sweep_counts_a_job_whose_folder_was_removed_as_failed(tmp_path):
+    """Its failure is recorded in a recreated folder holding only error.json (no .hydra/): the summary listed
+    only folders with .hydra/, so the sweep reported one job fewer and exited 0."""
+    import json
+
+    from dynarch.report import collect
+
+    (tmp_path / "0" / ".hydra").mkdir(parents=True)
+    (tmp_path / "0" / "metrics.json").write_text(json.dumps({"test_accuracy": 0.9}))
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "error.json").write_text(json.dumps({"type": "RunDirError", "message": "removed"}))
+    rows = collect(tmp_path)
+    assert [(r.job, r.status) for r in rows] == [("0", "ok"), ("1", "failed")] and "removed" in rows[1].error
+
+
+def test_a_failed_resume_does_not_write_its_record_into_a_replaced_run_dir(tmp_path):
+    """hydra_record reads RUN/.hydra before a resume; restored after a failure — but not into a folder that
+    replaced RUN meanwhile (another run's: its record would be overwritten)."""
+    from dynarch.placement import hydra_record, restore_hydra_record
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("mine: 1\n")
+    record = hydra_record(["resume=true", f"hydra.run.dir={run}"])
+    assert record and record.files == {run / ".hydra" / "config.yaml": b"mine: 1\n"}
+    (run / ".hydra" / "config.yaml").write_text("rewritten by the failed resume\n")
+    restore_hydra_record(record)  # the same folder: put back
+    assert (run / ".hydra" / "config.yaml").read_text() == "mine: 1\n"
+    other = tmp_path / "other"  # another run, moved into its place (it existed beside it: other inodes)
+    (other / ".hydra").mkdir(parents=True)
+    (other / ".hydra" / "config.yaml").write_text("theirs: 2\n")
+    shutil.rmtree(run)
+    other.rename(run)
+    restore_hydra_record(record)
+    assert (run / ".hydra" / "config.yaml").read_text() == "theirs: 2\n"

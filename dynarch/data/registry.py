@@ -113,12 +113,16 @@ def check_augment(raw: Any) -> tuple:
             target[len("keras.layers.") :] if isinstance(target, str) and target.startswith("keras.layers.") else None
         )
         if name not in AUGMENT_LAYERS:
+            if not isinstance(item, Mapping) or "_target_" not in item:  # `[RandomFlip]`, or no _target_ key
+                problem, shown_item = "each augmentation is a mapping with a _target_ layer", item
+            else:
+                problem = f"{target!r} is not an augmentation layer dynarch applies in the input pipeline."
+                problem, shown_item = problem + did_you_mean(name or target, AUGMENT_LAYERS), target
             raise ConfigError(
                 f"{where}._target_",
-                f"{target!r} is not an augmentation layer dynarch applies in the "
-                f"input pipeline.{did_you_mean(name or target, AUGMENT_LAYERS)}",
+                problem,
                 expected=", ".join(f"keras.layers.{n}" for n in AUGMENT_LAYERS),
-                received=target,
+                received=shown_item,
                 fix=f"set {where}._target_ to one of those (shape-preserving, random, seeded by dynarch)",
             )
         kwargs = {k: v for k, v in item.items() if k != "_target_"}
