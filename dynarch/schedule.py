@@ -261,6 +261,5 @@ def check_plateau_monitors(phases: Sequence[Any], data: Any, rows: int | None = 
                 f"{phase.plateau.monitor} does not exist: {no_val}",
                 expected="loss or accuracy, or a validation split",
                 received=phase.plateau.monitor,
-                fix=f"set schedule.phases.{phase.index}.until.plateau.monitor=loss, or "
-                f"{data.validation_remedy(rows)}",
+                fix=f"set schedule.phases.{phase.index}.until.plateau.monitor=loss, or {data.validation_remedy(rows)}",
             )
