@@ -163,10 +163,18 @@ def report_and_exit(error: BaseException) -> None:
 
 
 def resume_command(hc, out_dir: Path) -> str:
-    """The command that continues this run in place, shell-quoted."""
+    """The command that continues this run in place, shell-quoted: through launch_local when a worker was
+    started by it (its DYNARCH_LAUNCHER: `--workers N` or `--slurm`; anything else there is ignored)."""
+    import os
+    import re
+
     keep = [o for o in hc.overrides.task if not o.startswith(("resume=", "hydra.run.dir="))]
     run_dir = f"hydra.run.dir={hydra_value(str(out_dir))}"
-    return shell_command(["python", "-m", "dynarch", *keep, run_dir, "resume=true"])
+    launcher = os.environ.get("DYNARCH_LAUNCHER", "")
+    start = ["python", "-m", "dynarch"]
+    if re.fullmatch(r"--workers [1-9][0-9]{0,3}|--slurm", launcher):
+        start = ["python", "-m", "dynarch.launch_local", *launcher.split()]
+    return shell_command([*start, *keep, run_dir, "resume=true"])
 
 
 def record_failure(out_dir: Path, error: BaseException) -> None:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Sequence
 
 CHIEF_DIR_ENV = "DYNARCH_CHIEF_RUN_DIR"  # a non-chief worker resumes from the chief's run dir named here
+LAUNCHER_ENV = "DYNARCH_LAUNCHER"  # "--workers N" or "--slurm": how the worker was started (its resume line)
 GRACE_S = 60  # after Ctrl-C / SIGTERM: how long workers get to stop before they are killed
 
 
@@ -188,6 +189,7 @@ def launch(workers: int, overrides: list[str]) -> int:
     try:
         for i in range(workers):
             env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
+            env[LAUNCHER_ENV] = f"--workers {workers}"
             started.append(Worker(i, overrides, run_dir, env, chief=i == 0))
         return supervise(started)
     finally:
@@ -265,6 +267,7 @@ def slurm_task(overrides: list[str]) -> int:
         raise UsageError(str(e), fix="srun python -m dynarch.launch_local --slurm [dynarch overrides...]") from None
     run_dir, overrides = run_dir_of(overrides, slurm=True)
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}  # the Slurm resolver describes the cluster
+    env[LAUNCHER_ENV] = "--slurm"
     worker = Worker(task.index, overrides, run_dir, env, chief=task.is_chief)
     signal.signal(signal.SIGTERM, lambda s, f: worker.proc.send_signal(s))  # Slurm's preemption notice
     try:

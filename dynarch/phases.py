@@ -279,7 +279,12 @@ class PhaseLoop:
         if stop.signal is not None:
             raise TrainingStopped(
                 "training",
-                f"stopped by signal {stop.signal}; checkpoint saved at {stop.saved}",
+                f"stopped by signal {stop.signal}; "
+                + (
+                    f"checkpoint saved at {stop.saved}"
+                    if stop.saved or self.runtime.is_chief()
+                    else "the chief worker saved the checkpoint"  # a non-chief saves nothing
+                ),
                 fix=f"continue with: {resume_command or 'the same command plus resume=true'}",
                 exit_code=128 + int(stop.signal),
             )

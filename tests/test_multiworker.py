@@ -309,7 +309,11 @@ def test_ctrl_c_to_the_launcher_stops_every_worker_at_one_boundary_and_resume_fi
     latest = (run_dir / "state" / "latest").read_text().strip()
     assert latest < "step-000000300", latest  # 20 epochs x 15 steps: it stopped early
 
-    p = launch(run_dir, "trainer.epochs=20", "trainer.checkpoint_every=4", "resume=true")
+    import shlex
+
+    printed = shlex.split(err.split("continue with: ")[1].splitlines()[0])  # the chief's resume line, as run
+    assert printed[:5] == ["python", "-m", "dynarch.launch_local", "--workers", "2"], printed
+    p = subprocess.run([sys.executable, *printed[1:]], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "resuming from" in p.stderr and "final weights identical on all 2 workers" in p.stderr
     assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 20
